@@ -1,0 +1,589 @@
+//! The overlay checksum, version 1 (contract section 4).
+//!
+//! A pure function of (commit, overlay path), computed from git objects
+//! only. [`closure`] walks the kustomizations and collects the named entries;
+//! this module turns entries into the checksum and owns the caches that make
+//! a second computation cheap: every cache is keyed by an immutable input (a
+//! blob or tree id, or a commit), so nothing ever needs invalidating.
+
+mod closure;
+
+use crate::kustomize::Inputs;
+use crate::tree::{self, Dir, GitError, ObjectSource};
+use gix::ObjectId;
+use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+pub use closure::{OverlayError, OverlayErrorKind};
+
+/// Domain separation prefix of version 1.
+pub const DOMAIN: &[u8] = b"stale-guard/overlay/v1";
+
+/// A SHA-256 checksum, written `sha256:<64 lower-case hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Checksum(pub [u8; 32]);
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a string is not a checksum.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected sha256: followed by exactly 64 lower-case hex digits")]
+pub struct MalformedChecksum;
+
+impl FromStr for Checksum {
+    type Err = MalformedChecksum;
+
+    /// Strict: the contract accepts no other spelling (no upper case, no
+    /// whitespace, no other algorithm).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s.strip_prefix("sha256:").ok_or(MalformedChecksum)?;
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(MalformedChecksum);
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex, &mut out).map_err(|_| MalformedChecksum)?;
+        Ok(Checksum(out))
+    }
+}
+
+/// The kind of a closure entry; its name starts with `<kind>:`.
+///
+/// Declared in the byte order of the prefixes, so ordering `(kind, target)`
+/// pairs is ordering names (the prefixes differ in their first byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EntryKind {
+    File,
+    Link,
+    Plugin,
+    Remote,
+    Submodule,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Link => "link",
+            EntryKind::Remote => "remote",
+            EntryKind::Plugin => "plugin",
+            EntryKind::Submodule => "submodule",
+        }
+    }
+
+    /// True for entries whose content the checksum cannot vouch for.
+    pub fn is_unverifiable(self) -> bool {
+        matches!(
+            self,
+            EntryKind::Remote | EntryKind::Plugin | EntryKind::Submodule
+        )
+    }
+}
+
+/// One named entry of the closure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// The name without its `<kind>:` prefix: a path, or a reference.
+    pub target: Vec<u8>,
+    /// SHA-256 of the entry's content.
+    pub digest: [u8; 32],
+}
+
+impl Entry {
+    /// The full name, `<kind>:<target>`, as hashed and listed.
+    pub fn name(&self) -> Vec<u8> {
+        let mut name = Vec::with_capacity(self.target.len() + 10);
+        name.extend_from_slice(self.kind.as_str().as_bytes());
+        name.push(b':');
+        name.extend_from_slice(&self.target);
+        name
+    }
+}
+
+/// The checksum of an overlay at a commit, with the closure it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayChecksum {
+    pub commit: ObjectId,
+    /// The overlay path, cleaned (`.` for the repository root).
+    pub overlay: String,
+    pub checksum: Checksum,
+    /// Sorted by name, each name once.
+    pub entries: Vec<Entry>,
+}
+
+impl OverlayChecksum {
+    /// Entries the checksum cannot vouch for (remote, plugin, submodule).
+    pub fn unverifiable(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.kind.is_unverifiable())
+    }
+}
+
+/// Combines sorted, deduplicated entries into the version 1 checksum.
+pub fn combine(entries: &[Entry]) -> Checksum {
+    let mut hasher = Sha256::new();
+    hasher.update(DOMAIN);
+    hasher.update([0u8]);
+    for entry in entries {
+        hasher.update(entry.kind.as_str().as_bytes());
+        hasher.update(b":");
+        hasher.update(&entry.target);
+        hasher.update([0u8]);
+        hasher.update(entry.digest);
+    }
+    Checksum(hasher.finalize().into())
+}
+
+/// Why no checksum could be computed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChecksumError {
+    /// The overlay itself is wrong at this commit (contract: `OverlayError`).
+    #[error(transparent)]
+    Overlay(Box<OverlayError>),
+    /// The `--overlay` argument is absolute or leaves the repository.
+    #[error(
+        "invalid overlay path {0:?}: it must be relative to the repository root and stay inside it"
+    )]
+    InvalidOverlayPath(String),
+    /// The object database could not be read (I/O, corruption, missing
+    /// objects): not the overlay's fault, never cached.
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+impl From<OverlayError> for ChecksumError {
+    fn from(e: OverlayError) -> Self {
+        ChecksumError::Overlay(Box::new(e))
+    }
+}
+
+/// Why a revision could not be turned into a commit.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown revision {rev:?}: {reason}")]
+pub struct RevisionError {
+    pub rev: String,
+    pub reason: String,
+}
+
+/// Cache sizes. Defaults suit a webhook watching a few large repositories.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// Number of blob digests kept (about 100 bytes each).
+    pub blob_digests: u64,
+    /// Total tree entries kept across decoded trees.
+    pub tree_entries: u64,
+    /// Number of parsed kustomizations kept.
+    pub kustomizations: u64,
+    /// Number of (commit, overlay) results kept.
+    pub results: u64,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            blob_digests: 1_000_000,
+            tree_entries: 2_000_000,
+            kustomizations: 100_000,
+            results: 10_000,
+        }
+    }
+}
+
+type ParsedInputs = Arc<Result<Inputs, String>>;
+type CachedResult = Arc<Result<Arc<OverlayChecksum>, OverlayError>>;
+
+/// Caches shared by every computation over one repository. Each is keyed by
+/// an immutable input, so entries never go stale: a new commit only reads
+/// the trees and blobs that changed.
+pub struct Caches {
+    blob_digests: moka::sync::Cache<ObjectId, [u8; 32]>,
+    trees: moka::sync::Cache<ObjectId, Arc<Dir>>,
+    kustomizations: moka::sync::Cache<ObjectId, ParsedInputs>,
+    results: moka::sync::Cache<(ObjectId, String), CachedResult>,
+}
+
+impl Caches {
+    pub fn new(limits: CacheLimits) -> Self {
+        Caches {
+            blob_digests: moka::sync::Cache::new(limits.blob_digests),
+            trees: moka::sync::Cache::builder()
+                .max_capacity(limits.tree_entries)
+                .weigher(|_, dir: &Arc<Dir>| dir.entries.len().try_into().unwrap_or(u32::MAX))
+                .build(),
+            kustomizations: moka::sync::Cache::new(limits.kustomizations),
+            results: moka::sync::Cache::new(limits.results),
+        }
+    }
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches::new(CacheLimits::default())
+    }
+}
+
+/// Counters of the work one computation did (for metrics and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkStats {
+    /// True when the (commit, overlay) result came from the cache.
+    pub result_cached: bool,
+    /// Blobs read and hashed because their digest was not cached.
+    pub blobs_hashed: usize,
+    /// Entries in the closure.
+    pub entries: usize,
+}
+
+/// Computes overlay checksums over one git repository.
+pub struct ChecksumEngine {
+    repo: gix::ThreadSafeRepository,
+    caches: Arc<Caches>,
+}
+
+impl ChecksumEngine {
+    /// Opens the repository at `path` (bare or not; only its object database
+    /// and refs are read).
+    pub fn open(path: &std::path::Path) -> Result<Self, GitError> {
+        let repo = gix::open(path)
+            .map_err(|e| GitError(format!("cannot open {}: {e}", path.display())))?;
+        Ok(Self::with_caches(
+            repo.into_sync(),
+            Arc::new(Caches::default()),
+        ))
+    }
+
+    pub fn with_caches(repo: gix::ThreadSafeRepository, caches: Arc<Caches>) -> Self {
+        ChecksumEngine { repo, caches }
+    }
+
+    /// Resolves `rev` (a name, `HEAD~2`, a full or abbreviated id) to the
+    /// full id of the commit it names.
+    pub fn resolve_commit(&self, rev: &str) -> Result<ObjectId, RevisionError> {
+        let repo = self.repo.to_thread_local();
+        let err = |reason: String| RevisionError {
+            rev: rev.to_owned(),
+            reason,
+        };
+        let id = repo.rev_parse_single(rev).map_err(|e| err(e.to_string()))?;
+        let commit = id
+            .object()
+            .map_err(|e| err(e.to_string()))?
+            .peel_to_commit()
+            .map_err(|e| err(format!("not a commit: {e}")))?;
+        Ok(commit.id)
+    }
+
+    /// The checksum of `overlay` at `commit`.
+    pub fn checksum(
+        &self,
+        commit: ObjectId,
+        overlay: &str,
+    ) -> Result<Arc<OverlayChecksum>, ChecksumError> {
+        self.checksum_with_stats(commit, overlay).0
+    }
+
+    /// Like [`checksum`](Self::checksum), also saying how much work it did.
+    pub fn checksum_with_stats(
+        &self,
+        commit: ObjectId,
+        overlay: &str,
+    ) -> (Result<Arc<OverlayChecksum>, ChecksumError>, WorkStats) {
+        let mut stats = WorkStats::default();
+        let overlay = match clean_overlay(overlay) {
+            Ok(o) => o,
+            Err(e) => return (Err(e), stats),
+        };
+        let key = (commit, overlay);
+        if let Some(cached) = self.caches.results.get(&key) {
+            stats.result_cached = true;
+            if let Ok(sum) = cached.as_ref() {
+                stats.entries = sum.entries.len();
+            }
+            return ((*cached).clone().map_err(ChecksumError::from), stats);
+        }
+        let result = self.compute(commit, &key.1, &mut stats);
+        match &result {
+            Ok(sum) => self.caches.results.insert(key, Arc::new(Ok(sum.clone()))),
+            Err(ChecksumError::Overlay(e)) => self
+                .caches
+                .results
+                .insert(key, Arc::new(Err((**e).clone()))),
+            Err(_) => {}
+        }
+        (result, stats)
+    }
+
+    fn compute(
+        &self,
+        commit: ObjectId,
+        overlay: &str,
+        stats: &mut WorkStats,
+    ) -> Result<Arc<OverlayChecksum>, ChecksumError> {
+        let repo = self.repo.to_thread_local();
+        let root = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree_id().map(|id| id.detach()))
+            .map_err(|e| GitError(format!("cannot read commit {commit}: {e}")))?;
+        let objects = RepoObjects::new(&repo, &self.caches);
+        let closure = closure::walk(&objects, root, overlay.as_bytes())?;
+        drop(objects);
+        let entries = self.digest_entries(&repo, closure, stats)?;
+        stats.entries = entries.len();
+        Ok(Arc::new(OverlayChecksum {
+            commit,
+            overlay: overlay.to_owned(),
+            checksum: combine(&entries),
+            entries,
+        }))
+    }
+
+    /// Turns closure contents into digests: blobs through the digest cache,
+    /// the misses hashed on all cores (a cold overlay is mostly this).
+    fn digest_entries(
+        &self,
+        repo: &gix::Repository,
+        closure: closure::Closure,
+        stats: &mut WorkStats,
+    ) -> Result<Vec<Entry>, GitError> {
+        let mut missing: Vec<ObjectId> = Vec::new();
+        for content in closure.values() {
+            if let closure::Content::Blob(oid) = content
+                && !self.caches.blob_digests.contains_key(oid)
+            {
+                missing.push(*oid);
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        stats.blobs_hashed = missing.len();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let mut fresh: HashMap<ObjectId, [u8; 32]> = HashMap::with_capacity(missing.len());
+        if threads > 1 && missing.len() >= 64 {
+            let chunk = missing.len().div_ceil(threads);
+            let parts: Vec<Result<Digests, GitError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = missing
+                    .chunks(chunk)
+                    .map(|ids| s.spawn(move || hash_blobs(&self.repo.to_thread_local(), ids)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(GitError("a hashing thread panicked".into())))
+                    })
+                    .collect()
+            });
+            for part in parts {
+                fresh.extend(part?);
+            }
+        } else {
+            fresh.extend(hash_blobs(repo, &missing)?);
+        }
+        for (id, digest) in &fresh {
+            self.caches.blob_digests.insert(*id, *digest);
+        }
+
+        let mut entries = Vec::with_capacity(closure.len());
+        for ((kind, target), content) in closure {
+            let digest = match content {
+                closure::Content::Blob(oid) => match fresh.get(&oid) {
+                    Some(d) => *d,
+                    None => match self.caches.blob_digests.get(&oid) {
+                        Some(d) => d,
+                        // Evicted between the two looks: hash it again.
+                        None => blob_digest(repo, oid)?,
+                    },
+                },
+                closure::Content::Text(bytes) => Sha256::digest(&bytes).into(),
+            };
+            entries.push(Entry {
+                kind,
+                target,
+                digest,
+            });
+        }
+        Ok(entries)
+    }
+}
+
+/// Validates and cleans an `--overlay` argument.
+fn clean_overlay(overlay: &str) -> Result<String, ChecksumError> {
+    if overlay.starts_with('/') {
+        return Err(ChecksumError::InvalidOverlayPath(overlay.to_owned()));
+    }
+    let clean = tree::join_clean(b"", overlay.as_bytes())
+        .map_err(|_| ChecksumError::InvalidOverlayPath(overlay.to_owned()))?;
+    Ok(if clean.is_empty() {
+        ".".to_owned()
+    } else {
+        String::from_utf8_lossy(&clean).into_owned()
+    })
+}
+
+type Digests = Vec<(ObjectId, [u8; 32])>;
+
+fn hash_blobs(repo: &gix::Repository, ids: &[ObjectId]) -> Result<Digests, GitError> {
+    ids.iter()
+        .map(|id| Ok((*id, blob_digest(repo, *id)?)))
+        .collect()
+}
+
+fn blob_digest(repo: &gix::Repository, id: ObjectId) -> Result<[u8; 32], GitError> {
+    let object = repo
+        .find_object(id)
+        .map_err(|e| GitError(format!("cannot read blob {id}: {e}")))?;
+    Ok(Sha256::digest(&object.data).into())
+}
+
+/// [`ObjectSource`] over a thread-local repository handle: trees through the
+/// shared cache (with a per-computation front to skip its locking), symlink
+/// targets memoised per computation.
+pub(crate) struct RepoObjects<'a> {
+    repo: &'a gix::Repository,
+    caches: &'a Caches,
+    trees: RefCell<HashMap<ObjectId, Arc<Dir>>>,
+    blobs: RefCell<HashMap<ObjectId, Arc<[u8]>>>,
+}
+
+impl<'a> RepoObjects<'a> {
+    fn new(repo: &'a gix::Repository, caches: &'a Caches) -> Self {
+        RepoObjects {
+            repo,
+            caches,
+            trees: RefCell::default(),
+            blobs: RefCell::default(),
+        }
+    }
+
+    fn read(&self, oid: ObjectId, want: gix::object::Kind) -> Result<Vec<u8>, GitError> {
+        let object = self
+            .repo
+            .find_object(oid)
+            .map_err(|e| GitError(format!("cannot read object {oid}: {e}")))?;
+        if object.kind != want {
+            return Err(GitError(format!(
+                "object {oid} is a {}, expected a {want}",
+                object.kind
+            )));
+        }
+        Ok(object.detach().data)
+    }
+
+    /// Parsed inputs of a kustomization blob, shared across computations.
+    pub(crate) fn kustomization(&self, oid: ObjectId) -> Result<ParsedInputs, GitError> {
+        if let Some(parsed) = self.caches.kustomizations.get(&oid) {
+            return Ok(parsed);
+        }
+        let bytes = self.blob(oid)?;
+        let parsed = crate::kustomize::first_document(&bytes)
+            .and_then(|doc| crate::kustomize::kustomization_inputs(&doc).map_err(|e| e.0));
+        let parsed = Arc::new(parsed);
+        self.caches.kustomizations.insert(oid, parsed.clone());
+        Ok(parsed)
+    }
+}
+
+impl ObjectSource for RepoObjects<'_> {
+    fn dir(&self, oid: ObjectId) -> Result<Arc<Dir>, GitError> {
+        if let Some(dir) = self.trees.borrow().get(&oid) {
+            return Ok(dir.clone());
+        }
+        let dir = match self.caches.trees.get(&oid) {
+            Some(dir) => dir,
+            None => {
+                let dir = Arc::new(Dir::decode(&self.read(oid, gix::object::Kind::Tree)?)?);
+                self.caches.trees.insert(oid, dir.clone());
+                dir
+            }
+        };
+        self.trees.borrow_mut().insert(oid, dir.clone());
+        Ok(dir)
+    }
+
+    fn blob(&self, oid: ObjectId) -> Result<Arc<[u8]>, GitError> {
+        if let Some(blob) = self.blobs.borrow().get(&oid) {
+            return Ok(blob.clone());
+        }
+        let blob: Arc<[u8]> = self.read(oid, gix::object::Kind::Blob)?.into();
+        self.blobs.borrow_mut().insert(oid, blob.clone());
+        Ok(blob)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_text_round_trips_and_is_strict() {
+        let text = format!("sha256:{}", "ab".repeat(32));
+        let sum: Checksum = text.parse().unwrap();
+        assert_eq!(sum.to_string(), text);
+        for bad in [
+            "",
+            "sha256:",
+            &format!("sha256:{}", "AB".repeat(32)),
+            &format!("sha256:{}", "ab".repeat(31)),
+            &format!("sha256:{}0", "ab".repeat(32)),
+            &format!("SHA256:{}", "ab".repeat(32)),
+            &format!("sha1:{}", "ab".repeat(32)),
+            &format!(" sha256:{}", "ab".repeat(32)),
+        ] {
+            assert_eq!(bad.parse::<Checksum>(), Err(MalformedChecksum), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn combine_follows_the_contract_byte_for_byte() {
+        let entries = vec![
+            Entry {
+                kind: EntryKind::File,
+                target: b"a.yaml".to_vec(),
+                digest: Sha256::digest(b"x").into(),
+            },
+            Entry {
+                kind: EntryKind::Remote,
+                target: b"https://h/r".to_vec(),
+                digest: Sha256::digest(b"https://h/r").into(),
+            },
+        ];
+        let mut manual = Vec::new();
+        manual.extend_from_slice(b"stale-guard/overlay/v1\0");
+        manual.extend_from_slice(b"file:a.yaml\0");
+        manual.extend_from_slice(&Sha256::digest(b"x"));
+        manual.extend_from_slice(b"remote:https://h/r\0");
+        manual.extend_from_slice(&Sha256::digest(b"https://h/r"));
+        let expected: [u8; 32] = Sha256::digest(&manual).into();
+        assert_eq!(combine(&entries), Checksum(expected));
+        // No entries still hashes the domain.
+        let empty: [u8; 32] = Sha256::digest(b"stale-guard/overlay/v1\0").into();
+        assert_eq!(combine(&[]), Checksum(empty));
+    }
+
+    #[test]
+    fn overlay_argument_rules() {
+        assert_eq!(clean_overlay("overlays/./prod/").unwrap(), "overlays/prod");
+        assert_eq!(clean_overlay("").unwrap(), ".");
+        assert_eq!(clean_overlay("a/..").unwrap(), ".");
+        for bad in ["/abs", "../x", "a/../../x"] {
+            assert!(matches!(
+                clean_overlay(bad),
+                Err(ChecksumError::InvalidOverlayPath(_))
+            ));
+        }
+    }
+}

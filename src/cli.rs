@@ -1,0 +1,203 @@
+//! The command line: parsing, dispatch, output formats and exit codes
+//! (0 success, 1 a failed check or operation, 2 bad usage or bad input).
+
+use crate::checksum::{ChecksumEngine, ChecksumError, OverlayChecksum};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stale-guard",
+    version,
+    about = "Blocks stale GitOps applies at the Kubernetes API server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the overlay checksum (version 1) at a revision, read from git objects.
+    Checksum(ChecksumArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChecksumArgs {
+    /// The git repository (bare or with a working tree; only its objects are read).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The overlay directory, relative to the repository root.
+    #[arg(long)]
+    pub overlay: String,
+    /// The revision to read (a branch, tag, commit id, `HEAD~2`...).
+    #[arg(long, default_value = "HEAD")]
+    pub rev: String,
+    /// Also print the closure: every entry the checksum covers, one a line.
+    #[arg(long)]
+    pub list: bool,
+    /// Print a JSON object (checksum, full revision, entries) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl ToString) -> Self {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+    fn failed(message: impl ToString) -> Self {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Checksum(args) => checksum(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn checksum(args: &ChecksumArgs) -> Result<(), Failure> {
+    let engine = ChecksumEngine::open(&args.repo).map_err(Failure::usage)?;
+    let commit = engine.resolve_commit(&args.rev).map_err(Failure::usage)?;
+    let sum = engine
+        .checksum(commit, &args.overlay)
+        .map_err(|e| match e {
+            ChecksumError::InvalidOverlayPath(_) => Failure::usage(e),
+            ChecksumError::Overlay(_) | ChecksumError::Git(_) => Failure::failed(e),
+        })?;
+    let mut out = Vec::new();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &checksum_json(&sum)).map_err(Failure::failed)?;
+        out.push(b'\n');
+    } else {
+        writeln!(out, "{}", sum.checksum).map_err(Failure::failed)?;
+        if args.list {
+            for entry in &sum.entries {
+                out.extend_from_slice(&quote_name(&entry.name()));
+                out.push(b'\n');
+            }
+        }
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(&out)
+        .map_err(|e| Failure::failed(format!("writing output: {e}")))
+}
+
+fn checksum_json(sum: &OverlayChecksum) -> serde_json::Value {
+    let entries: Vec<_> = sum
+        .entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "name": String::from_utf8_lossy(&e.name()),
+                "kind": e.kind.as_str(),
+                "target": String::from_utf8_lossy(&e.target),
+                "sha256": hex::encode(e.digest),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": 1,
+        "checksum": sum.checksum.to_string(),
+        "revision": sum.commit.to_string(),
+        "overlay": sum.overlay,
+        "entries": entries,
+    })
+}
+
+/// Writes a name as git does: C-quoted in double quotes when it holds a
+/// double quote, a backslash, a control character or bytes that are not
+/// UTF-8; as is otherwise.
+pub fn quote_name(name: &[u8]) -> Vec<u8> {
+    let needs = std::str::from_utf8(name).is_err()
+        || name
+            .iter()
+            .any(|&b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f);
+    if !needs {
+        return name.to_vec();
+    }
+    let mut out = vec![b'"'];
+    let mut rest = name;
+    while !rest.is_empty() {
+        // Keep valid UTF-8 sequences of non-ASCII characters as they are.
+        let valid = match std::str::from_utf8(rest) {
+            Ok(s) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let (ok, tail) = rest.split_at(valid);
+        for &b in ok {
+            quote_byte(&mut out, b);
+        }
+        if let Some((&bad, after)) = tail.split_first() {
+            out.extend_from_slice(format!("\\{bad:03o}").as_bytes());
+            rest = after;
+        } else {
+            rest = tail;
+        }
+    }
+    out.push(b'"');
+    out
+}
+
+fn quote_byte(out: &mut Vec<u8>, b: u8) {
+    let escaped: &[u8] = match b {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\t' => b"\\t",
+        b'\r' => b"\\r",
+        0x07 => b"\\a",
+        0x08 => b"\\b",
+        0x0b => b"\\v",
+        0x0c => b"\\f",
+        b if b < 0x20 || b == 0x7f => {
+            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
+            return;
+        }
+        _ => {
+            out.push(b);
+            return;
+        }
+    };
+    out.extend_from_slice(escaped);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_name;
+
+    #[test]
+    fn names_are_quoted_like_git() {
+        assert_eq!(quote_name(b"file:a/b.yaml"), b"file:a/b.yaml");
+        assert_eq!(
+            quote_name("file:ü.yaml".as_bytes()),
+            "file:ü.yaml".as_bytes()
+        );
+        assert_eq!(quote_name(b"file:a\nb"), b"\"file:a\\nb\"");
+        assert_eq!(quote_name(b"file:a\"b\\c"), b"\"file:a\\\"b\\\\c\"");
+        assert_eq!(quote_name(b"file:\x01\xff"), b"\"file:\\001\\377\"");
+    }
+}

@@ -1,0 +1,11 @@
+//! stale-guard: a Kubernetes validating admission webhook that blocks stale
+//! GitOps applies.
+//!
+//! The foundation is the overlay checksum ([`checksum`]): a pure function of
+//! (commit, overlay path) computed from git objects ([`tree`]) by following
+//! what `kustomize build` reads ([`kustomize`]).
+
+pub mod checksum;
+pub mod cli;
+pub mod kustomize;
+pub mod tree;
