@@ -229,6 +229,15 @@ impl Caches {
     }
 }
 
+impl Caches {
+    /// Drops every (commit, overlay) result while keeping the per-object
+    /// caches: the next computation re-walks the closure but reads only
+    /// objects it has not seen (what a new commit costs).
+    pub fn clear_results(&self) {
+        self.results.invalidate_all();
+    }
+}
+
 impl Default for Caches {
     fn default() -> Self {
         Caches::new(CacheLimits::default())
@@ -266,6 +275,11 @@ impl ChecksumEngine {
 
     pub fn with_caches(repo: gix::ThreadSafeRepository, caches: Arc<Caches>) -> Self {
         ChecksumEngine { repo, caches }
+    }
+
+    /// The caches this engine fills (shared with every engine built from them).
+    pub fn caches(&self) -> &Arc<Caches> {
+        &self.caches
     }
 
     /// Resolves `rev` (a name, `HEAD~2`, a full or abbreviated id) to the

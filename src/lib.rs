@@ -8,4 +8,5 @@
 pub mod checksum;
 pub mod cli;
 pub mod kustomize;
+pub mod mirror;
 pub mod tree;

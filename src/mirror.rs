@@ -1,0 +1,1 @@
+//! The git mirror: a cached, always-fresh bare copy of each GitOps source.
