@@ -9,4 +9,5 @@ pub mod checksum;
 pub mod cli;
 pub mod kustomize;
 pub mod mirror;
+pub mod policy;
 pub mod tree;

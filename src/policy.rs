@@ -1,0 +1,957 @@
+//! The decision table (contract section 3), as a pure function.
+//!
+//! [`decide`] takes what the request says, the rule it matched and the facts
+//! gathered from the mirror and the checksum engine, and returns the verdict
+//! with its reason code and message. It does no I/O: the server gathers the
+//! facts (fetching, computing checksums, under a deadline) and calls it.
+
+use crate::checksum::Checksum;
+use std::fmt;
+use std::time::Duration;
+
+/// Reason codes, rendered to their contract strings in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    OutOfScope,
+    Fresh,
+    UnchangedOverlay,
+    BreakGlass,
+    MissingRevision,
+    MalformedRevision,
+    MissingChecksum,
+    MalformedChecksum,
+    StaleRevision,
+    UnknownRevision,
+    RevisionNotOnBranch,
+    ChecksumMismatch,
+    OverlayError,
+    MirrorUnavailable,
+    DecisionTimeout,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 15] = [
+        Reason::OutOfScope,
+        Reason::Fresh,
+        Reason::UnchangedOverlay,
+        Reason::BreakGlass,
+        Reason::MissingRevision,
+        Reason::MalformedRevision,
+        Reason::MissingChecksum,
+        Reason::MalformedChecksum,
+        Reason::StaleRevision,
+        Reason::UnknownRevision,
+        Reason::RevisionNotOnBranch,
+        Reason::ChecksumMismatch,
+        Reason::OverlayError,
+        Reason::MirrorUnavailable,
+        Reason::DecisionTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OutOfScope => "OutOfScope",
+            Reason::Fresh => "Fresh",
+            Reason::UnchangedOverlay => "UnchangedOverlay",
+            Reason::BreakGlass => "BreakGlass",
+            Reason::MissingRevision => "MissingRevision",
+            Reason::MalformedRevision => "MalformedRevision",
+            Reason::MissingChecksum => "MissingChecksum",
+            Reason::MalformedChecksum => "MalformedChecksum",
+            Reason::StaleRevision => "StaleRevision",
+            Reason::UnknownRevision => "UnknownRevision",
+            Reason::RevisionNotOnBranch => "RevisionNotOnBranch",
+            Reason::ChecksumMismatch => "ChecksumMismatch",
+            Reason::OverlayError => "OverlayError",
+            Reason::MirrorUnavailable => "MirrorUnavailable",
+            Reason::DecisionTimeout => "DecisionTimeout",
+        }
+    }
+
+    /// Whether the contract's verdict for this reason is "allow" (before a
+    /// rule's mode or the failure policy soften a deny).
+    pub fn allows(self) -> bool {
+        matches!(
+            self,
+            Reason::OutOfScope | Reason::Fresh | Reason::UnchangedOverlay | Reason::BreakGlass
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A revision annotation, normalised: 40 lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Revision(pub [u8; 20]);
+
+impl Revision {
+    /// Accepts `<40 hex>`, `sha1:<40 hex>` and Flux's `<branch>@sha1:<40 hex>`;
+    /// hex is case-insensitive. Abbreviated ids are refused.
+    pub fn parse(value: &str) -> Result<Revision, String> {
+        let hex = if let Some((branch, rest)) = value.rsplit_once('@') {
+            if branch.is_empty() {
+                return Err("empty branch before '@'".to_owned());
+            }
+            rest.strip_prefix("sha1:")
+                .ok_or_else(|| "expected <branch>@sha1:<40 hex digits>".to_owned())?
+        } else {
+            value.strip_prefix("sha1:").unwrap_or(value)
+        };
+        if hex.len() != 40 {
+            return Err(format!(
+                "expected a full 40-digit commit id, found {} characters",
+                hex.len()
+            ));
+        }
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(hex.to_ascii_lowercase(), &mut out)
+            .map_err(|_| "commit id is not hexadecimal".to_owned())?;
+        Ok(Revision(out))
+    }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The 7-digit abbreviation used in messages.
+    pub fn short(self) -> String {
+        self.to_hex()[..7].to_owned()
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What an annotation holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Annotation<T> {
+    /// Absent or empty; near-miss keys that are present, if any.
+    Missing {
+        near_misses: Vec<String>,
+    },
+    Malformed {
+        value: String,
+        why: String,
+    },
+    Valid(T),
+}
+
+/// Reads the annotation `key` (matched whole and exactly, never split on
+/// `.` or `/`) from `annotations`, naming near misses when it is absent.
+pub fn read_annotation<'a, T>(
+    annotations: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    key: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Annotation<T> {
+    let value = annotations
+        .clone()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v);
+    match value {
+        Some(v) if !v.is_empty() => match parse(v) {
+            Ok(t) => Annotation::Valid(t),
+            Err(why) => Annotation::Malformed {
+                value: v.to_owned(),
+                why,
+            },
+        },
+        _ => Annotation::Missing {
+            near_misses: annotations
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| *k != key && is_near_miss(k, key))
+                .map(str::to_owned)
+                .collect(),
+        },
+    }
+}
+
+/// A key that is probably the expected one, mangled: a prefix of it ending
+/// at a `.` or `/` boundary (a key split on its dots: `fluxcd` for
+/// `fluxcd.io/checksum`), the same key in another case, or the same name
+/// under another prefix.
+pub fn is_near_miss(candidate: &str, key: &str) -> bool {
+    if candidate.is_empty() {
+        return false;
+    }
+    if candidate.eq_ignore_ascii_case(key) {
+        return true;
+    }
+    if let Some(rest) = key.strip_prefix(candidate)
+        && (rest.starts_with('.') || rest.starts_with('/'))
+    {
+        return true;
+    }
+    let name = |k: &str| {
+        k.rsplit_once('/')
+            .map_or(k, |(_, n)| n)
+            .to_ascii_lowercase()
+    };
+    name(candidate) == name(key)
+}
+
+/// How a rule acts on a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Warn,
+    Audit,
+}
+
+/// Which older revisions a rule lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Staleness {
+    /// Only the branch head passes.
+    #[default]
+    Strict,
+    /// An ancestor passes when the overlay checksum is unchanged since.
+    Content,
+}
+
+/// The part of a rule the decision needs (matching is the caller's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulePolicy {
+    pub name: String,
+    pub branch: String,
+    pub mode: Mode,
+    pub staleness: Staleness,
+    /// After the head moves, the previous head still passes this long.
+    pub grace_period: Duration,
+}
+
+/// What the request carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub revision: Annotation<Revision>,
+    pub checksum: Annotation<Checksum>,
+    pub break_glass: bool,
+}
+
+/// The branch head as the mirror knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFacts {
+    pub commit: Revision,
+    /// Seconds since the epoch of the head commit's committer time.
+    pub commit_time: i64,
+    /// The head before the last move, and how long ago the move was seen.
+    pub previous: Option<(Revision, Duration)>,
+}
+
+/// Where the annotated revision stands relative to the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Not in the mirror, even after an on-demand fetch.
+    Unknown,
+    Head,
+    Ancestor {
+        behind: u64,
+        commit_time: i64,
+    },
+    /// Known, but neither the head nor an ancestor of it.
+    OffBranch,
+}
+
+/// The overlay checksum at a commit, or why there is none.
+pub type ChecksumFact = Result<Checksum, String>;
+
+/// Everything gathered for one in-scope request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorFacts {
+    /// Never synced, or the last successful fetch is too old.
+    Unavailable { why: String },
+    Available {
+        head: HeadFacts,
+        position: Position,
+        /// At the annotated revision (None when not needed or not known).
+        at_revision: Option<ChecksumFact>,
+        /// At the head (needed by `staleness: content` only).
+        at_head: Option<ChecksumFact>,
+    },
+}
+
+/// What the failure policy says for an unavailable mirror or a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureAction {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// The verdict, with what the audit trail records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub reason: Reason,
+    /// The response's `allowed`, after the rule's mode.
+    pub allowed: bool,
+    /// `<Reason>: what was found, what was expected, what to do`.
+    pub message: String,
+    pub rule: Option<String>,
+    pub revision: Option<Revision>,
+    pub head: Option<Revision>,
+    pub expected_checksum: Option<Checksum>,
+    pub found_checksum: Option<Checksum>,
+    /// For `BreakGlass`: the denial that was overridden.
+    pub overridden: Option<Reason>,
+    /// AdmissionResponse warnings (warn mode).
+    pub warnings: Vec<String>,
+    pub mode: Option<Mode>,
+}
+
+impl Decision {
+    pub fn out_of_scope(why: &str) -> Decision {
+        Decision {
+            reason: Reason::OutOfScope,
+            allowed: true,
+            message: format!("OutOfScope: {why}"),
+            rule: None,
+            revision: None,
+            head: None,
+            expected_checksum: None,
+            found_checksum: None,
+            overridden: None,
+            warnings: Vec::new(),
+            mode: None,
+        }
+    }
+
+    /// True when this verdict must be logged (every non-allow, and break-glass).
+    pub fn is_denial(&self) -> bool {
+        !self.reason.allows() || self.overridden.is_some()
+    }
+}
+
+/// The verdict for an in-scope request matched by `rule`.
+pub fn decide(
+    rule: &RulePolicy,
+    request: &RequestFacts,
+    facts: &MirrorFacts,
+    mirror_unavailable: FailureAction,
+) -> Decision {
+    let (reason, detail, context) = evaluate(rule, request, facts);
+    let mut decision = Decision {
+        reason,
+        allowed: reason.allows(),
+        message: format!("{reason}: {detail}"),
+        rule: Some(rule.name.clone()),
+        revision: context.revision,
+        head: context.head,
+        expected_checksum: context.expected,
+        found_checksum: context.found,
+        overridden: None,
+        warnings: Vec::new(),
+        mode: Some(rule.mode),
+    };
+    if decision.allowed {
+        return decision;
+    }
+    if reason == Reason::MirrorUnavailable && mirror_unavailable == FailureAction::Allow {
+        decision.allowed = true;
+        return decision;
+    }
+    if request.break_glass {
+        decision.overridden = Some(reason);
+        decision.reason = Reason::BreakGlass;
+        decision.allowed = true;
+        decision.message = format!(
+            "BreakGlass: allowed by a break-glass identity, overriding {}",
+            decision.message
+        );
+        return decision;
+    }
+    match rule.mode {
+        Mode::Enforce => {}
+        Mode::Warn => {
+            decision.allowed = true;
+            decision
+                .warnings
+                .push(format!("stale-guard (warn mode): {}", decision.message));
+        }
+        Mode::Audit => decision.allowed = true,
+    }
+    decision
+}
+
+#[derive(Default)]
+struct Context {
+    revision: Option<Revision>,
+    head: Option<Revision>,
+    expected: Option<Checksum>,
+    found: Option<Checksum>,
+}
+
+fn near_miss_hint(near_misses: &[String]) -> String {
+    if near_misses.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = near_misses.iter().map(|k| format!("{k:?}")).collect();
+        format!(
+            "; found near-miss key {} (an annotation key must be written whole, never split on dots)",
+            list.join(", ")
+        )
+    }
+}
+
+fn evaluate(
+    rule: &RulePolicy,
+    request: &RequestFacts,
+    facts: &MirrorFacts,
+) -> (Reason, String, Context) {
+    let mut cx = Context::default();
+    let revision = match &request.revision {
+        Annotation::Missing { near_misses } => {
+            return (
+                Reason::MissingRevision,
+                format!(
+                    "the object has no revision annotation{}; stamp rendered manifests with `stale-guard stamp`",
+                    near_miss_hint(near_misses)
+                ),
+                cx,
+            );
+        }
+        Annotation::Malformed { value, why } => {
+            return (
+                Reason::MalformedRevision,
+                format!(
+                    "revision annotation {value:?} is not a commit id ({why}); expected 40 hex digits, sha1:<40 hex> or <branch>@sha1:<40 hex>"
+                ),
+                cx,
+            );
+        }
+        Annotation::Valid(r) => *r,
+    };
+    cx.revision = Some(revision);
+    let found = match &request.checksum {
+        Annotation::Missing { near_misses } => {
+            return (
+                Reason::MissingChecksum,
+                format!(
+                    "the object has no checksum annotation{}; stamp rendered manifests with `stale-guard stamp`",
+                    near_miss_hint(near_misses)
+                ),
+                cx,
+            );
+        }
+        Annotation::Malformed { value, why } => {
+            return (
+                Reason::MalformedChecksum,
+                format!("checksum annotation {value:?} is malformed: {why}"),
+                cx,
+            );
+        }
+        Annotation::Valid(c) => *c,
+    };
+    cx.found = Some(found);
+    let (head, position, at_revision, at_head) = match facts {
+        MirrorFacts::Unavailable { why } => {
+            return (
+                Reason::MirrorUnavailable,
+                format!(
+                    "cannot tell whether revision {} is current: {why}",
+                    revision.short()
+                ),
+                cx,
+            );
+        }
+        MirrorFacts::Available {
+            head,
+            position,
+            at_revision,
+            at_head,
+        } => (head, position, at_revision, at_head),
+    };
+    cx.head = Some(head.commit);
+    let head_name = format!("{}@{}", rule.branch, head.commit.short());
+    let in_grace = head
+        .previous
+        .is_some_and(|(prev, since)| prev == revision && since <= rule.grace_period);
+
+    let (behind, commit_time) = match *position {
+        Position::Unknown => {
+            return (
+                Reason::UnknownRevision,
+                format!(
+                    "revision {} is not in the repository, even after fetching; push it to {} or re-render from {head_name}",
+                    revision.short(),
+                    rule.branch
+                ),
+                cx,
+            );
+        }
+        Position::OffBranch => {
+            return (
+                Reason::RevisionNotOnBranch,
+                format!(
+                    "revision {} is not on {} (another branch, or history rewritten); re-render from {head_name}",
+                    revision.short(),
+                    rule.branch
+                ),
+                cx,
+            );
+        }
+        Position::Head => (0, head.commit_time),
+        Position::Ancestor {
+            behind,
+            commit_time,
+        } => (behind, commit_time),
+    };
+    let stale_message = || {
+        format!(
+            "revision {} is {} and {} behind {head_name}; re-render from head",
+            revision.short(),
+            plural(behind, "commit"),
+            human_age(head.commit_time.saturating_sub(commit_time)),
+        )
+    };
+    let is_head = *position == Position::Head;
+    if !is_head && rule.staleness == Staleness::Strict && !in_grace {
+        return (Reason::StaleRevision, stale_message(), cx);
+    }
+
+    let expected = match at_revision {
+        Some(Ok(sum)) => *sum,
+        Some(Err(why)) => {
+            return (
+                Reason::OverlayError,
+                format!(
+                    "the overlay cannot be checksummed at revision {}: {why}",
+                    revision.short()
+                ),
+                cx,
+            );
+        }
+        None => {
+            return (
+                Reason::OverlayError,
+                format!("no checksum was computed at revision {}", revision.short()),
+                cx,
+            );
+        }
+    };
+    cx.expected = Some(expected);
+    if expected != found {
+        return (
+            Reason::ChecksumMismatch,
+            format!(
+                "checksum annotation {found} does not match {expected}, the checksum of the overlay at revision {}; re-render and stamp from one commit",
+                revision.short()
+            ),
+            cx,
+        );
+    }
+    if is_head {
+        return (
+            Reason::Fresh,
+            format!(
+                "revision {} is the head of {}",
+                revision.short(),
+                rule.branch
+            ),
+            cx,
+        );
+    }
+    if in_grace {
+        return (
+            Reason::Fresh,
+            format!(
+                "revision {} was the head of {} until moments ago (within the grace period)",
+                revision.short(),
+                rule.branch
+            ),
+            cx,
+        );
+    }
+    // staleness: content
+    match at_head {
+        Some(Ok(head_sum)) if *head_sum == expected => (
+            Reason::UnchangedOverlay,
+            format!(
+                "revision {} is {} behind {head_name}, but the overlay is unchanged since",
+                revision.short(),
+                plural(behind, "commit")
+            ),
+            cx,
+        ),
+        _ => (Reason::StaleRevision, stale_message(), cx),
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// `41 days`, `3 hours`, `12 minutes`, `40 seconds`.
+pub fn human_age(seconds: i64) -> String {
+    let s = seconds.max(0) as u64;
+    match s {
+        0..=119 => plural(s, "second"),
+        120..=7199 => plural(s / 60, "minute"),
+        7200..=172_799 => plural(s / 3600, "hour"),
+        _ => plural(s / 86_400, "day"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "9be0d41aa1b2c3d4e5f60718293a4b5c6d7e8f90";
+    const OLD: &str = "3f2a1c9ff1e2d3c4b5a697887766554433221100";
+    const DAY: i64 = 86_400;
+
+    fn sum(byte: u8) -> Checksum {
+        Checksum([byte; 32])
+    }
+
+    fn rule(staleness: Staleness, mode: Mode) -> RulePolicy {
+        RulePolicy {
+            name: "prod-east".into(),
+            branch: "main".into(),
+            mode,
+            staleness,
+            grace_period: Duration::from_secs(60),
+        }
+    }
+
+    fn request(rev: &str, checksum: Checksum) -> RequestFacts {
+        RequestFacts {
+            revision: Annotation::Valid(Revision::parse(rev).unwrap()),
+            checksum: Annotation::Valid(checksum),
+            break_glass: false,
+        }
+    }
+
+    fn head() -> HeadFacts {
+        HeadFacts {
+            commit: Revision::parse(HEAD).unwrap(),
+            commit_time: 100 * DAY,
+            previous: None,
+        }
+    }
+
+    fn facts(
+        position: Position,
+        at_rev: ChecksumFact,
+        at_head: Option<ChecksumFact>,
+    ) -> MirrorFacts {
+        MirrorFacts::Available {
+            head: head(),
+            position,
+            at_revision: Some(at_rev),
+            at_head,
+        }
+    }
+
+    fn stale_position() -> Position {
+        Position::Ancestor {
+            behind: 37,
+            commit_time: 59 * DAY,
+        }
+    }
+
+    fn strict() -> RulePolicy {
+        rule(Staleness::Strict, Mode::Enforce)
+    }
+
+    fn run(rule: &RulePolicy, req: &RequestFacts, facts: &MirrorFacts) -> Decision {
+        decide(rule, req, facts, FailureAction::Deny)
+    }
+
+    #[test]
+    fn revision_forms() {
+        let want = Revision::parse(HEAD).unwrap();
+        for form in [
+            HEAD.to_owned(),
+            HEAD.to_uppercase(),
+            format!("sha1:{HEAD}"),
+            format!("main@sha1:{HEAD}"),
+            format!("release/v1@sha1:{}", HEAD.to_uppercase()),
+        ] {
+            assert_eq!(Revision::parse(&form), Ok(want), "{form}");
+        }
+        for bad in [
+            "9be0d41",
+            "",
+            "sha1:",
+            "main@9be0d41",
+            &format!("@sha1:{HEAD}"),
+            &format!("{HEAD}0"),
+            &format!("sha256:{HEAD}"),
+            &"g".repeat(40),
+        ] {
+            assert!(Revision::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fresh() {
+        let d = run(
+            &strict(),
+            &request(HEAD, sum(1)),
+            &facts(Position::Head, Ok(sum(1)), None),
+        );
+        assert_eq!(d.reason, Reason::Fresh);
+        assert!(d.allowed);
+        assert!(d.message.starts_with("Fresh: "));
+    }
+
+    #[test]
+    fn stale_revision_says_how_far_behind() {
+        let d = run(
+            &strict(),
+            &request(OLD, sum(1)),
+            &facts(stale_position(), Ok(sum(1)), None),
+        );
+        assert_eq!(d.reason, Reason::StaleRevision);
+        assert!(!d.allowed);
+        assert_eq!(
+            d.message,
+            "StaleRevision: revision 3f2a1c9 is 37 commits and 41 days behind main@9be0d41; re-render from head"
+        );
+    }
+
+    #[test]
+    fn unchanged_overlay_in_content_mode() {
+        let r = rule(Staleness::Content, Mode::Enforce);
+        let d = run(
+            &r,
+            &request(OLD, sum(1)),
+            &facts(stale_position(), Ok(sum(1)), Some(Ok(sum(1)))),
+        );
+        assert_eq!(d.reason, Reason::UnchangedOverlay);
+        assert!(d.allowed);
+        let d = run(
+            &r,
+            &request(OLD, sum(1)),
+            &facts(stale_position(), Ok(sum(1)), Some(Ok(sum(2)))),
+        );
+        assert_eq!(d.reason, Reason::StaleRevision);
+    }
+
+    #[test]
+    fn missing_revision() {
+        let mut req = request(HEAD, sum(1));
+        req.revision = Annotation::Missing {
+            near_misses: vec![],
+        };
+        let d = run(&strict(), &req, &facts(Position::Head, Ok(sum(1)), None));
+        assert_eq!(d.reason, Reason::MissingRevision);
+        assert!(!d.allowed);
+    }
+
+    #[test]
+    fn malformed_revision() {
+        let mut req = request(HEAD, sum(1));
+        req.revision = Annotation::Malformed {
+            value: "9be0d41".into(),
+            why: "short".into(),
+        };
+        let d = run(&strict(), &req, &facts(Position::Head, Ok(sum(1)), None));
+        assert_eq!(d.reason, Reason::MalformedRevision);
+        assert!(d.message.contains("\"9be0d41\""));
+    }
+
+    #[test]
+    fn missing_checksum_names_the_near_miss() {
+        let annotations = [("fluxcd", "sha256:abc"), ("other", "x")];
+        let read = read_annotation(
+            annotations.iter().map(|(k, v)| (*k, *v)),
+            "fluxcd.io/checksum",
+            |v| v.parse::<Checksum>().map_err(|e| e.to_string()),
+        );
+        assert_eq!(
+            read,
+            Annotation::Missing {
+                near_misses: vec!["fluxcd".into()]
+            }
+        );
+        let mut req = request(HEAD, sum(1));
+        req.checksum = read;
+        let d = run(&strict(), &req, &facts(Position::Head, Ok(sum(1)), None));
+        assert_eq!(d.reason, Reason::MissingChecksum);
+        assert!(d.message.contains("\"fluxcd\""), "{}", d.message);
+    }
+
+    #[test]
+    fn near_misses() {
+        let key = "fluxcd.io/checksum";
+        for near in [
+            "fluxcd",
+            "fluxcd.io",
+            "FluxCD.io/Checksum",
+            "stale-guard.io/checksum",
+            "checksum",
+        ] {
+            assert!(is_near_miss(near, key), "{near}");
+        }
+        for far in [
+            "flux",
+            "fluxcd.i",
+            "fluxcd.io/revision",
+            "",
+            "kubectl.kubernetes.io/last-applied-configuration",
+        ] {
+            assert!(!is_near_miss(far, key), "{far}");
+        }
+    }
+
+    #[test]
+    fn malformed_checksum() {
+        let read = read_annotation([("k", "sha256:ABC")], "k", |v| {
+            v.parse::<Checksum>().map_err(|e| e.to_string())
+        });
+        let mut req = request(HEAD, sum(1));
+        req.checksum = read;
+        let d = run(&strict(), &req, &facts(Position::Head, Ok(sum(1)), None));
+        assert_eq!(d.reason, Reason::MalformedChecksum);
+    }
+
+    #[test]
+    fn unknown_revision() {
+        let d = run(
+            &strict(),
+            &request(OLD, sum(1)),
+            &facts(Position::Unknown, Ok(sum(1)), None),
+        );
+        assert_eq!(d.reason, Reason::UnknownRevision);
+        assert!(!d.allowed);
+    }
+
+    #[test]
+    fn revision_not_on_branch() {
+        let d = run(
+            &strict(),
+            &request(OLD, sum(1)),
+            &facts(Position::OffBranch, Ok(sum(1)), None),
+        );
+        assert_eq!(d.reason, Reason::RevisionNotOnBranch);
+    }
+
+    #[test]
+    fn checksum_mismatch_shows_both() {
+        let d = run(
+            &strict(),
+            &request(HEAD, sum(1)),
+            &facts(Position::Head, Ok(sum(2)), None),
+        );
+        assert_eq!(d.reason, Reason::ChecksumMismatch);
+        assert!(d.message.contains(&sum(1).to_string()) && d.message.contains(&sum(2).to_string()));
+        assert_eq!(d.expected_checksum, Some(sum(2)));
+        assert_eq!(d.found_checksum, Some(sum(1)));
+    }
+
+    #[test]
+    fn overlay_error() {
+        let d = run(
+            &strict(),
+            &request(HEAD, sum(1)),
+            &facts(Position::Head, Err("symlink loop".into()), None),
+        );
+        assert_eq!(d.reason, Reason::OverlayError);
+        assert!(d.message.contains("symlink loop"));
+    }
+
+    #[test]
+    fn mirror_unavailable_follows_the_failure_policy() {
+        let f = MirrorFacts::Unavailable {
+            why: "last fetch 12 minutes ago".into(),
+        };
+        let d = decide(&strict(), &request(HEAD, sum(1)), &f, FailureAction::Deny);
+        assert_eq!((d.reason, d.allowed), (Reason::MirrorUnavailable, false));
+        let d = decide(&strict(), &request(HEAD, sum(1)), &f, FailureAction::Allow);
+        assert_eq!((d.reason, d.allowed), (Reason::MirrorUnavailable, true));
+        assert!(d.is_denial());
+    }
+
+    #[test]
+    fn break_glass_overrides_and_is_logged() {
+        let mut req = request(OLD, sum(1));
+        req.break_glass = true;
+        let d = run(&strict(), &req, &facts(stale_position(), Ok(sum(1)), None));
+        assert_eq!(d.reason, Reason::BreakGlass);
+        assert!(d.allowed);
+        assert_eq!(d.overridden, Some(Reason::StaleRevision));
+        assert!(d.is_denial());
+    }
+
+    #[test]
+    fn warn_and_audit_modes_allow_but_keep_the_reason() {
+        let d = run(
+            &rule(Staleness::Strict, Mode::Warn),
+            &request(OLD, sum(1)),
+            &facts(stale_position(), Ok(sum(1)), None),
+        );
+        assert_eq!((d.reason, d.allowed), (Reason::StaleRevision, true));
+        assert_eq!(d.warnings.len(), 1);
+        let d = run(
+            &rule(Staleness::Strict, Mode::Audit),
+            &request(OLD, sum(1)),
+            &facts(stale_position(), Ok(sum(1)), None),
+        );
+        assert_eq!((d.reason, d.allowed), (Reason::StaleRevision, true));
+        assert!(d.warnings.is_empty() && d.is_denial());
+    }
+
+    #[test]
+    fn previous_head_passes_within_the_grace_period_only() {
+        let old = Revision::parse(OLD).unwrap();
+        let mut h = head();
+        h.previous = Some((old, Duration::from_secs(30)));
+        let f = MirrorFacts::Available {
+            head: h,
+            position: Position::Ancestor {
+                behind: 1,
+                commit_time: 99 * DAY,
+            },
+            at_revision: Some(Ok(sum(1))),
+            at_head: None,
+        };
+        let d = run(&strict(), &request(OLD, sum(1)), &f);
+        assert_eq!((d.reason, d.allowed), (Reason::Fresh, true));
+        h.previous = Some((old, Duration::from_secs(61)));
+        let f = MirrorFacts::Available {
+            head: h,
+            position: Position::Ancestor {
+                behind: 1,
+                commit_time: 99 * DAY,
+            },
+            at_revision: Some(Ok(sum(1))),
+            at_head: None,
+        };
+        assert_eq!(
+            run(&strict(), &request(OLD, sum(1)), &f).reason,
+            Reason::StaleRevision
+        );
+    }
+
+    #[test]
+    fn reason_strings_are_the_contract_codes() {
+        let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), 15);
+        assert!(
+            names
+                .iter()
+                .all(|n| Reason::ALL.iter().any(|r| format!("{r:?}") == *n))
+        );
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(human_age(41 * DAY + 5), "41 days");
+        assert_eq!(human_age(3 * 3600), "3 hours");
+        assert_eq!(human_age(90), "90 seconds");
+        assert_eq!(human_age(-5), "0 seconds");
+    }
+}
