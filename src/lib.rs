@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod cli;
+pub mod config;
 pub mod kustomize;
 pub mod mirror;
 pub mod policy;

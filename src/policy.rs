@@ -199,7 +199,8 @@ pub fn is_near_miss(candidate: &str, key: &str) -> bool {
 }
 
 /// How a rule acts on a denial.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
     Enforce,
@@ -208,7 +209,8 @@ pub enum Mode {
 }
 
 /// Which older revisions a rule lets through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Staleness {
     /// Only the branch head passes.
     #[default]
@@ -279,7 +281,8 @@ pub enum MirrorFacts {
 }
 
 /// What the failure policy says for an unavailable mirror or a timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FailureAction {
     #[default]
     Deny,
