@@ -187,17 +187,20 @@ pub struct CacheLimits {
     pub tree_entries: u64,
     /// Number of parsed kustomizations kept.
     pub kustomizations: u64,
-    /// Number of (commit, overlay) results kept.
-    pub results: u64,
+    /// Total closure entries kept across cached (commit, overlay) results
+    /// (a result weighs its entry count, about 100 bytes each).
+    pub result_entries: u64,
 }
 
 impl Default for CacheLimits {
     fn default() -> Self {
+        // About 25 MB each at most for digests, trees and results: enough
+        // for several 1,000-file overlays over many commits, and bounded.
         CacheLimits {
-            blob_digests: 1_000_000,
-            tree_entries: 2_000_000,
-            kustomizations: 100_000,
-            results: 10_000,
+            blob_digests: 250_000,
+            tree_entries: 250_000,
+            kustomizations: 50_000,
+            result_entries: 250_000,
         }
     }
 }
@@ -224,7 +227,18 @@ impl Caches {
                 .weigher(|_, dir: &Arc<Dir>| dir.entries.len().try_into().unwrap_or(u32::MAX))
                 .build(),
             kustomizations: moka::sync::Cache::new(limits.kustomizations),
-            results: moka::sync::Cache::new(limits.results),
+            results: moka::sync::Cache::builder()
+                .max_capacity(limits.result_entries)
+                .weigher(|_, result: &CachedResult| match result.as_ref() {
+                    Ok(sum) => sum
+                        .entries
+                        .len()
+                        .saturating_add(1)
+                        .try_into()
+                        .unwrap_or(u32::MAX),
+                    Err(_) => 1,
+                })
+                .build(),
         }
     }
 }
