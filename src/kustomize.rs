@@ -248,13 +248,19 @@ impl HelmChart {
         }
     }
 
-    /// The `remote:` name of a chart pull: `<repo>/<name>[@<version>]`.
+    /// The `remote:` name of a chart pull: `<repo>/<name>[@<version>]`
+    /// (without a repo, helm resolves the bare name: `<name>[@<version>]`).
     pub fn remote_ref(&self) -> String {
-        if self.version.is_empty() {
-            format!("{}/{}", self.repo, self.name)
+        let mut r = if self.repo.is_empty() {
+            self.name.clone()
         } else {
-            format!("{}/{}@{}", self.repo, self.name, self.version)
+            format!("{}/{}", self.repo.trim_end_matches('/'), self.name)
+        };
+        if !self.version.is_empty() {
+            r.push('@');
+            r.push_str(&self.version);
         }
+        r
     }
 }
 
@@ -561,7 +567,7 @@ pub fn kustomization_inputs(doc: &Node) -> Shape<Inputs> {
         inputs.helm_chart(object(item, &f)?, globals, &f)?;
     }
     inputs.helm_config_home(globals)?;
-    legacy_helm(root, &mut inputs)?;
+    legacy_helm(root, globals, &mut inputs)?;
 
     for name in ["generators", "transformers", "validators"] {
         for (f, entry) in string_list(root, name, name)? {
@@ -585,7 +591,7 @@ pub fn kustomization_inputs(doc: &Node) -> Shape<Inputs> {
 }
 
 /// The deprecated `helmChartInflationGenerator` field, read like `helmCharts`.
-fn legacy_helm(root: &Node, inputs: &mut Inputs) -> Shape<()> {
+fn legacy_helm(root: &Node, globals: &Node, inputs: &mut Inputs) -> Shape<()> {
     let name = "helmChartInflationGenerator";
     for (i, item) in list(root, name, name)?.iter().enumerate() {
         let f = format!("{name}[{i}]");
@@ -602,15 +608,21 @@ fn legacy_helm(root: &Node, inputs: &mut Inputs) -> Shape<()> {
                 chart.push((modern.to_owned(), Node::String(v)));
             }
         }
-        let mut globals = Vec::new();
+        // kustomize appends legacy entries to `helmCharts`, so an explicit
+        // `helmGlobals` applies to them; their own homes take precedence.
+        let global = |key: &str| opt_string(globals, key, &format!("helmGlobals.{key}"));
+        let mut merged = Vec::new();
         for (legacy, modern) in [("chartHome", "chartHome"), ("helmHome", "configHome")] {
-            if let Some(v) = get(legacy)? {
-                globals.push((modern.to_owned(), Node::String(v)));
+            let value = get(legacy)?.filter(|v| !v.is_empty()).or(global(modern)?);
+            if let Some(v) = value {
+                merged.push((modern.to_owned(), Node::String(v)));
             }
         }
-        let globals = Node::Map(globals);
+        let globals = Node::Map(merged);
         inputs.helm_chart(&Node::Map(chart), &globals, &f)?;
-        inputs.helm_config_home(&globals)?;
+        if get("helmHome")?.is_some_and(|h| !h.is_empty()) {
+            inputs.helm_config_home(&globals)?;
+        }
     }
     Ok(())
 }
@@ -774,7 +786,13 @@ helmCharts:
         assert_eq!(paths(&i), ["v.yaml", "v2.yaml"]);
         let legacy = inputs("helmChartInflationGenerator: [{chartName: x, values: vals.yaml}]");
         assert_eq!(legacy.helm_charts[0].chart_dir(), "charts/x");
+        assert_eq!(legacy.helm_charts[0].remote_ref(), "x");
         assert_eq!(paths(&legacy), ["vals.yaml"]);
+        let legacy = inputs(
+            "helmGlobals: {chartHome: ../home}\nhelmChartInflationGenerator: [{chartName: api}, {chartName: b, chartHome: own}]",
+        );
+        assert_eq!(legacy.helm_charts[0].chart_dir(), "../home/api");
+        assert_eq!(legacy.helm_charts[1].chart_dir(), "own/b");
     }
 
     #[test]
