@@ -1,0 +1,531 @@
+//! The git mirror against real git: a local path, `git daemon` and smart
+//! HTTP (`git http-backend`) on loopback ports.
+
+mod mirror_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mirror_support::{GitDaemon, HangingServer, HttpServer, Origin, eventually, oid, run_git};
+use stale_guard::mirror::{FetchErrorKind, Lookup, Mirror, SourceSpec};
+
+fn spec(url: &str) -> SourceSpec {
+    let mut s = SourceSpec::new("src", url, "main");
+    s.poll_interval = Duration::from_secs(3600);
+    s.fetch_timeout = Duration::from_secs(20);
+    s
+}
+
+fn deadline(secs: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(secs)
+}
+
+fn pack_files(mirror: &Mirror) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(mirror.path().join("objects/pack"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_path_clone_head_and_facts() {
+    mirror_support::capture_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let c: Vec<String> = (0..5)
+        .map(|i| origin.commit("main", &format!("c{i}")))
+        .collect();
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    let head = m.head().expect("synced");
+    assert_eq!(head.commit, oid(&c[4]));
+    assert_eq!(head.commit_time, (mirror_support::EPOCH + 5 * 60) as i64);
+    let st = m.status();
+    assert_eq!(st.fetches, 1);
+    assert!(st.last_success.is_some());
+    assert!(st.is_fresh(Duration::from_secs(60), SystemTime::now()));
+    assert_eq!(st.commits, 5);
+
+    let f = m.facts(oid(&c[4]));
+    assert!(f.known && f.is_head && !f.is_ancestor_of_head && f.on_branch());
+    assert_eq!(f.behind_commits, Some(0));
+    let f = m.facts(oid(&c[1]));
+    assert!(f.known && !f.is_head && f.is_ancestor_of_head);
+    assert_eq!(f.behind_commits, Some(3));
+    assert_eq!(f.behind_time(), Some(Duration::from_secs(180)));
+    // Cached answer is the same.
+    assert_eq!(m.facts(oid(&c[1])), f);
+    let unknown = oid("0123456789abcdef0123456789abcdef01234567");
+    let f = m.facts(unknown);
+    assert!(!f.known && !f.on_branch() && f.behind_commits.is_none());
+
+    // The handle works for the checksum engine's kind of reads.
+    let repo = m.repository().to_thread_local();
+    assert!(repo.find_commit(oid(&c[0])).is_ok());
+    // The state file is there, and no URL/credential in the repo config.
+    assert!(m.path().join("stale-guard-mirror.json").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_history_behind_counts_match_git() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.merge_history("main", 400);
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    let all = run_git(&origin.dir, &["rev-list", "main"]);
+    let all: Vec<&str> = all.lines().collect();
+    assert_eq!(m.status().commits, all.len());
+    for rev in all.iter().step_by(13) {
+        let expected: u64 = run_git(
+            &origin.dir,
+            &["rev-list", "--count", &format!("{rev}..main")],
+        )
+        .parse()
+        .unwrap();
+        let f = m.facts_uncached(oid(rev));
+        assert_eq!(f.behind_commits, Some(expected), "behind count of {rev}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reuses_existing_mirror_without_reaching_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.linear_history("main", 200);
+    let dir = tmp.path().join("mirrors");
+    let first = Mirror::open(spec(origin.dir.to_str().unwrap()), &dir)
+        .await
+        .unwrap();
+    let head = first.head().unwrap();
+    let last_success = first.status().last_success.unwrap();
+    let packs = pack_files(&first);
+    drop(first);
+
+    // Reopen while the remote is gone: ready from disk, no fetch.
+    let moved = tmp.path().join("origin-away.git");
+    std::fs::rename(&origin.dir, &moved).unwrap();
+    let second = Mirror::open(spec(origin.dir.to_str().unwrap()), &dir)
+        .await
+        .unwrap();
+    let st = second.status();
+    assert_eq!(st.fetches, 0, "a restart must not fetch");
+    assert_eq!(second.head().unwrap().commit, head.commit);
+    let ms = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    assert_eq!(
+        ms(st.last_success.unwrap()),
+        ms(last_success),
+        "last success kept on disk"
+    );
+    assert!(st.is_fresh(Duration::from_secs(600), SystemTime::now()));
+    assert!(!st.is_fresh(Duration::ZERO, SystemTime::now() + Duration::from_secs(1)));
+
+    // Remote back, one new commit: an incremental fetch, old packs kept.
+    std::fs::rename(&moved, &origin.dir).unwrap();
+    let new = origin.commit("main", "after restart");
+    let report = second.refresh().await.unwrap();
+    assert!(report.head_changed && !report.repaired);
+    assert_eq!(second.head().unwrap().commit, oid(&new));
+    let after = pack_files(&second);
+    for p in &packs {
+        assert!(
+            after.contains(p),
+            "pack {p} was replaced: a full re-clone happened"
+        );
+    }
+    assert_eq!(second.status().repairs, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_daemon_poll_sees_new_commit_within_one_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.commit("main", "c0");
+    let daemon = GitDaemon::start(tmp.path());
+    let mut s = spec(&daemon.url("origin.git"));
+    s.poll_interval = Duration::from_secs(1);
+    let m = Mirror::open(s, &tmp.path().join("mirrors")).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let poller = Arc::clone(&m).spawn_poller(async {
+        let _ = rx.await;
+    });
+    let new = origin.commit("main", "c1");
+    let pushed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || m.head().map(|h| h.commit)
+            == Some(oid(&new)))
+        .await,
+        "poller never saw the new head"
+    );
+    let seen = pushed.elapsed();
+    // One interval, plus the fetch itself.
+    assert!(
+        seen < Duration::from_millis(1000 + 1500),
+        "seen after {seen:?}"
+    );
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), poller)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_daemon_on_demand_fetch_sees_new_commit_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.commit("main", "c0");
+    let daemon = GitDaemon::start(tmp.path());
+    let m = Mirror::open(spec(&daemon.url("origin.git")), &tmp.path().join("mirrors"))
+        .await
+        .unwrap();
+    let new = origin.commit("main", "c1");
+    assert!(!m.facts(oid(&new)).known);
+    let start = Instant::now();
+    assert_eq!(m.ensure_known(oid(&new), deadline(10)).await, Lookup::Known);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let f = m.facts(oid(&new));
+    assert!(f.known && f.is_head);
+    assert_eq!(m.status().fetches, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_thousand_concurrent_lookups_share_one_fetch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.commit("main", "c0");
+    let server = HttpServer::start(tmp.path(), &tmp.path().join("http.log"), None);
+    let m = Mirror::open(spec(&server.url("origin.git")), &tmp.path().join("mirrors"))
+        .await
+        .unwrap();
+    assert!(m.head().is_some(), "{:?}", m.status().last_failure);
+    let fetches_before = m.status().fetches;
+    let served_before = server.count("info/refs?service=git-upload-pack");
+    let new = oid(&origin.commit("main", "c1"));
+
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let m = Arc::clone(&m);
+        tasks.push(tokio::spawn(async move {
+            m.ensure_known(new, deadline(20)).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Lookup::Known);
+    }
+    let st = m.status();
+    assert_eq!(
+        st.fetches - fetches_before,
+        1,
+        "exactly one fetch for 1000 lookups"
+    );
+    assert_eq!(st.revision_fetches, 0);
+    assert_eq!(
+        server.count("info/refs?service=git-upload-pack") - served_before,
+        1,
+        "the server saw exactly one fetch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_stopped_mid_life_then_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let c0 = origin.commit("main", "c0");
+    let c1 = origin.commit("main", "c1");
+    let mut daemon = GitDaemon::start(tmp.path());
+    let m = Mirror::open(spec(&daemon.url("origin.git")), &tmp.path().join("mirrors"))
+        .await
+        .unwrap();
+    let success = m.status().last_success.unwrap();
+
+    daemon.stop();
+    let err = m.refresh().await.unwrap_err();
+    assert_eq!(err.kind, FetchErrorKind::Unreachable, "{err}");
+    let st = m.status();
+    assert_eq!(
+        st.head.as_ref().unwrap().commit,
+        oid(&c1),
+        "head stays available"
+    );
+    assert_eq!(st.last_success, Some(success));
+    let failure = st.last_failure.clone().unwrap();
+    assert!(failure.at >= success);
+    assert_eq!(st.consecutive_failures, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(st.staleness(SystemTime::now()).unwrap() >= Duration::from_millis(50));
+    // Objects stay available.
+    let f = m.facts(oid(&c0));
+    assert!(f.known && f.is_ancestor_of_head);
+    assert_eq!(f.behind_commits, Some(1));
+    assert!(
+        m.repository()
+            .to_thread_local()
+            .find_commit(oid(&c0))
+            .is_ok()
+    );
+
+    // Remote back: recovers without a restart.
+    daemon.restart();
+    let c2 = origin.commit("main", "c2");
+    m.refresh().await.unwrap();
+    let st = m.status();
+    assert_eq!(st.head.unwrap().commit, oid(&c2));
+    assert_eq!(st.consecutive_failures, 0);
+    assert!(st.last_success.unwrap() > success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_remote_times_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hang = HangingServer::start();
+    let mut s = spec(&format!("git://127.0.0.1:{}/origin.git", hang.port));
+    s.fetch_timeout = Duration::from_secs(2);
+    let start = Instant::now();
+    let m = Mirror::open(s, &tmp.path().join("mirrors")).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "open took {:?}",
+        start.elapsed()
+    );
+    assert!(m.head().is_none());
+    let st = m.status();
+    let failure = st.last_failure.clone().unwrap();
+    assert_eq!(failure.kind, FetchErrorKind::Timeout, "{}", failure.message);
+    assert!(st.last_success.is_none());
+    assert!(!st.is_fresh(Duration::from_secs(3600), SystemTime::now()));
+    // A lookup is bounded by its deadline even while the remote hangs.
+    let start = Instant::now();
+    let r = m
+        .ensure_known(
+            oid("0123456789abcdef0123456789abcdef01234567"),
+            tokio::time::Instant::now() + Duration::from_millis(300),
+        )
+        .await;
+    assert_eq!(r, Lookup::StillUnknown);
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_push_is_detected_and_old_commits_leave_the_branch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let a = origin.commit("main", "a");
+    let b = origin.commit("main", "b");
+    let c = origin.commit("main", "c");
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    assert!(m.facts(oid(&b)).is_ancestor_of_head);
+
+    let x = origin.commit_with(&[&a], "x");
+    origin.set("main", &x);
+    let report = m.refresh().await.unwrap();
+    assert!(report.history_rewritten);
+    assert_eq!(m.status().history_rewrites, 1);
+    assert_eq!(m.head().unwrap().commit, oid(&x));
+    for gone in [&b, &c] {
+        let f = m.facts(oid(gone));
+        assert!(f.known, "objects of the old history stay");
+        assert!(!f.on_branch(), "{gone} must no longer be on the branch");
+        assert_eq!(f.behind_commits, None);
+    }
+    let f = m.facts(oid(&a));
+    assert!(f.is_ancestor_of_head);
+    assert_eq!(f.behind_commits, Some(1));
+    // Moving back to an older commit is a rewrite too.
+    origin.set("main", &a);
+    assert!(m.refresh().await.unwrap().history_rewritten);
+    assert!(m.facts(oid(&a)).is_head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_deleted_keeps_head_and_marks_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.commit("main", "a");
+    let b = origin.commit("main", "b");
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    origin.delete("main");
+    let err = m.refresh().await.unwrap_err();
+    assert_eq!(err.kind, FetchErrorKind::BranchMissing);
+    assert!(err.message.contains("main"), "{}", err.message);
+    let st = m.status();
+    assert!(st.branch_missing);
+    assert_eq!(st.head.unwrap().commit, oid(&b));
+    assert!(m.facts(oid(&b)).is_head);
+    // Branch back: recovers.
+    origin.set("main", &b);
+    let c = origin.commit("main", "c");
+    m.refresh().await.unwrap();
+    assert!(!m.status().branch_missing);
+    assert_eq!(m.head().unwrap().commit, oid(&c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_directory_deleted_while_running_is_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let a = origin.commit("main", "a");
+    let b = origin.commit("main", "b");
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(m.path()).unwrap();
+    // Ancestry keeps being answered from memory.
+    assert!(m.facts_uncached(oid(&a)).is_ancestor_of_head);
+    let report = m.refresh().await.unwrap();
+    assert!(report.repaired);
+    assert_eq!(report.head, oid(&b));
+    assert_eq!(m.status().repairs, 1);
+    assert!(
+        m.repository()
+            .to_thread_local()
+            .find_commit(oid(&a))
+            .is_ok()
+    );
+    assert!(m.path().join("stale-guard-mirror.json").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_directory_truncated_while_running_is_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.linear_history("main", 50);
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    // Truncate: HEAD emptied, packs and refs gone.
+    std::fs::write(m.path().join("HEAD"), b"").unwrap();
+    let _ = std::fs::remove_dir_all(m.path().join("objects/pack"));
+    let _ = std::fs::remove_dir_all(m.path().join("refs"));
+    let _ = std::fs::remove_file(m.path().join("packed-refs"));
+    let new = origin.commit("main", "after truncation");
+    let report = m.refresh().await.unwrap();
+    assert!(report.repaired);
+    assert_eq!(report.head, oid(&new));
+    assert_eq!(m.status().commits, 51);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_mirror_found_at_start_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let a = origin.commit("main", "a");
+    let dir = tmp.path().join("mirrors");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/garbage"), b"not a repository").unwrap();
+    let m = Mirror::open(spec(origin.dir.to_str().unwrap()), &dir)
+        .await
+        .unwrap();
+    assert_eq!(m.status().repairs, 1);
+    assert_eq!(m.head().unwrap().commit, oid(&a));
+    assert!(!m.path().join("garbage").exists());
+    // No temporary or old directories are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_on_another_branch_is_fetched_by_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let a = origin.commit("main", "a");
+    origin.commit("main", "b");
+    let daemon = GitDaemon::start(tmp.path());
+    let m = Mirror::open(spec(&daemon.url("origin.git")), &tmp.path().join("mirrors"))
+        .await
+        .unwrap();
+    let side = origin.commit_with(&[&a], "side");
+    origin.set("feature", &side);
+    assert_eq!(
+        m.ensure_known(oid(&side), deadline(10)).await,
+        Lookup::Known
+    );
+    let f = m.facts(oid(&side));
+    assert!(f.known && !f.on_branch(), "{f:?}");
+    assert!(f.commit_time.is_some());
+    assert_eq!(m.status().revision_fetches, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_revision_stays_unknown_and_is_not_refetched_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.commit("main", "a");
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    let nowhere = oid("0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(
+        m.ensure_known(nowhere, deadline(10)).await,
+        Lookup::StillUnknown
+    );
+    let first = m.status();
+    assert_eq!(first.revision_fetches, 1);
+    assert_eq!(
+        m.ensure_known(nowhere, deadline(10)).await,
+        Lookup::StillUnknown
+    );
+    let st = m.status();
+    assert_eq!(
+        (st.fetches, st.revision_fetches),
+        (first.fetches, first.revision_fetches),
+        "negative answer cached briefly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url, branch) in [
+        ("", "/x", "main"),
+        ("../up", "/x", "main"),
+        (".hidden", "/x", "main"),
+        ("ok", "--upload-pack=evil", "main"),
+        ("ok", "/x", "-b"),
+        ("ok", "/x", "a..b"),
+        ("ok", "/x", "a b"),
+    ] {
+        let r = Mirror::open(SourceSpec::new(name, url, branch), tmp.path()).await;
+        assert!(r.is_err(), "{name} {url} {branch} accepted");
+    }
+}
