@@ -687,12 +687,17 @@ impl Mirror {
                 }
             }
         };
-        if wait_until(rx, deadline).await.is_none() {
-            return if self.is_known(rev) {
+        let now_known = || {
+            if self.is_known(rev) {
                 Lookup::Known
             } else {
                 Lookup::StillUnknown
-            };
+            }
+        };
+        // Deadline passed while the fetch runs: answer with what we have,
+        // without caching a negative answer the fetch may still overturn.
+        if wait_until(rx, deadline).await.is_none() {
+            return now_known();
         }
         if self.is_known(rev) {
             return Lookup::Known;
@@ -700,19 +705,14 @@ impl Mirror {
         if tokio::time::Instant::now() < deadline {
             let rx = self.start_or_join_revision(rev);
             if wait_until(rx, deadline).await.is_none() {
-                return if self.is_known(rev) {
-                    Lookup::Known
-                } else {
-                    Lookup::StillUnknown
-                };
+                return now_known();
             }
         }
-        if self.is_known(rev) {
-            Lookup::Known
-        } else {
+        let answer = now_known();
+        if answer == Lookup::StillUnknown {
             self.unknown.insert(rev, ());
-            Lookup::StillUnknown
         }
+        answer
     }
 
     /// Fetches the branch now, or joins the fetch already running.

@@ -391,8 +391,9 @@ struct Context {
     found: Option<Checksum>,
 }
 
-fn near_miss_hint(near_misses: &[String]) -> String {
-    if near_misses.is_empty() {
+/// The message for an absent annotation, naming near-miss keys.
+fn missing_annotation(what: &str, near_misses: &[String]) -> String {
+    let hint = if near_misses.is_empty() {
         String::new()
     } else {
         let list: Vec<String> = near_misses.iter().map(|k| format!("{k:?}")).collect();
@@ -400,7 +401,10 @@ fn near_miss_hint(near_misses: &[String]) -> String {
             "; found near-miss key {} (an annotation key must be written whole, never split on dots)",
             list.join(", ")
         )
-    }
+    };
+    format!(
+        "the object has no {what} annotation{hint}; stamp rendered manifests with `stale-guard stamp`"
+    )
 }
 
 fn evaluate(
@@ -413,10 +417,7 @@ fn evaluate(
         Annotation::Missing { near_misses } => {
             return (
                 Reason::MissingRevision,
-                format!(
-                    "the object has no revision annotation{}; stamp rendered manifests with `stale-guard stamp`",
-                    near_miss_hint(near_misses)
-                ),
+                missing_annotation("revision", near_misses),
                 cx,
             );
         }
@@ -436,10 +437,7 @@ fn evaluate(
         Annotation::Missing { near_misses } => {
             return (
                 Reason::MissingChecksum,
-                format!(
-                    "the object has no checksum annotation{}; stamp rendered manifests with `stale-guard stamp`",
-                    near_miss_hint(near_misses)
-                ),
+                missing_annotation("checksum", near_misses),
                 cx,
             );
         }
