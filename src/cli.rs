@@ -20,8 +20,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the admission webhook (HTTPS only).
+    Serve(ServeArgs),
     /// Print the overlay checksum (version 1) at a revision, read from git objects.
     Checksum(ChecksumArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file (YAML, see the README).
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +76,7 @@ impl Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve(&args),
         Command::Checksum(args) => checksum(&args),
     };
     match result {
@@ -76,6 +86,29 @@ pub fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    let config = crate::config::Config::load(&args.config).map_err(Failure::usage)?;
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))?;
+    runtime
+        .block_on(crate::server::run(config))
+        .map_err(|e| Failure::failed(format!("{e:#}")))
+}
+
+/// JSON lines on stdout; `RUST_LOG` overrides the default `info` level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .try_init();
 }
 
 fn checksum(args: &ChecksumArgs) -> Result<(), Failure> {

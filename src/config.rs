@@ -326,6 +326,45 @@ impl Config {
     }
 }
 
+impl SourceConfig {
+    /// The mirror's view of this source.
+    pub fn spec(&self) -> crate::mirror::SourceSpec {
+        use crate::mirror::Credentials;
+        let credentials = self.credentials.as_ref().and_then(|c| {
+            match (
+                &c.username_file,
+                &c.password_file,
+                &c.token_file,
+                &c.ssh_key_file,
+            ) {
+                (Some(u), Some(p), _, _) => Some(Credentials::Basic {
+                    username_file: u.clone(),
+                    password_file: p.clone(),
+                }),
+                (_, _, Some(t), _) => Some(Credentials::Token {
+                    token_file: t.clone(),
+                    username: None,
+                }),
+                (_, _, _, Some(k)) => c.known_hosts_file.as_ref().map(|h| Credentials::Ssh {
+                    private_key_file: k.clone(),
+                    known_hosts_file: h.clone(),
+                }),
+                _ => None,
+            }
+        });
+        let mut spec = crate::mirror::SourceSpec::new(&self.name, &self.url, &self.branch);
+        spec.poll_interval = self.poll_interval;
+        spec.fetch_timeout = self.fetch_timeout;
+        spec.credentials = credentials;
+        spec
+    }
+}
+
+/// Parses a duration as the config writes it: `30s`, `10m`, `1h30m`, `500ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text)
+}
+
 fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63

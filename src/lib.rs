@@ -5,10 +5,15 @@
 //! (commit, overlay path) computed from git objects ([`tree`]) by following
 //! what `kustomize build` reads ([`kustomize`]).
 
+pub mod admission;
+pub mod audit;
 pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod kustomize;
+pub mod metrics;
 pub mod mirror;
 pub mod policy;
+pub mod server;
+pub mod tls;
 pub mod tree;

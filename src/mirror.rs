@@ -176,6 +176,9 @@ pub struct Head {
     pub commit_time: i64,
     /// When this mirror first saw this head.
     pub observed_at: SystemTime,
+    /// The head before this one, if this process saw it move (the grace
+    /// window lets it pass for a while after `observed_at`).
+    pub previous: Option<ObjectId>,
 }
 
 /// The last failed fetch.
@@ -476,6 +479,7 @@ impl Mirror {
                     commit: head,
                     commit_time,
                     observed_at,
+                    previous: None,
                 },
                 index: Arc::new(index),
             })
@@ -982,6 +986,7 @@ impl Mirror {
                     commit: head,
                     commit_time,
                     observed_at: SystemTime::now(),
+                    previous: old.as_ref().map(|s| s.head.commit),
                 },
                 index: Arc::new(index),
             }));

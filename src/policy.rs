@@ -332,6 +332,29 @@ impl Decision {
     }
 }
 
+/// Which checksums [`decide`] will need for a revision at `position`:
+/// (at the revision, at the head). A strictly stale revision outside the
+/// grace window is denied without any (cheap under load); a head revision
+/// needs its own; `staleness: content` compares with the head.
+pub fn needed_checksums(
+    rule: &RulePolicy,
+    revision: Revision,
+    head: &HeadFacts,
+    position: Position,
+) -> (bool, bool) {
+    let in_grace = head
+        .previous
+        .is_some_and(|(prev, since)| prev == revision && since <= rule.grace_period);
+    match position {
+        Position::Head => (true, false),
+        Position::Ancestor { .. } => match rule.staleness {
+            Staleness::Strict => (in_grace, false),
+            Staleness::Content => (true, !in_grace),
+        },
+        Position::Unknown | Position::OffBranch => (false, false),
+    }
+}
+
 /// The verdict for an in-scope request matched by `rule`.
 pub fn decide(
     rule: &RulePolicy,
@@ -340,6 +363,39 @@ pub fn decide(
     mirror_unavailable: FailureAction,
 ) -> Decision {
     let (reason, detail, context) = evaluate(rule, request, facts);
+    finish(rule, request, reason, detail, context, mirror_unavailable)
+}
+
+/// The verdict when no decision was reached within `budget`.
+pub fn timed_out(
+    rule: &RulePolicy,
+    request: &RequestFacts,
+    budget: Duration,
+    action: FailureAction,
+) -> Decision {
+    let cx = Context {
+        revision: match request.revision {
+            Annotation::Valid(r) => Some(r),
+            _ => None,
+        },
+        ..Context::default()
+    };
+    let detail = format!(
+        "no verdict within {} ms (fetching or checksumming took too long); retry, and check the mirror's health",
+        budget.as_millis()
+    );
+    finish(rule, request, Reason::DecisionTimeout, detail, cx, action)
+}
+
+/// Applies the failure policy, break-glass and the rule's mode to a reason.
+fn finish(
+    rule: &RulePolicy,
+    request: &RequestFacts,
+    reason: Reason,
+    detail: String,
+    context: Context,
+    failure_action: FailureAction,
+) -> Decision {
     let mut decision = Decision {
         reason,
         allowed: reason.allows(),
@@ -356,7 +412,8 @@ pub fn decide(
     if decision.allowed {
         return decision;
     }
-    if reason == Reason::MirrorUnavailable && mirror_unavailable == FailureAction::Allow {
+    let infrastructure = matches!(reason, Reason::MirrorUnavailable | Reason::DecisionTimeout);
+    if infrastructure && failure_action == FailureAction::Allow {
         decision.allowed = true;
         return decision;
     }
@@ -934,6 +991,52 @@ mod tests {
         assert_eq!(
             run(&strict(), &request(OLD, sum(1)), &f).reason,
             Reason::StaleRevision
+        );
+    }
+
+    #[test]
+    fn decision_timeout_follows_the_failure_policy_and_mode() {
+        let req = request(HEAD, sum(1));
+        let budget = Duration::from_secs(4);
+        let d = timed_out(&strict(), &req, budget, FailureAction::Deny);
+        assert_eq!((d.reason, d.allowed), (Reason::DecisionTimeout, false));
+        assert!(
+            d.message
+                .starts_with("DecisionTimeout: no verdict within 4000 ms")
+        );
+        let d = timed_out(&strict(), &req, budget, FailureAction::Allow);
+        assert_eq!((d.reason, d.allowed), (Reason::DecisionTimeout, true));
+        let warn = rule(Staleness::Strict, Mode::Warn);
+        let d = timed_out(&warn, &req, budget, FailureAction::Deny);
+        assert_eq!(
+            (d.reason, d.allowed, d.warnings.len()),
+            (Reason::DecisionTimeout, true, 1)
+        );
+    }
+
+    #[test]
+    fn checksums_are_computed_only_when_the_verdict_needs_them() {
+        let old = Revision::parse(OLD).unwrap();
+        let stale = stale_position();
+        assert_eq!(
+            needed_checksums(&strict(), old, &head(), Position::Head),
+            (true, false)
+        );
+        assert_eq!(
+            needed_checksums(&strict(), old, &head(), stale),
+            (false, false)
+        );
+        let content = rule(Staleness::Content, Mode::Enforce);
+        assert_eq!(
+            needed_checksums(&content, old, &head(), stale),
+            (true, true)
+        );
+        let mut h = head();
+        h.previous = Some((old, Duration::from_secs(1)));
+        assert_eq!(needed_checksums(&strict(), old, &h, stale), (true, false));
+        assert_eq!(
+            needed_checksums(&strict(), old, &h, Position::Unknown),
+            (false, false)
         );
     }
 

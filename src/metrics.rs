@@ -1,0 +1,154 @@
+//! Prometheus metrics (text exposition at `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `allow`, `deny`, `warn` (allowed by warn mode) or `audit`.
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: &'static str,
+    pub result: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric stale-guard exports.
+pub struct Metrics {
+    registry: Registry,
+    pub reviews: Family<ReviewLabels, Counter>,
+    pub review_duration: Histogram,
+    pub bad_requests: Counter,
+    pub mirror_head_age: Family<SourceLabels, FloatGauge>,
+    pub mirror_last_success: Family<SourceLabels, FloatGauge>,
+    pub mirror_fetches: Family<SourceLabels, Gauge>,
+    pub mirror_consecutive_failures: Family<SourceLabels, Gauge>,
+    pub mirror_ready: Family<SourceLabels, Gauge>,
+    pub cache: Family<CacheLabels, Counter>,
+    pub checksum_computations: Counter,
+    pub checksum_files: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stale_guard");
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register(
+            "reviews",
+            "AdmissionReviews answered, by decision and reason code",
+            reviews.clone(),
+        );
+        // From 1 ms to 10 s: the API server gives up at timeoutSeconds.
+        let review_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "review_duration_seconds",
+            "Time from request to verdict",
+            review_duration.clone(),
+        );
+        let bad_requests = Counter::default();
+        registry.register(
+            "bad_requests",
+            "Bodies refused with a 4xx (malformed, oversized, wrong version)",
+            bad_requests.clone(),
+        );
+        let mirror_head_age = Family::<SourceLabels, FloatGauge>::default();
+        registry.register(
+            "mirror_head_age_seconds",
+            "Seconds since the head commit of each source's branch was committed",
+            mirror_head_age.clone(),
+        );
+        let mirror_last_success = Family::<SourceLabels, FloatGauge>::default();
+        registry.register(
+            "mirror_last_success_timestamp_seconds",
+            "Unix time of the last successful fetch of each source",
+            mirror_last_success.clone(),
+        );
+        let mirror_fetches = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "mirror_fetches",
+            "Branch fetches attempted by this process, per source",
+            mirror_fetches.clone(),
+        );
+        let mirror_consecutive_failures = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "mirror_consecutive_fetch_failures",
+            "Fetches failed in a row, per source (0 after a success)",
+            mirror_consecutive_failures.clone(),
+        );
+        let mirror_ready = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "mirror_ready",
+            "1 when the source is synced within maxMirrorStaleness",
+            mirror_ready.clone(),
+        );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Checksum cache lookups by result",
+            cache.clone(),
+        );
+        let checksum_computations = Counter::default();
+        registry.register(
+            "checksum_computations",
+            "Overlay checksums computed (not served from cache)",
+            checksum_computations.clone(),
+        );
+        let checksum_files = Counter::default();
+        registry.register(
+            "checksum_entries",
+            "Closure entries included in computed checksums",
+            checksum_files.clone(),
+        );
+        Metrics {
+            registry,
+            reviews,
+            review_duration,
+            bad_requests,
+            mirror_head_age,
+            mirror_last_success,
+            mirror_fetches,
+            mirror_consecutive_failures,
+            mirror_ready,
+            cache,
+            checksum_computations,
+            checksum_files,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn source(name: &str) -> SourceLabels {
+        SourceLabels {
+            source: name.to_owned(),
+        }
+    }
+}

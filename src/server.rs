@@ -1,0 +1,536 @@
+//! The webhook's HTTP surface: `/validate`, `/healthz`, `/readyz`,
+//! `/metrics`, and the gathering of facts for a decision under a deadline.
+//!
+//! TLS and connection handling live in `tls`; this module only builds the
+//! router and its state, so tests can drive it without a network too.
+
+use crate::admission;
+use crate::checksum::{Caches, ChecksumEngine, ChecksumError};
+use crate::config::{Config, RuleConfig};
+use crate::metrics::{CacheLabels, Metrics, ReviewLabels};
+use crate::mirror::Mirror;
+use crate::policy::{
+    self, ChecksumFact, Decision, HeadFacts, MirrorFacts, Position, Revision, RulePolicy,
+};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gix::ObjectId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Largest AdmissionReview accepted. The API server limits an object to
+/// about 3 MiB; a review carries the object and the old object.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// Kept between the verdict and the API server's own deadline, for the
+/// answer to travel back.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
+
+/// One GitOps source: its mirror and the checksum caches over it.
+pub struct Source {
+    pub mirror: Arc<Mirror>,
+    pub caches: Arc<Caches>,
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub sources: HashMap<String, Source>,
+    pub metrics: Metrics,
+    /// Set once the serving certificate is loaded.
+    pub tls_ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, sources: HashMap<String, Source>) -> Self {
+        AppState {
+            config,
+            sources,
+            metrics: Metrics::new(),
+            tls_ready: AtomicBool::new(false),
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// A JSON error body: `{"status": 400, "message": "..."}`.
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "status": status.as_u16(), "message": message.into() });
+    (status, Json(body)).into_response()
+}
+
+async fn validate(
+    State(st): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            st.metrics.bad_requests.inc();
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body is larger than {MAX_BODY_BYTES} bytes")
+            } else {
+                rejection.body_text()
+            };
+            return json_error(status, message);
+        }
+    };
+    let req = match admission::parse_review(&body) {
+        Ok(req) => req,
+        Err(e) => {
+            st.metrics.bad_requests.inc();
+            return json_error(StatusCode::BAD_REQUEST, e.0);
+        }
+    };
+    let decision = st.decide(&req, api_timeout(query.as_deref())).await;
+    let latency = started.elapsed();
+    st.metrics
+        .reviews
+        .get_or_create(&ReviewLabels {
+            decision: decision_label(&decision),
+            reason: decision.reason.as_str(),
+        })
+        .inc();
+    st.metrics.review_duration.observe(latency.as_secs_f64());
+    crate::audit::record(&req, &decision, latency);
+    Json(admission::response(&req, &decision)).into_response()
+}
+
+fn decision_label(d: &Decision) -> &'static str {
+    match (d.allowed, d.reason.allows(), d.mode) {
+        (false, _, _) => "deny",
+        (true, true, _) => "allow",
+        (true, false, Some(policy::Mode::Warn)) => "warn",
+        (true, false, Some(policy::Mode::Audit)) => "audit",
+        (true, false, _) => "allow",
+    }
+}
+
+/// The API server appends `?timeout=5s`: its own deadline.
+fn api_timeout(query: Option<&str>) -> Option<Duration> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|v| crate::config::parse_duration(v).ok())
+}
+
+impl AppState {
+    fn rule_policy(&self, rule: &RuleConfig) -> RulePolicy {
+        let branch = self
+            .config
+            .sources
+            .iter()
+            .find(|s| s.name == rule.source)
+            .map(|s| s.branch.clone())
+            .unwrap_or_default();
+        RulePolicy {
+            name: rule.name.clone(),
+            branch,
+            mode: rule.mode,
+            staleness: rule.staleness,
+            grace_period: self.config.grace_period(rule),
+        }
+    }
+
+    /// The time this request may take: the configured decision timeout,
+    /// cut short by the API server's deadline.
+    fn budget(&self, api_timeout: Option<Duration>) -> Duration {
+        let configured = self.config.failure.decision_timeout;
+        match api_timeout {
+            Some(t) => configured.min(
+                t.checked_sub(DEADLINE_MARGIN)
+                    .unwrap_or(Duration::from_millis(100))
+                    .max(Duration::from_millis(100)),
+            ),
+            None => configured,
+        }
+    }
+
+    /// The verdict for one request. Never fails: every problem is a verdict.
+    pub async fn decide(
+        &self,
+        req: &kube::core::admission::AdmissionRequest<kube::core::DynamicObject>,
+        api_timeout: Option<Duration>,
+    ) -> Decision {
+        if let Some(why) = admission::out_of_scope(req) {
+            return Decision::out_of_scope(why);
+        }
+        let Some(rule) = admission::matching_rule(&self.config, req) else {
+            return Decision::out_of_scope("no rule matches this request");
+        };
+        let rule_policy = self.rule_policy(rule);
+        let facts = admission::request_facts(&self.config, req);
+        let failure = &self.config.failure;
+        let (Some(revision), policy::Annotation::Valid(_)) =
+            (admission::valid_revision(&facts), &facts.checksum)
+        else {
+            // The annotations decide before any fact is consulted.
+            let unused = MirrorFacts::Unavailable { why: String::new() };
+            return policy::decide(&rule_policy, &facts, &unused, failure.mirror_unavailable);
+        };
+        let budget = self.budget(api_timeout);
+        let deadline = tokio::time::Instant::now() + budget;
+        match tokio::time::timeout_at(
+            deadline,
+            self.gather(rule, &rule_policy, revision, deadline),
+        )
+        .await
+        {
+            Ok(mirror_facts) => policy::decide(
+                &rule_policy,
+                &facts,
+                &mirror_facts,
+                failure.mirror_unavailable,
+            ),
+            Err(_) => policy::timed_out(
+                &rule_policy,
+                &facts,
+                budget,
+                failure.decision_timeout_action,
+            ),
+        }
+    }
+
+    async fn gather(
+        &self,
+        rule: &RuleConfig,
+        rule_policy: &RulePolicy,
+        revision: Revision,
+        deadline: tokio::time::Instant,
+    ) -> MirrorFacts {
+        let Some(source) = self.sources.get(&rule.source) else {
+            return MirrorFacts::Unavailable {
+                why: format!("source {:?} is not configured", rule.source),
+            };
+        };
+        let now = SystemTime::now();
+        let status = source.mirror.status();
+        let max = self.config.failure.max_mirror_staleness;
+        let head = match (&status.head, status.staleness(now)) {
+            (Some(head), Some(age)) if age <= max => head.clone(),
+            (_, Some(age)) => {
+                return MirrorFacts::Unavailable {
+                    why: format!(
+                        "the mirror of {} last fetched {} ago, longer than maxMirrorStaleness ({})",
+                        rule.source,
+                        policy::human_age(age.as_secs().try_into().unwrap_or(i64::MAX)),
+                        policy::human_age(max.as_secs().try_into().unwrap_or(i64::MAX)),
+                    ),
+                };
+            }
+            (_, None) => {
+                return MirrorFacts::Unavailable {
+                    why: format!("the mirror of {} has never synced", rule.source),
+                };
+            }
+        };
+        let head_facts = HeadFacts {
+            commit: Revision(oid_bytes(head.commit)),
+            commit_time: head.commit_time,
+            previous: head.previous.map(|p| {
+                (
+                    Revision(oid_bytes(p)),
+                    now.duration_since(head.observed_at)
+                        .unwrap_or(Duration::ZERO),
+                )
+            }),
+        };
+        let oid = ObjectId::Sha1(revision.0);
+        let mut facts = source.mirror.facts(oid);
+        if !facts.known {
+            source.mirror.ensure_known(oid, deadline).await;
+            facts = source.mirror.facts(oid);
+        }
+        let position = if !facts.known {
+            Position::Unknown
+        } else if facts.is_head {
+            Position::Head
+        } else if facts.is_ancestor_of_head {
+            Position::Ancestor {
+                behind: facts.behind_commits.unwrap_or(0),
+                commit_time: facts.commit_time.unwrap_or(head.commit_time),
+            }
+        } else {
+            Position::OffBranch
+        };
+        let (need_revision, need_head) =
+            policy::needed_checksums(rule_policy, revision, &head_facts, position);
+        let at_revision = if need_revision {
+            Some(self.checksum(source, oid, &rule.overlay).await)
+        } else {
+            None
+        };
+        let at_head = if need_head {
+            Some(self.checksum(source, head.commit, &rule.overlay).await)
+        } else {
+            None
+        };
+        MirrorFacts::Available {
+            head: head_facts,
+            position,
+            at_revision,
+            at_head,
+        }
+    }
+
+    /// The overlay checksum at `commit`, off the async workers (a cold one
+    /// reads and hashes megabytes).
+    async fn checksum(&self, source: &Source, commit: ObjectId, overlay: &str) -> ChecksumFact {
+        let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone());
+        let overlay = overlay.to_owned();
+        let joined =
+            tokio::task::spawn_blocking(move || engine.checksum_with_stats(commit, &overlay)).await;
+        let (result, stats) = match joined {
+            Ok(r) => r,
+            Err(e) => return Err(format!("checksum task failed: {e}")),
+        };
+        let cache = |result| CacheLabels {
+            cache: "checksum",
+            result,
+        };
+        if stats.result_cached {
+            self.metrics.cache.get_or_create(&cache("hit")).inc();
+        } else {
+            self.metrics.cache.get_or_create(&cache("miss")).inc();
+            self.metrics.checksum_computations.inc();
+            self.metrics.checksum_files.inc_by(stats.entries as u64);
+        }
+        match result {
+            Ok(sum) => Ok(sum.checksum),
+            Err(ChecksumError::Overlay(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Ready once the certificate is loaded and every source is synced
+    /// within `maxMirrorStaleness`; the body says what is missing.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if !self.tls_ready.load(Ordering::Relaxed) {
+            problems.push("serving certificate not loaded".to_owned());
+        }
+        let now = SystemTime::now();
+        let max = self.config.failure.max_mirror_staleness;
+        let mut names: Vec<&String> = self.sources.keys().collect();
+        names.sort();
+        for name in names {
+            let status = self.sources[name].mirror.status();
+            if !status.is_fresh(max, now) {
+                problems.push(match status.staleness(now) {
+                    None => format!("source {name}: never synced"),
+                    Some(age) => format!(
+                        "source {name}: last successful fetch {}s ago (maxMirrorStaleness {}s)",
+                        age.as_secs(),
+                        max.as_secs()
+                    ),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        let now = SystemTime::now();
+        let max = self.config.failure.max_mirror_staleness;
+        let epoch = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        for (name, source) in &self.sources {
+            let labels = Metrics::source(name);
+            let status = source.mirror.status();
+            let m = &self.metrics;
+            if let Some(head) = &status.head {
+                let age = epoch(now).as_secs_f64() - head.commit_time as f64;
+                m.mirror_head_age.get_or_create(&labels).set(age.max(0.0));
+            }
+            if let Some(t) = status.last_success {
+                m.mirror_last_success
+                    .get_or_create(&labels)
+                    .set(epoch(t).as_secs_f64());
+            }
+            m.mirror_fetches
+                .get_or_create(&labels)
+                .set(saturating_i64(status.fetches));
+            m.mirror_consecutive_failures
+                .get_or_create(&labels)
+                .set(saturating_i64(status.consecutive_failures));
+            m.mirror_ready
+                .get_or_create(&labels)
+                .set(i64::from(status.is_fresh(max, now)));
+        }
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn oid_bytes(oid: ObjectId) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    let bytes = oid.as_bytes();
+    let n = bytes.len().min(20);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    match st.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(problems) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", problems.join("\n")),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    st.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Tells every part of a running server to stop.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Sender<bool>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown(tokio::sync::watch::channel(false).0)
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once [`trigger`](Self::trigger) was called.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// A server started by [`start`].
+pub struct Running {
+    pub local_addr: std::net::SocketAddr,
+    pub state: Arc<AppState>,
+    pub shutdown: Shutdown,
+    /// Resolves when the server has stopped (after a graceful drain).
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the mirrors, loads the certificate, binds and starts serving.
+/// Fails on local problems only (unusable mirror directory, unreadable
+/// certificate, address in use); an unreachable remote is a readiness
+/// matter, not a start-up failure.
+pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow::Result<Running> {
+    use anyhow::Context as _;
+    // One process-wide provider; components also pass ring explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Arc::new(config);
+    let shutdown = Shutdown::default();
+    std::fs::create_dir_all(&config.mirror_dir)
+        .with_context(|| format!("mirrorDir: cannot create {}", config.mirror_dir.display()))?;
+    let mut sources = HashMap::new();
+    for source in &config.sources {
+        let mirror = Mirror::open(source.spec(), &config.mirror_dir)
+            .await
+            .with_context(|| format!("source {}", source.name))?;
+        mirror.clone().spawn_poller(shutdown.wait());
+        let caches = Arc::new(Caches::default());
+        sources.insert(source.name.clone(), Source { mirror, caches });
+    }
+    let tls = crate::tls::ReloadingTls::load(crate::tls::TlsFiles {
+        cert_file: config.tls.cert_file.clone(),
+        key_file: config.tls.key_file.clone(),
+        client_ca_file: config.tls.client_ca_file.clone(),
+    })?;
+    tls.spawn_watcher(Duration::from_secs(2), shutdown.wait());
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen: cannot bind {addr}"))?;
+    let local_addr = listener.local_addr()?;
+    let state = Arc::new(AppState::new(config, sources));
+    state.tls_ready.store(true, Ordering::Relaxed);
+    let app = router(state.clone());
+    let task = tokio::spawn(crate::tls::serve(
+        listener,
+        tls,
+        app,
+        options,
+        shutdown.wait(),
+    ));
+    tracing::info!(%local_addr, "stale-guard webhook serving");
+    Ok(Running {
+        local_addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// `stale-guard serve`: runs until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(config, crate::tls::ServeOptions::default()).await?;
+    let shutdown = running.shutdown.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+    shutdown.trigger();
+    running.task.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_timeout_is_read_from_the_query() {
+        assert_eq!(
+            api_timeout(Some("timeout=5s")),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            api_timeout(Some("a=b&timeout=10s")),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(api_timeout(Some("timeout=soon")), None);
+        assert_eq!(api_timeout(None), None);
+    }
+}

@@ -1,0 +1,706 @@
+//! HTTPS serving layer: TLS configuration that follows certificate rotation,
+//! and an accept loop that serves an axum [`Router`] over HTTP/1.1 or HTTP/2.
+//!
+//! # Certificate rotation
+//!
+//! [`ReloadingTls`] loads a certificate chain, its private key and an
+//! optional client CA bundle (for mutual TLS) into a rustls
+//! [`ServerConfig`]. [`ReloadingTls::reload_if_changed`] re-reads the files
+//! and installs a new configuration when their *contents* changed; the
+//! watcher task ([`ReloadingTls::spawn_watcher`]) calls it periodically.
+//!
+//! Comparing contents (rather than inode or mtime) is what makes this work
+//! for a Kubernetes Secret volume: there `tls.crt` is a symlink to
+//! `..data/tls.crt`, and kubelet rotates by atomically renaming a new
+//! `..data` symlink pointing at a fresh timestamped directory. Reading the
+//! files follows all symlinks, so the new content is seen as soon as the swap
+//! happens, whatever the top-level path's metadata says.
+//!
+//! A new configuration is only installed when the certificate, key and
+//! client CA all parse *and* the key matches the leaf certificate. A
+//! half-updated pair (new certificate, old key) is rejected; the previous
+//! configuration keeps serving and the next poll retries.
+//!
+//! Each TLS handshake uses the configuration current at accept time, so a
+//! rotation affects new connections only; established connections keep
+//! their session until they close.
+//!
+//! # Serving
+//!
+//! [`serve`] accepts TCP connections, performs the TLS handshake (bounded by
+//! [`ServeOptions::handshake_timeout`]) and hands the stream to hyper-util's
+//! auto connection builder, forced to HTTP/2 or HTTP/1.1 by the negotiated
+//! ALPN protocol. Shutdown is graceful: stop accepting, let in-flight
+//! requests finish, give up after [`ServeOptions::shutdown_grace`].
+//!
+//! The crypto provider is always rustls' `ring` provider, passed explicitly
+//! to every builder; nothing depends on a process-wide default provider.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::MissedTickBehavior;
+use tokio_rustls::TlsAcceptor;
+
+/// ALPN protocols offered by the server, in preference order.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The files a [`ReloadingTls`] reads. Paths may be symlinks (they are
+/// followed on every read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM file with the server certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM bundle of CA certificates. When set, every client must present a
+    /// certificate chaining to one of them (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Which of the [`TlsFiles`] an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFileRole {
+    /// [`TlsFiles::cert_file`].
+    Certificate,
+    /// [`TlsFiles::key_file`].
+    PrivateKey,
+    /// [`TlsFiles::client_ca_file`].
+    ClientCa,
+}
+
+impl fmt::Display for TlsFileRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Certificate => "certificate",
+            Self::PrivateKey => "private key",
+            Self::ClientCa => "client CA",
+        })
+    }
+}
+
+/// Why TLS material could not be loaded. Every message names the file
+/// concerned; none contains key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read (missing, unreadable, dangling symlink...).
+    #[error("cannot read {role} file {}: {source}", path.display())]
+    Read {
+        role: TlsFileRole,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not valid PEM.
+    #[error("invalid PEM in {role} file {}: {source}", path.display())]
+    Pem {
+        role: TlsFileRole,
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    /// The file contains no `CERTIFICATE` PEM block.
+    #[error("no certificate (PEM \"BEGIN CERTIFICATE\" block) in {role} file {}", path.display())]
+    NoCertificate { role: TlsFileRole, path: PathBuf },
+    /// The key file contains no private key PEM block.
+    #[error(
+        "no private key (PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block) in private key file {}",
+        path.display()
+    )]
+    NoPrivateKey { path: PathBuf },
+    /// The private key parsed as PEM but rustls/ring cannot use it.
+    #[error("unusable private key in {}: {source}", path.display())]
+    InvalidKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The leaf certificate could not be parsed.
+    #[error("invalid leaf certificate in {}: {source}", path.display())]
+    InvalidCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The private key is not the key of the leaf certificate.
+    #[error(
+        "private key {} does not match certificate {} (public keys differ)",
+        key_path.display(),
+        cert_path.display()
+    )]
+    KeyMismatch {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+    },
+    /// The client CA bundle cannot be used to verify client certificates.
+    #[error("unusable client CA file {}: {source}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// rustls refused the configuration as a whole (not expected with the
+    /// ring provider).
+    #[error("cannot build TLS server configuration: {0}")]
+    Config(#[source] rustls::Error),
+}
+
+/// A rustls server configuration that can be replaced at runtime when the
+/// certificate files change. See the [module documentation](self).
+pub struct ReloadingTls {
+    files: TlsFiles,
+    state: RwLock<Loaded>,
+    /// Serialises reloads so concurrent callers cannot install an older
+    /// configuration over a newer one.
+    reload_lock: Mutex<()>,
+}
+
+/// What is currently served.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// Digest of the file contents the config was built from.
+    digest: [u8; 32],
+    /// SHA-256 of the leaf certificate (DER), lowercase hex.
+    fingerprint: String,
+}
+
+/// Raw contents of the files, read once per (re)load.
+struct Contents {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ReloadingTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingTls")
+            .field("files", &self.files)
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingTls {
+    /// Loads certificate, key and optional client CA and builds a rustls
+    /// [`ServerConfig`]: ring provider, TLS 1.3 and 1.2, ALPN `h2` then
+    /// `http/1.1`. With [`TlsFiles::client_ca_file`], client certificates are
+    /// required and verified against that bundle.
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let contents = read_contents(&files)?;
+        let loaded = build(&files, &contents)?;
+        Ok(Arc::new(Self {
+            files,
+            state: RwLock::new(loaded),
+            reload_lock: Mutex::new(()),
+        }))
+    }
+
+    /// The files this configuration is loaded from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The configuration to use for the next handshake (an `Arc` clone under
+    /// a read lock).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.read_state().config)
+    }
+
+    /// SHA-256 fingerprint (lowercase hex, no separators) of the leaf
+    /// certificate currently served, for logs and tests.
+    pub fn fingerprint(&self) -> String {
+        self.read_state().fingerprint.clone()
+    }
+
+    /// Re-reads the files and, if their contents differ from what is served,
+    /// builds and installs a new configuration. Returns `Ok(true)` when a new
+    /// configuration was installed, `Ok(false)` when nothing changed.
+    ///
+    /// On error the previous configuration stays in place and the error is
+    /// returned for the caller to log; a later call retries. This does
+    /// blocking file I/O (a few small files).
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let _serialised = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let contents = read_contents(&self.files)?;
+        if contents.digest() == self.read_state().digest {
+            return Ok(false);
+        }
+        let loaded = build(&self.files, &contents)?;
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = loaded;
+        Ok(true)
+    }
+
+    /// Spawns a task that calls [`reload_if_changed`](Self::reload_if_changed)
+    /// every `interval` (on the blocking pool) until `shutdown` resolves.
+    /// Reloads are logged at info with the new leaf fingerprint; failures at
+    /// warn, once per distinct error (a persistently broken file does not
+    /// flood the log). Nothing logged contains key material.
+    pub fn spawn_watcher(
+        self: &Arc<Self>,
+        interval: Duration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        // `tokio::time::interval` panics on a zero period.
+        let interval = interval.max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut shutdown = pin!(shutdown);
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut last_error: Option<String> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    _ = ticker.tick() => {}
+                }
+                let reloader = Arc::clone(&this);
+                let result =
+                    match tokio::task::spawn_blocking(move || reloader.reload_if_changed()).await {
+                        Ok(result) => result,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS reload task failed");
+                            continue;
+                        }
+                    };
+                match result {
+                    Ok(true) => {
+                        last_error = None;
+                        tracing::info!(
+                            cert_file = %this.files.cert_file.display(),
+                            fingerprint = %this.fingerprint(),
+                            "reloaded TLS certificate"
+                        );
+                    }
+                    Ok(false) => {
+                        if last_error.take().is_some() {
+                            tracing::info!(
+                                cert_file = %this.files.cert_file.display(),
+                                "TLS files are back to the served content"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        if last_error.as_deref() != Some(message.as_str()) {
+                            tracing::warn!(
+                                error = %message,
+                                fingerprint = %this.fingerprint(),
+                                "TLS reload failed; still serving the previous certificate"
+                            );
+                            last_error = Some(message);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Contents {
+    fn digest(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        for part in [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()] {
+            match part {
+                Some(bytes) => {
+                    hasher.update([1u8]);
+                    hasher.update((bytes.len() as u64).to_be_bytes());
+                    hasher.update(bytes);
+                }
+                None => hasher.update([0u8]),
+            }
+        }
+        hasher.finalize().into()
+    }
+}
+
+fn read_file(role: TlsFileRole, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        role,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_contents(files: &TlsFiles) -> Result<Contents, TlsError> {
+    Ok(Contents {
+        cert: read_file(TlsFileRole::Certificate, &files.cert_file)?,
+        key: read_file(TlsFileRole::PrivateKey, &files.key_file)?,
+        client_ca: files
+            .client_ca_file
+            .as_deref()
+            .map(|path| read_file(TlsFileRole::ClientCa, path))
+            .transpose()?,
+    })
+}
+
+fn parse_certs(
+    role: TlsFileRole,
+    path: &Path,
+    pem_bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem_bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            role,
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            role,
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn parse_key(path: &Path, pem_bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem_bytes).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_owned(),
+        },
+        source => TlsError::Pem {
+            role: TlsFileRole::PrivateKey,
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+fn client_verifier(
+    path: &Path,
+    pem_bytes: &[u8],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let ca_error = |source: Box<dyn std::error::Error + Send + Sync>| TlsError::ClientCa {
+        path: path.to_owned(),
+        source,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(TlsFileRole::ClientCa, path, pem_bytes)? {
+        roots.add(cert).map_err(|e| ca_error(Box::new(e)))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .build()
+        .map_err(|e| ca_error(Box::new(e)))
+}
+
+/// Builds the served configuration from file contents (not from the files
+/// again, so the digest and the configuration always agree).
+fn build(files: &TlsFiles, contents: &Contents) -> Result<Loaded, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+    let chain = parse_certs(TlsFileRole::Certificate, &files.cert_file, &contents.cert)?;
+    let key_der = parse_key(&files.key_file, &contents.key)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|source| TlsError::InvalidKey {
+            path: files.key_file.clone(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        // `Unknown`: the key type cannot report its public key; rustls'
+        // own `with_single_cert` accepts that case too.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            return Err(TlsError::KeyMismatch {
+                cert_path: files.cert_file.clone(),
+                key_path: files.key_file.clone(),
+            });
+        }
+        Err(source) => {
+            return Err(TlsError::InvalidCertificate {
+                path: files.cert_file.clone(),
+                source,
+            });
+        }
+    }
+    let fingerprint = certified
+        .cert
+        .first()
+        .map(|leaf| hex::encode(Sha256::digest(leaf.as_ref())))
+        .unwrap_or_default();
+
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?;
+    let builder = match (&files.client_ca_file, &contents.client_ca) {
+        (Some(path), Some(pem_bytes)) => {
+            builder.with_client_cert_verifier(client_verifier(path, pem_bytes, &provider)?)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+
+    Ok(Loaded {
+        config: Arc::new(config),
+        digest: contents.digest(),
+        fingerprint,
+    })
+}
+
+/// Limits and timeouts of [`serve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Longest time from TCP accept to a completed TLS handshake; slower
+    /// (or silent) clients are disconnected. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// HTTP/1.1: longest time to receive a request's headers, which also
+    /// bounds how long an idle keep-alive connection stays open. HTTP/2 has
+    /// no equivalent (idle h2 connections, as kept by kube-apiserver, are
+    /// legitimate). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Most connections served at once (0 is treated as 1). When reached,
+    /// the server stops accepting: further clients wait in the kernel's
+    /// listen backlog until a connection closes. Default 1024.
+    pub max_connections: usize,
+    /// After shutdown is requested, how long in-flight requests may take
+    /// before the remaining connections are dropped. Default 20 s (below
+    /// the default 30 s pod termination grace period).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves `app` over HTTP/2 or
+/// HTTP/1.1, as negotiated by ALPN (clients without ALPN are served by
+/// protocol sniffing). Each handshake uses [`ReloadingTls::current`].
+///
+/// Handshake failures, handshake timeouts and connection errors are logged
+/// at debug and never stop the loop. At most
+/// [`ServeOptions::max_connections`] connections are served at once;
+/// further clients wait in the listen backlog (they are not accepted, so not
+/// closed either).
+///
+/// When `shutdown` resolves: the listener is closed (new connections are
+/// refused), handshakes in progress are abandoned, idle connections are
+/// closed, HTTP/2 connections get a GOAWAY, and in-flight requests are
+/// allowed to finish. Returns once every connection has closed, or after
+/// [`ServeOptions::shutdown_grace`] (remaining connections are then
+/// dropped). Dropping the returned future drops all connections at once.
+///
+/// Accept errors other than per-connection ones (e.g. out of file
+/// descriptors) are logged at warn and retried after a short pause, so this
+/// currently always returns `Ok`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ReloadingTls>,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let mut shutdown = pin!(shutdown);
+    let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    // Tells connections still in their TLS handshake to give up.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let limits = ConnectionLimits {
+        handshake_timeout: options.handshake_timeout,
+        header_read_timeout: options.header_read_timeout,
+    };
+
+    loop {
+        // Reap finished connection tasks (their results carry nothing).
+        while let Some(result) = connections.try_join_next() {
+            log_join_error(result);
+        }
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_per_connection_error(&e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+        };
+        connections.spawn(serve_connection(
+            tcp,
+            peer,
+            tls.current(),
+            app.clone(),
+            limits,
+            stop_rx.clone(),
+            graceful.watcher(),
+            permit,
+        ));
+    }
+
+    // Refuse new connections right away, then drain.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while let Some(result) = connections.try_join_next() {
+        log_join_error(result);
+    }
+    tracing::info!(
+        connections = connections.len(),
+        grace = ?options.shutdown_grace,
+        "shutting down: waiting for in-flight requests"
+    );
+    let drained = tokio::time::timeout(options.shutdown_grace, async {
+        graceful.shutdown().await;
+        while let Some(result) = connections.join_next().await {
+            log_join_error(result);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "shutdown grace period elapsed; dropping remaining connections"
+        );
+        connections.shutdown().await;
+    } else {
+        tracing::info!("all connections closed");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    handshake_timeout: Duration,
+    header_read_timeout: Duration,
+}
+
+/// One connection: TLS handshake, then HTTP until the peer closes or a
+/// graceful shutdown completes. Never panics; errors are logged at debug.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    app: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+    watcher: Watcher,
+    _permit: OwnedSemaphorePermit,
+) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    let handshake = tokio::time::timeout(
+        limits.handshake_timeout,
+        TlsAcceptor::from(config).accept(tcp),
+    );
+    let stream = tokio::select! {
+        biased;
+        // Also resolves (with Err) if the server future was dropped.
+        _ = stop.wait_for(|stopping| *stopping) => {
+            tracing::debug!(%peer, "shutting down: TLS handshake abandoned");
+            return;
+        }
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, timeout = ?limits.handshake_timeout, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+
+    let alpn_h2 = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Some(true),
+        Some(_) => Some(false),
+        None => None,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = match alpn_h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %e, "connection error");
+    }
+}
+
+fn log_join_error(result: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = result
+        && e.is_panic()
+    {
+        tracing::warn!(error = %e, "connection task panicked");
+    }
+}
+
+/// Accept errors that concern one connection only (the next accept may
+/// succeed at once), as opposed to e.g. running out of file descriptors.
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
