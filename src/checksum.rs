@@ -205,8 +205,8 @@ impl Default for CacheLimits {
     }
 }
 
-type ParsedInputs = Arc<Result<Inputs, String>>;
-type CachedResult = Arc<Result<Arc<OverlayChecksum>, OverlayError>>;
+pub(crate) type ParsedInputs = Arc<Result<Inputs, String>>;
+pub type CachedResult = Arc<Result<Arc<OverlayChecksum>, OverlayError>>;
 
 /// Caches shared by every computation over one repository. Each is keyed by
 /// an immutable input, so entries never go stale: a new commit only reads
@@ -244,6 +244,13 @@ impl Caches {
 }
 
 impl Caches {
+    /// The cached result for (commit, overlay), if any: lets a caller skip
+    /// handing the work to a blocking thread when there is none to do.
+    pub fn cached_result(&self, commit: ObjectId, overlay: &str) -> Option<CachedResult> {
+        let overlay = clean_overlay(overlay).ok()?;
+        self.results.get(&(commit, overlay))
+    }
+
     /// Drops every (commit, overlay) result while keeping the per-object
     /// caches: the next computation re-walks the closure but reads only
     /// objects it has not seen (what a new commit costs).

@@ -295,6 +295,20 @@ impl AppState {
     /// The overlay checksum at `commit`, off the async workers (a cold one
     /// reads and hashes megabytes).
     async fn checksum(&self, source: &Source, commit: ObjectId, overlay: &str) -> ChecksumFact {
+        // The common case, a warm cache, needs no blocking thread.
+        if let Some(cached) = source.caches.cached_result(commit, overlay) {
+            self.metrics
+                .cache
+                .get_or_create(&CacheLabels {
+                    cache: "checksum",
+                    result: "hit",
+                })
+                .inc();
+            return match cached.as_ref() {
+                Ok(sum) => Ok(sum.checksum),
+                Err(e) => Err(e.to_string()),
+            };
+        }
         let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone());
         let overlay = overlay.to_owned();
         let joined =

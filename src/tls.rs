@@ -259,6 +259,8 @@ impl ReloadingTls {
     /// Reloads are logged at info with the new leaf fingerprint; failures at
     /// warn, once per distinct error (a persistently broken file does not
     /// flood the log). Nothing logged contains key material.
+    ///
+    /// Must be called from within a Tokio runtime.
     pub fn spawn_watcher(
         self: &Arc<Self>,
         interval: Duration,

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Load benchmark of the webhook against the floor (../shared/tools/floor, a
+# minimal axum+rustls AdmissionReview server), measured in the same run,
+# taking turns. Not part of CI: run by hand, record in docs/benchmarks.md.
+#
+#   benches/webhook-load.sh [ROUNDS]        (default 4; DUR=10 seconds a run)
+#
+# Needs h2load (Debian nghttp2-client), wrk, curl, openssl, git.
+# A warm, in-scope `Fresh` review of about 4.5 KB (the floor's sample review
+# with valid stale-guard annotations), 64 connections, over TLS.
+set -euo pipefail
+rounds=${1:-4}
+here=$(cd "$(dirname "$0")/.." && pwd)
+floor_src=${FLOOR:-$here/../shared/tools/floor}
+for tool in h2load wrk curl openssl git; do
+  command -v "$tool" >/dev/null || { echo "webhook-load: $tool is missing (apt-get install nghttp2-client wrk curl openssl git)" >&2; exit 2; }
+done
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+echo "== building (release)"
+cp -r "$floor_src" "$work/floor" && chmod -R u+w "$work/floor"
+(cd "$work/floor" && CARGO_TARGET_DIR="${FLOOR_TARGET:-$work/floor/target}" cargo build --release -q)
+floor_bin="${FLOOR_TARGET:-$work/floor/target}/release/floor-server"
+(cd "$here" && cargo build --release -q)
+sg_bin="$here/target/release/stale-guard"
+
+echo "== certificates, repository, review"
+(cd "$work/floor" && ./gen-certs.sh >/dev/null 2>&1)
+certs=/tmp/floor-certs
+"$here/tests/sample-repo.sh" "$work/repo" >/dev/null
+rev=$(git -C "$work/repo" rev-parse HEAD)
+sum=$("$sg_bin" checksum --repo "$work/repo" --overlay overlays/prod/east)
+python3 - "$work/floor/sample-review.json" "$work/fresh.json" "$rev" "$sum" <<'EOF'
+import json, sys
+review = json.load(open(sys.argv[1]))
+ann = review["request"]["object"]["metadata"]["annotations"]
+ann["stale-guard.io/revision"] = sys.argv[3]
+ann["stale-guard.io/checksum"] = sys.argv[4]
+json.dump(review, open(sys.argv[2], "w"), separators=(",", ":"))
+EOF
+cat > "$work/config.yaml" <<EOF
+listen: "127.0.0.1:9443"
+tls: { certFile: $certs/server.crt, keyFile: $certs/server.key }
+mirrorDir: $work/mirrors
+sources:
+  - { name: gitops, url: $work/repo, branch: main, pollInterval: 30s }
+rules:
+  - name: prod-east
+    match: { namespaces: [prod-apps], kinds: [Ingress] }
+    source: gitops
+    overlay: overlays/prod/east
+EOF
+
+echo "== starting both servers"
+"$floor_bin" --port 8443 --cert "$certs/server.crt" --key "$certs/server.key" >"$work/floor.log" 2>&1 &
+floor_pid=$!; pids+=("$floor_pid")
+RUST_LOG=warn "$sg_bin" serve --config "$work/config.yaml" >"$work/sg.log" 2>&1 &
+sg_pid=$!; pids+=("$sg_pid")
+for _ in $(seq 50); do
+  curl -sf --cacert "$certs/ca.crt" https://127.0.0.1:9443/readyz >/dev/null && break
+  sleep 0.2
+done
+verdict=$(curl -s --cacert "$certs/ca.crt" --data-binary @"$work/fresh.json" https://127.0.0.1:9443/validate)
+case "$verdict" in
+  *'"reason":"Fresh"'*) echo "review is Fresh (warm after this call)" ;;
+  *) echo "webhook-load: expected a Fresh verdict, got: $verdict" >&2; exit 1 ;;
+esac
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+for cfg in "-p h1 -c 64" "-p h2 -c 64 -m 1" "-p h2 -c 1 -m 64" "-t wrk -p h1 -c 64"; do
+  echo "== $cfg"
+  DUR=${DUR:-10} "$work/floor/compare.sh" -r "$rounds" -A "$floor_pid" -B "$sg_pid" -o "$cfg -d ${DUR:-10}" \
+    https://127.0.0.1:8443 https://127.0.0.1:9443 "$certs/ca.crt" "$work/fresh.json" | tail -3
+done
+echo "== stale-guard RSS after the runs: $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$sg_pid/status), peak $(awk '/VmHWM/{print $2/1024 " MiB"}' /proc/$sg_pid/status)"
