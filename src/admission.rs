@@ -4,9 +4,90 @@
 use crate::checksum::Checksum;
 use crate::config::{Config, RuleConfig};
 use crate::policy::{self, Annotation, Decision, RequestFacts, Revision};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, Status};
+use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, Resource, Status};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+/// The object under review, as far as the webhook reads it: the name,
+/// namespace and annotations of its metadata. The parser skips everything
+/// else (spec, status, managedFields...) without building it: that is most
+/// of a review's bytes, and building it dominated the cost of a request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppliedObject {
+    pub metadata: ObjectMeta,
+}
+
+/// A parsed review request.
+pub type Request = AdmissionRequest<AppliedObject>;
+
+impl<'de> Deserialize<'de> for AppliedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Unknown fields are skipped by the derived code (IgnoredAny).
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            metadata: Option<RawMeta>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct RawMeta {
+            name: Option<String>,
+            namespace: Option<String>,
+            generate_name: Option<String>,
+            annotations: Option<BTreeMap<String, String>>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let meta = raw
+            .metadata
+            .map_or_else(ObjectMeta::default, |m| ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                generate_name: m.generate_name,
+                annotations: m.annotations,
+                ..ObjectMeta::default()
+            });
+        Ok(AppliedObject { metadata: meta })
+    }
+}
+
+impl Serialize for AppliedObject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry("metadata", &self.metadata)?;
+        map.end()
+    }
+}
+
+impl Resource for AppliedObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
@@ -16,8 +97,8 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub struct BadReview(pub String);
 
 /// Parses and checks an AdmissionReview body.
-pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+pub fn parse_review(body: &[u8]) -> Result<Request, BadReview> {
+    let review: AdmissionReview<AppliedObject> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             // A wrong version deserves that message rather than the first
@@ -31,7 +112,7 @@ pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadR
         }
     };
     check_types(&review.types)?;
-    let request: AdmissionRequest<DynamicObject> = review
+    let request: Request = review
         .try_into()
         .map_err(|_| BadReview("the AdmissionReview has no request".to_owned()))?;
     if request.uid.is_empty() {
@@ -61,7 +142,7 @@ fn check_types(types: &kube::core::TypeMeta) -> Result<(), BadReview> {
 }
 
 /// Why a request is out of scope before any rule is consulted.
-pub fn out_of_scope(req: &AdmissionRequest<DynamicObject>) -> Option<&'static str> {
+pub fn out_of_scope(req: &Request) -> Option<&'static str> {
     match req.operation {
         Operation::Delete => return Some("DELETE is not checked"),
         Operation::Connect => return Some("CONNECT is not checked"),
@@ -77,10 +158,7 @@ pub fn out_of_scope(req: &AdmissionRequest<DynamicObject>) -> Option<&'static st
 }
 
 /// The first rule whose match holds (every given field must hold).
-pub fn matching_rule<'c>(
-    config: &'c Config,
-    req: &AdmissionRequest<DynamicObject>,
-) -> Option<&'c RuleConfig> {
+pub fn matching_rule<'c>(config: &'c Config, req: &Request) -> Option<&'c RuleConfig> {
     let namespace = req.namespace.as_deref().unwrap_or("");
     let user = req.user_info.username.as_deref().unwrap_or("");
     let groups = req.user_info.groups.as_deref().unwrap_or(&[]);
@@ -95,7 +173,7 @@ pub fn matching_rule<'c>(
 
 /// `Ingress` matches the kind in any group; `networking.k8s.io/Ingress`
 /// only in that group.
-fn kind_matches(pattern: &str, req: &AdmissionRequest<DynamicObject>) -> bool {
+fn kind_matches(pattern: &str, req: &Request) -> bool {
     match pattern.rsplit_once('/') {
         Some((group, kind)) => group == req.kind.group && kind == req.kind.kind,
         None => pattern == req.kind.kind,
@@ -103,7 +181,7 @@ fn kind_matches(pattern: &str, req: &AdmissionRequest<DynamicObject>) -> bool {
 }
 
 /// True when the requester is a configured break-glass user or group member.
-pub fn is_break_glass(config: &Config, req: &AdmissionRequest<DynamicObject>) -> bool {
+pub fn is_break_glass(config: &Config, req: &Request) -> bool {
     let user = req.user_info.username.as_deref().unwrap_or("");
     let groups = req.user_info.groups.as_deref().unwrap_or(&[]);
     config.break_glass.users.iter().any(|u| u == user)
@@ -111,17 +189,16 @@ pub fn is_break_glass(config: &Config, req: &AdmissionRequest<DynamicObject>) ->
 }
 
 /// The annotations of the object being applied.
-pub fn annotations(req: &AdmissionRequest<DynamicObject>) -> BTreeMap<String, String> {
-    req.object
-        .as_ref()
-        .and_then(|o| o.metadata.annotations.clone())
-        .unwrap_or_default()
+pub fn annotations(req: &Request) -> Option<&BTreeMap<String, String>> {
+    req.object.as_ref()?.metadata.annotations.as_ref()
 }
 
 /// Reads both annotations with the configured keys.
-pub fn request_facts(config: &Config, req: &AdmissionRequest<DynamicObject>) -> RequestFacts {
-    let annotations = annotations(req);
-    let pairs = annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+pub fn request_facts(config: &Config, req: &Request) -> RequestFacts {
+    let pairs = annotations(req)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
     RequestFacts {
         revision: policy::read_annotation(
             pairs.clone(),
@@ -146,10 +223,7 @@ pub fn valid_revision(facts: &RequestFacts) -> Option<Revision> {
 /// The AdmissionReview answering `req` with `decision`. Denials carry
 /// `status.code: 403` and `reason: Forbidden` (kubectl prints
 /// "Error from server (Forbidden)"); every answer carries audit annotations.
-pub fn response(
-    req: &AdmissionRequest<DynamicObject>,
-    decision: &Decision,
-) -> AdmissionReview<DynamicObject> {
+pub fn response(req: &Request, decision: &Decision) -> AdmissionReview<DynamicObject> {
     let mut resp = AdmissionResponse::from(req);
     if !decision.allowed {
         resp = resp.deny(&decision.message);
@@ -199,7 +273,7 @@ mod tests {
         let req = parse_review(review("").as_bytes()).unwrap();
         assert_eq!(req.uid, "u-1");
         assert_eq!(
-            annotations(&req).get("fluxcd").map(String::as_str),
+            annotations(&req).and_then(|a| a.get("fluxcd")).map(String::as_str),
             Some("x")
         );
         assert_eq!(out_of_scope(&req), None);

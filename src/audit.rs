@@ -3,8 +3,7 @@
 //! never credentials.
 
 use crate::policy::Decision;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::admission::Operation;
 use std::time::Duration;
 
 /// The log target of audit lines, for filtering (`stale_guard::audit=info`).
@@ -20,7 +19,7 @@ fn operation(op: &Operation) -> &'static str {
 }
 
 /// Logs the verdict for `req`.
-pub fn record(req: &AdmissionRequest<DynamicObject>, decision: &Decision, latency: Duration) {
+pub fn record(req: &crate::admission::Request, decision: &Decision, latency: Duration) {
     let hex = |r: Option<crate::policy::Revision>| r.map(|r| r.to_hex()).unwrap_or_default();
     let sum = |c: Option<crate::checksum::Checksum>| c.map(|c| c.to_string()).unwrap_or_default();
     macro_rules! line {

@@ -746,11 +746,19 @@ impl Mirror {
         tokio::spawn(async move {
             tokio::pin!(shutdown);
             let interval = self.spec.poll_interval;
+            // After a restart the last fetch (kept on disk) may be old: the
+            // first poll is due when it would have been, possibly at once.
+            let since_last = self
+                .status()
+                .staleness(SystemTime::now())
+                .unwrap_or(Duration::MAX);
+            let mut wait = interval.saturating_sub(since_last);
             loop {
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
+                wait = interval;
                 tokio::select! {
                     _ = &mut shutdown => break,
                     r = self.refresh() => {

@@ -168,7 +168,7 @@ impl AppState {
     /// The verdict for one request. Never fails: every problem is a verdict.
     pub async fn decide(
         &self,
-        req: &kube::core::admission::AdmissionRequest<kube::core::DynamicObject>,
+        req: &crate::admission::Request,
         api_timeout: Option<Duration>,
     ) -> Decision {
         if let Some(why) = admission::out_of_scope(req) {
