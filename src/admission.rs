@@ -40,16 +40,20 @@ impl<'de> Deserialize<'de> for AppliedObject {
             annotations: Option<BTreeMap<String, String>>,
         }
         let raw = Raw::deserialize(d)?;
-        let meta = raw
+        // Every Kubernetes object has metadata; one without is not a review
+        // the API server sent.
+        let m = raw
             .metadata
-            .map_or_else(ObjectMeta::default, |m| ObjectMeta {
+            .ok_or_else(|| serde::de::Error::custom("the object has no metadata"))?;
+        Ok(AppliedObject {
+            metadata: ObjectMeta {
                 name: m.name,
                 namespace: m.namespace,
                 generate_name: m.generate_name,
                 annotations: m.annotations,
                 ..ObjectMeta::default()
-            });
-        Ok(AppliedObject { metadata: meta })
+            },
+        })
     }
 }
 
@@ -273,7 +277,9 @@ mod tests {
         let req = parse_review(review("").as_bytes()).unwrap();
         assert_eq!(req.uid, "u-1");
         assert_eq!(
-            annotations(&req).and_then(|a| a.get("fluxcd")).map(String::as_str),
+            annotations(&req)
+                .and_then(|a| a.get("fluxcd"))
+                .map(String::as_str),
             Some("x")
         );
         assert_eq!(out_of_scope(&req), None);

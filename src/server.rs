@@ -195,13 +195,14 @@ impl AppState {
         )
         .await
         {
-            Ok(mirror_facts) => policy::decide(
+            Ok(Some(mirror_facts)) => policy::decide(
                 &rule_policy,
                 &facts,
                 &mirror_facts,
                 failure.mirror_unavailable,
             ),
-            Err(_) => policy::timed_out(
+            // The deadline passed, here or inside an on-demand fetch.
+            Ok(None) | Err(_) => policy::timed_out(
                 &rule_policy,
                 &facts,
                 budget,
@@ -216,31 +217,46 @@ impl AppState {
         rule_policy: &RulePolicy,
         revision: Revision,
         deadline: tokio::time::Instant,
-    ) -> MirrorFacts {
+    ) -> Option<MirrorFacts> {
         let Some(source) = self.sources.get(&rule.source) else {
-            return MirrorFacts::Unavailable {
+            return Some(MirrorFacts::Unavailable {
                 why: format!("source {:?} is not configured", rule.source),
-            };
+            });
         };
         let now = SystemTime::now();
-        let status = source.mirror.status();
+        let mut status = source.mirror.status();
         let max = self.config.failure.max_mirror_staleness;
+        let oid = ObjectId::Sha1(revision.0);
+        let mut facts = source.mirror.facts(oid);
+        if !facts.known && status.is_fresh(max, now) {
+            let lookup = source.mirror.ensure_known(oid, deadline).await;
+            if lookup == crate::mirror::Lookup::StillUnknown
+                && tokio::time::Instant::now() >= deadline
+            {
+                // The fetch is still running: we cannot tell, which is a
+                // timeout, not an unknown revision.
+                return None;
+            }
+            // The fetch may have moved the head too.
+            status = source.mirror.status();
+            facts = source.mirror.facts(oid);
+        }
         let head = match (&status.head, status.staleness(now)) {
             (Some(head), Some(age)) if age <= max => head.clone(),
             (_, Some(age)) => {
-                return MirrorFacts::Unavailable {
+                return Some(MirrorFacts::Unavailable {
                     why: format!(
                         "the mirror of {} last fetched {} ago, longer than maxMirrorStaleness ({})",
                         rule.source,
                         policy::human_age(age.as_secs().try_into().unwrap_or(i64::MAX)),
                         policy::human_age(max.as_secs().try_into().unwrap_or(i64::MAX)),
                     ),
-                };
+                });
             }
             (_, None) => {
-                return MirrorFacts::Unavailable {
+                return Some(MirrorFacts::Unavailable {
                     why: format!("the mirror of {} has never synced", rule.source),
-                };
+                });
             }
         };
         let head_facts = HeadFacts {
@@ -254,12 +270,6 @@ impl AppState {
                 )
             }),
         };
-        let oid = ObjectId::Sha1(revision.0);
-        let mut facts = source.mirror.facts(oid);
-        if !facts.known {
-            source.mirror.ensure_known(oid, deadline).await;
-            facts = source.mirror.facts(oid);
-        }
         let position = if !facts.known {
             Position::Unknown
         } else if facts.is_head {
@@ -284,12 +294,12 @@ impl AppState {
         } else {
             None
         };
-        MirrorFacts::Available {
+        Some(MirrorFacts::Available {
             head: head_facts,
             position,
             at_revision,
             at_head,
-        }
+        })
     }
 
     /// The overlay checksum at `commit`, off the async workers (a cold one
