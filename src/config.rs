@@ -30,6 +30,14 @@ pub struct Config {
     /// Default grace window for rules that do not set one.
     #[serde(default, with = "duration")]
     pub grace_period: Duration,
+    /// After SIGTERM, how long in-flight reviews may take before the
+    /// process exits; keep it below the pod's terminationGracePeriodSeconds.
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace_period: Duration,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(20)
 }
 
 fn default_listen() -> String {
@@ -313,6 +321,9 @@ impl Config {
                 "failure.decisionTimeout",
                 "must be positive and below the webhook's timeoutSeconds (at most 30s; keep it under the ValidatingWebhookConfiguration's value)",
             ));
+        }
+        if self.shutdown_grace_period.is_zero() {
+            return Err(invalid("shutdownGracePeriod", "must be positive"));
         }
         if fc.max_mirror_staleness.is_zero() {
             return Err(invalid("failure.maxMirrorStaleness", "must be positive"));

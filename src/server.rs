@@ -527,7 +527,11 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
 
 /// `stale-guard serve`: runs until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let running = start(config, crate::tls::ServeOptions::default()).await?;
+    let options = crate::tls::ServeOptions {
+        shutdown_grace: config.shutdown_grace_period,
+        ..crate::tls::ServeOptions::default()
+    };
+    let running = start(config, options).await?;
     let shutdown = running.shutdown.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
