@@ -178,12 +178,13 @@ pub fn out_of_scope(req: &Request) -> Option<&'static str> {
     None
 }
 
-/// The first rule whose match holds (every given field must hold).
-pub fn matching_rule<'c>(config: &'c Config, req: &Request) -> Option<&'c RuleConfig> {
+/// The first rule whose match holds (every given field must hold), with
+/// its index in `config.rules`.
+pub fn matching_rule<'c>(config: &'c Config, req: &Request) -> Option<(usize, &'c RuleConfig)> {
     let namespace = req.namespace.as_deref().unwrap_or("");
     let user = req.user_info.username.as_deref().unwrap_or("");
     let groups = req.user_info.groups.as_deref().unwrap_or(&[]);
-    config.rules.iter().find(|rule| {
+    config.rules.iter().enumerate().find(|(_, rule)| {
         let m = &rule.match_;
         (m.namespaces.is_empty() || m.namespaces.iter().any(|n| n == namespace))
             && (m.users.is_empty() || m.users.iter().any(|u| u == user))

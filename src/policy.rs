@@ -119,7 +119,9 @@ impl Revision {
 
     /// The 7-digit abbreviation used in messages.
     pub fn short(self) -> String {
-        self.to_hex()[..7].to_owned()
+        let mut hex = hex::encode(&self.0[..4]);
+        hex.truncate(7);
+        hex
     }
 }
 

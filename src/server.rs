@@ -42,6 +42,9 @@ pub struct Source {
 /// Everything a request handler needs.
 pub struct AppState {
     pub config: Arc<Config>,
+    /// The decision's view of each rule, in `config.rules` order (built
+    /// once, not per request).
+    policies: Vec<RulePolicy>,
     pub sources: HashMap<String, Source>,
     pub metrics: Metrics,
     /// Set once the serving certificate is loaded.
@@ -50,8 +53,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Arc<Config>, sources: HashMap<String, Source>) -> Self {
+        let policies = config
+            .rules
+            .iter()
+            .map(|r| rule_policy(&config, r))
+            .collect();
         AppState {
             config,
+            policies,
             sources,
             metrics: Metrics::new(),
             tls_ready: AtomicBool::new(false),
@@ -115,6 +124,23 @@ async fn validate(
     Json(admission::response(&req, &decision)).into_response()
 }
 
+/// The part of a rule the decision reads.
+fn rule_policy(config: &Config, rule: &RuleConfig) -> RulePolicy {
+    let branch = config
+        .sources
+        .iter()
+        .find(|s| s.name == rule.source)
+        .map(|s| s.branch.clone())
+        .unwrap_or_default();
+    RulePolicy {
+        name: rule.name.clone(),
+        branch,
+        mode: rule.mode,
+        staleness: rule.staleness,
+        grace_period: config.grace_period(rule),
+    }
+}
+
 fn decision_label(d: &Decision) -> &'static str {
     match (d.allowed, d.reason.allows(), d.mode) {
         (false, _, _) => "deny",
@@ -134,23 +160,6 @@ fn api_timeout(query: Option<&str>) -> Option<Duration> {
 }
 
 impl AppState {
-    fn rule_policy(&self, rule: &RuleConfig) -> RulePolicy {
-        let branch = self
-            .config
-            .sources
-            .iter()
-            .find(|s| s.name == rule.source)
-            .map(|s| s.branch.clone())
-            .unwrap_or_default();
-        RulePolicy {
-            name: rule.name.clone(),
-            branch,
-            mode: rule.mode,
-            staleness: rule.staleness,
-            grace_period: self.config.grace_period(rule),
-        }
-    }
-
     /// The time this request may take: the configured decision timeout,
     /// cut short by the API server's deadline.
     fn budget(&self, api_timeout: Option<Duration>) -> Duration {
@@ -174,10 +183,12 @@ impl AppState {
         if let Some(why) = admission::out_of_scope(req) {
             return Decision::out_of_scope(why);
         }
-        let Some(rule) = admission::matching_rule(&self.config, req) else {
+        let Some((index, rule)) = admission::matching_rule(&self.config, req) else {
             return Decision::out_of_scope("no rule matches this request");
         };
-        let rule_policy = self.rule_policy(rule);
+        let Some(rule_policy) = self.policies.get(index) else {
+            return Decision::out_of_scope("no rule matches this request");
+        };
         let facts = admission::request_facts(&self.config, req);
         let failure = &self.config.failure;
         let (Some(revision), policy::Annotation::Valid(_)) =
@@ -185,29 +196,23 @@ impl AppState {
         else {
             // The annotations decide before any fact is consulted.
             let unused = MirrorFacts::Unavailable { why: String::new() };
-            return policy::decide(&rule_policy, &facts, &unused, failure.mirror_unavailable);
+            return policy::decide(rule_policy, &facts, &unused, failure.mirror_unavailable);
         };
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;
-        match tokio::time::timeout_at(
-            deadline,
-            self.gather(rule, &rule_policy, revision, deadline),
-        )
-        .await
+        match tokio::time::timeout_at(deadline, self.gather(rule, rule_policy, revision, deadline))
+            .await
         {
             Ok(Some(mirror_facts)) => policy::decide(
-                &rule_policy,
+                rule_policy,
                 &facts,
                 &mirror_facts,
                 failure.mirror_unavailable,
             ),
             // The deadline passed, here or inside an on-demand fetch.
-            Ok(None) | Err(_) => policy::timed_out(
-                &rule_policy,
-                &facts,
-                budget,
-                failure.decision_timeout_action,
-            ),
+            Ok(None) | Err(_) => {
+                policy::timed_out(rule_policy, &facts, budget, failure.decision_timeout_action)
+            }
         }
     }
 
