@@ -1,14 +1,13 @@
-//! AdmissionReview in and out (`admission.k8s.io/v1`, kube's types), rule
+//! AdmissionReview in (a lean request in kube's shape) and out (kube's types), rule
 //! matching, and reading the two annotations. No I/O.
 
 use crate::checksum::Checksum;
 use crate::config::{Config, RuleConfig};
 use crate::policy::{self, Annotation, Decision, RequestFacts, Revision};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, Resource, Status};
-use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
+use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Status};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The object under review, as far as the webhook reads it: the name,
@@ -20,8 +19,41 @@ pub struct AppliedObject {
     pub metadata: ObjectMeta,
 }
 
-/// A parsed review request.
-pub type Request = AdmissionRequest<AppliedObject>;
+/// A review request, as far as the webhook reads it. The shape and field
+/// types are kube's (`AdmissionRequest`), minus what no decision uses
+/// (resource, requestKind, options, oldObject...), which the parser skips
+/// without building: each of those costs allocations on every request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// From the envelope, echoed in the response.
+    #[serde(skip)]
+    pub types: kube::core::TypeMeta,
+    pub uid: String,
+    pub kind: kube::core::GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: Operation,
+    #[serde(default)]
+    pub user_info: UserInfo,
+    #[serde(default)]
+    pub object: Option<AppliedObject>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Who sent the request.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+}
 
 impl<'de> Deserialize<'de> for AppliedObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -54,42 +86,6 @@ impl<'de> Deserialize<'de> for AppliedObject {
                 ..ObjectMeta::default()
             },
         })
-    }
-}
-
-impl Serialize for AppliedObject {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry("metadata", &self.metadata)?;
-        map.end()
-    }
-}
-
-impl Resource for AppliedObject {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
-
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        dt.kind.as_str().into()
-    }
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        dt.group.as_str().into()
-    }
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.version.as_str().into()
-    }
-    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.api_version.as_str().into()
-    }
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        dt.plural.as_str().into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
     }
 }
 
@@ -246,7 +242,12 @@ pub fn valid_revision(facts: &RequestFacts) -> Option<Revision> {
 /// `status.code: 403` and `reason: Forbidden` (kubectl prints
 /// "Error from server (Forbidden)"); every answer carries audit annotations.
 pub fn response(req: &Request, decision: &Decision) -> AdmissionReview<DynamicObject> {
-    let mut resp = AdmissionResponse::from(req);
+    // `AdmissionResponse::from` wants kube's request type; build the same.
+    let mut resp = AdmissionResponse::invalid("");
+    resp.types = req.types.clone();
+    resp.uid = req.uid.clone();
+    resp.allowed = true;
+    resp.result = Status::default();
     if !decision.allowed {
         resp = resp.deny(&decision.message);
         resp.result = Status::failure(&decision.message, "Forbidden").with_code(403);
