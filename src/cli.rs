@@ -20,10 +20,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Replay the incident on this machine: a GitOps repo, the real webhook over TLS, three applies.
+    Demo(DemoArgs),
     /// Run the admission webhook (HTTPS only).
     Serve(ServeArgs),
     /// Print the overlay checksum (version 1) at a revision, read from git objects.
     Checksum(ChecksumArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Keep the webhook running afterwards, for experiments with curl.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +85,7 @@ impl Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo(&args),
         Command::Serve(args) => serve(&args),
         Command::Checksum(args) => checksum(&args),
     };
@@ -88,16 +98,30 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))
+}
+
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let config = crate::config::Config::load(&args.config).map_err(Failure::usage)?;
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))?;
-    runtime
+    runtime()?
         .block_on(crate::server::run(config))
         .map_err(|e| Failure::failed(format!("{e:#}")))
+}
+
+fn demo(args: &DemoArgs) -> Result<(), Failure> {
+    let outcome = runtime()?
+        .block_on(crate::demo::run(args.serve))
+        .map_err(|e| Failure::failed(format!("demo: {e:#}")))?;
+    if outcome.as_expected {
+        Ok(())
+    } else {
+        Err(Failure::failed("demo: a verdict was not the expected one"))
+    }
 }
 
 /// JSON lines on stdout; `RUST_LOG` overrides the default `info` level.

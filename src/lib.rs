@@ -7,9 +7,11 @@
 
 pub mod admission;
 pub mod audit;
+pub mod certs;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod kustomize;
 pub mod metrics;
 pub mod mirror;

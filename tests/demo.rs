@@ -1,0 +1,47 @@
+//! The README's first command, `stale-guard demo`, run as a user would: it
+//! must exit 0 and show one allowed and two denied verdicts with their
+//! reason codes, and the denial log lines.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_shows_one_allowed_and_two_denied_applies() {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_stale-guard"))
+        .arg("demo")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("run stale-guard demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed: {stdout}\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    assert_eq!(stdout.matches("-> allowed  (Fresh)").count(), 1, "{stdout}");
+    assert_eq!(stdout.matches("-> DENIED").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("Error from server (Forbidden): StaleRevision: revision "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("commits and 40 days behind main@"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Error from server (Forbidden): MissingChecksum: ")
+            && stdout.contains("near-miss key \"fluxcd\""),
+        "{stdout}"
+    );
+    // The audit log lines of both denials, as JSON.
+    let audit: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('{').map(|_| l.trim()))
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect();
+    let reasons: Vec<&str> = audit
+        .iter()
+        .filter_map(|v| v["fields"]["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["StaleRevision", "MissingChecksum"], "{stdout}");
+}
