@@ -49,6 +49,67 @@ pub fn generate(ca_name: &str, names: &[String]) -> Result<Bundle, rcgen::Error>
     })
 }
 
+/// Why `stale-guard certs` could not write its files.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("{0} exists; pass --force to replace it")]
+    Exists(std::path::PathBuf),
+    #[error("{path}: {error}")]
+    Io {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) for the Service
+/// `service` in `namespace` into `out`; returns the base64 caBundle for the
+/// ValidatingWebhookConfiguration.
+pub fn write(
+    service: &str,
+    namespace: &str,
+    out: &std::path::Path,
+    force: bool,
+) -> Result<String, CertsError> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let files = ["ca.crt", "tls.crt", "tls.key"].map(|f| out.join(f));
+    if !force && let Some(existing) = files.iter().find(|p| p.exists()) {
+        return Err(CertsError::Exists(existing.clone()));
+    }
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |error| CertsError::Io { path, error }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let bundle = generate(
+        &format!("{service}.{namespace} webhook CA"),
+        &service_names(service, namespace),
+    )?;
+    for (path, text, mode) in [
+        (&files[0], &bundle.ca_pem, 0o644),
+        (&files[1], &bundle.cert_pem, 0o644),
+        (&files[2], &bundle.key_pem, 0o600),
+    ] {
+        // Written under a temporary name, then renamed: a reader never sees
+        // half a file, and the key is never world-readable, not even briefly.
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(bundle.ca_pem.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +125,30 @@ mod tests {
                 "stale-guard.stale-guard-system.svc.cluster.local"
             ]
         );
+    }
+
+    #[test]
+    fn writes_three_files_keeps_the_key_private_and_refuses_to_overwrite() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = write("sg", "ns", dir.path(), false).unwrap();
+        let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&bundle)
+            .unwrap();
+        assert_eq!(decoded, ca.as_bytes());
+        let mode = std::fs::metadata(dir.path().join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            write("sg", "ns", dir.path(), false),
+            Err(CertsError::Exists(_))
+        ));
+        let again = write("sg", "ns", dir.path(), true).unwrap();
+        assert_ne!(again, bundle, "--force makes a new CA");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Replay the incident on this machine: a GitOps repo, the real webhook over TLS, three applies.
     Demo(DemoArgs),
+    /// Write a CA and a serving certificate for the webhook's Service; print the caBundle.
+    Certs(CertsArgs),
     /// Run the admission webhook (HTTPS only).
     Serve(ServeArgs),
     /// Print the overlay checksum (version 1) at a revision, read from git objects.
@@ -33,6 +35,22 @@ pub struct DemoArgs {
     /// Keep the webhook running afterwards, for experiments with curl.
     #[arg(long)]
     pub serve: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// The Service name of the webhook.
+    #[arg(long)]
+    pub service: String,
+    /// The Service's namespace.
+    #[arg(long)]
+    pub namespace: String,
+    /// Where to write ca.crt, tls.crt and tls.key.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +104,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo(&args),
+        Command::Certs(args) => certs(&args),
         Command::Serve(args) => serve(&args),
         Command::Checksum(args) => checksum(&args),
     };
@@ -111,6 +130,22 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     runtime()?
         .block_on(crate::server::run(config))
         .map_err(|e| Failure::failed(format!("{e:#}")))
+}
+
+fn certs(args: &CertsArgs) -> Result<(), Failure> {
+    let bundle = crate::certs::write(&args.service, &args.namespace, &args.out, args.force)
+        .map_err(|e| match e {
+            crate::certs::CertsError::Exists(_) => Failure::usage(e),
+            _ => Failure::failed(e),
+        })?;
+    eprintln!(
+        "wrote {}/{{ca.crt,tls.crt,tls.key}} for {}.{}.svc; the caBundle:",
+        args.out.display(),
+        args.service,
+        args.namespace
+    );
+    println!("{bundle}");
+    Ok(())
 }
 
 fn demo(args: &DemoArgs) -> Result<(), Failure> {
