@@ -1,0 +1,857 @@
+//! The Kubernetes manifests under `deploy/` (and `certs/cert-manager/`):
+//! every kustomization renders with `kubectl kustomize`, every rendered
+//! object deserialises into its k8s-openapi type (custom resources are
+//! checked as generic YAML), and the objects say what docs/deploy.md
+//! promises: the webhook's registration, the Deployment's hardening and
+//! zero-downtime rollout, the NetworkPolicy, the certificate paths, and a
+//! ConfigMap whose configuration `Config::parse` accepts.
+//!
+//! `kubectl` is required: without it these tests fail, they do not skip.
+//! The self-signed overlay is rendered from a copy of the tree, after
+//! `stale-guard certs` has written the files its secretGenerator reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use stale_guard::config::Config;
+
+const NAMESPACE: &str = "stale-guard-system";
+const WEBHOOK_SERVICE_SA: [&str; 2] = [
+    "system:serviceaccount:flux-system:kustomize-controller",
+    "system:serviceaccount:argocd:argocd-application-controller",
+];
+/// Kinds that are not in k8s-openapi: checked as generic YAML.
+const CUSTOM_KINDS: [&str; 4] = ["Certificate", "Issuer", "ServiceMonitor", "PrometheusRule"];
+/// The kustomizations that install the whole webhook.
+const FULL: [&str; 4] = [
+    "deploy/base",
+    "deploy/overlays/self-signed",
+    "deploy/overlays/cert-manager",
+    "deploy/overlays/cert-manager-monitoring",
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Rendered {
+    /// Relative kustomization directory -> its rendered objects.
+    outputs: BTreeMap<String, Vec<Value>>,
+    /// What `stale-guard certs` printed, and the ca.crt it wrote.
+    printed_ca_bundle: String,
+    ca_crt: Vec<u8>,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Every directory under `dir` holding a kustomization.yaml of kind
+/// Kustomization (components cannot be rendered alone), as paths relative to `root`.
+fn kustomizations(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let file = dir.join("kustomization.yaml");
+    if file.exists()
+        && !std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("kind: Component")
+    {
+        let rel = dir.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+        out.push(rel);
+    }
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            kustomizations(root, &entry.path(), out);
+        }
+    }
+}
+
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("these tests need `kubectl` on PATH to render deploy/ (kubectl kustomize): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .unwrap_or_else(|e| panic!("{}: rendered YAML: {e}", dir.display()));
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    assert!(!docs.is_empty(), "{} rendered nothing", dir.display());
+    docs
+}
+
+fn rendered() -> &'static Rendered {
+    static RENDERED: OnceLock<Rendered> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // The cert-manager overlay reads ../../../certs/cert-manager: copy both trees.
+        copy_dir(&repo().join("deploy"), &root.join("deploy"));
+        copy_dir(&repo().join("certs"), &root.join("certs"));
+        let certs = root.join("deploy/overlays/self-signed/certs");
+        let _ = std::fs::remove_dir_all(&certs);
+        let out = Command::new(env!("CARGO_BIN_EXE_stale-guard"))
+            .args([
+                "certs",
+                "--service",
+                "stale-guard",
+                "--namespace",
+                NAMESPACE,
+                "--out",
+            ])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "stale-guard certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed_ca_bundle = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let ca_crt = std::fs::read(certs.join("ca.crt")).unwrap();
+
+        let mut dirs = Vec::new();
+        kustomizations(root, &root.join("deploy"), &mut dirs);
+        kustomizations(root, &root.join("certs"), &mut dirs);
+        let mut outputs = BTreeMap::new();
+        for dir in dirs {
+            let docs = kustomize(&root.join(&dir));
+            outputs.insert(dir, docs);
+        }
+        Rendered {
+            outputs,
+            printed_ca_bundle,
+            ca_crt,
+        }
+    })
+}
+
+fn docs(dir: &str) -> &'static [Value] {
+    rendered()
+        .outputs
+        .get(dir)
+        .unwrap_or_else(|| panic!("no kustomization {dir}"))
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{pointer} missing or not a string in {v}"))
+}
+
+/// kustomize folds long base64 values over several lines, which the API
+/// server's (Go) decoder ignores; k8s-openapi's strict decoder does not.
+fn unfold_base64(v: &mut Value) {
+    if let Value::String(s) = v {
+        s.retain(|c| !c.is_ascii_whitespace());
+    }
+}
+
+fn typed<T: DeserializeOwned>(mut v: Value) -> T {
+    let kind = str_at(&v, "/kind").to_owned();
+    match kind.as_str() {
+        "Secret" => {
+            for key in ["data"] {
+                if let Some(Value::Object(map)) = v.get_mut(key) {
+                    map.values_mut().for_each(unfold_base64);
+                }
+            }
+        }
+        "ValidatingWebhookConfiguration" => {
+            if let Some(Value::Array(hooks)) = v.get_mut("webhooks") {
+                for hook in hooks {
+                    if let Some(b) = hook.pointer_mut("/clientConfig/caBundle") {
+                        unfold_base64(b);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    let name = v.pointer("/metadata/name").cloned();
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("{kind} {name:?}: {e}"))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let mut hits = docs
+        .iter()
+        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name);
+    let hit = hits
+        .next()
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"));
+    assert!(hits.next().is_none(), "two {kind} {name}");
+    hit
+}
+
+fn one<T: DeserializeOwned>(docs: &[Value], kind: &str, name: &str) -> T {
+    typed(find(docs, kind, name).clone())
+}
+
+#[test]
+fn every_kustomization_renders_into_known_typed_objects() {
+    let r = rendered();
+    for dir in FULL.iter().chain(["certs/cert-manager"].iter()) {
+        assert!(r.outputs.contains_key(*dir), "{dir} was not rendered");
+    }
+    for (dir, docs) in &r.outputs {
+        let mut seen = BTreeSet::new();
+        for doc in docs {
+            let kind = str_at(doc, "/kind");
+            let name = str_at(doc, "/metadata/name");
+            assert!(!str_at(doc, "/apiVersion").is_empty());
+            assert!(
+                seen.insert((kind.to_owned(), name.to_owned())),
+                "{dir}: {kind} {name} twice"
+            );
+            let cluster_scoped = matches!(
+                kind,
+                "Namespace"
+                    | "ValidatingWebhookConfiguration"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+            );
+            if !cluster_scoped {
+                assert_eq!(
+                    doc.pointer("/metadata/namespace").and_then(Value::as_str),
+                    Some(NAMESPACE),
+                    "{dir}: {kind} {name} namespace"
+                );
+            }
+            let d = doc.clone();
+            match kind {
+                "Namespace" => drop(typed::<Namespace>(d)),
+                "ServiceAccount" => drop(typed::<ServiceAccount>(d)),
+                "Role" => drop(typed::<Role>(d)),
+                "ClusterRole" => drop(typed::<ClusterRole>(d)),
+                "RoleBinding" => drop(typed::<RoleBinding>(d)),
+                "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(d)),
+                "ConfigMap" => drop(typed::<ConfigMap>(d)),
+                "Secret" => drop(typed::<Secret>(d)),
+                "Deployment" => drop(typed::<Deployment>(d)),
+                "Service" => drop(typed::<Service>(d)),
+                "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(d)),
+                "NetworkPolicy" => drop(typed::<NetworkPolicy>(d)),
+                "ValidatingWebhookConfiguration" => {
+                    drop(typed::<ValidatingWebhookConfiguration>(d))
+                }
+                k if CUSTOM_KINDS.contains(&k) => {
+                    let api = str_at(doc, "/apiVersion");
+                    assert!(
+                        api == "cert-manager.io/v1" || api == "monitoring.coreos.com/v1",
+                        "{dir}: {kind} {name}: apiVersion {api}"
+                    );
+                    assert!(doc["spec"].is_object(), "{dir}: {kind} {name} has no spec");
+                }
+                other => panic!("{dir}: unexpected kind {other} ({name})"),
+            }
+        }
+    }
+    for dir in FULL {
+        let docs = docs(dir);
+        for (kind, name) in [
+            ("Namespace", NAMESPACE),
+            ("ServiceAccount", "stale-guard"),
+            ("ConfigMap", "stale-guard-config"),
+            ("Deployment", "stale-guard"),
+            ("Service", "stale-guard"),
+            ("PodDisruptionBudget", "stale-guard"),
+            ("NetworkPolicy", "stale-guard"),
+            ("ValidatingWebhookConfiguration", "stale-guard"),
+        ] {
+            find(docs, kind, name);
+        }
+        // The server makes no API calls: no RBAC is granted, no token mounted.
+        for doc in docs {
+            let kind = doc["kind"].as_str().unwrap();
+            assert!(
+                !kind.starts_with("Role") && !kind.starts_with("ClusterRole"),
+                "{dir}: unexpected RBAC object {kind}"
+            );
+        }
+        let sa: ServiceAccount = one(docs, "ServiceAccount", "stale-guard");
+        assert_eq!(sa.automount_service_account_token, Some(false));
+    }
+}
+
+#[test]
+fn webhook_registration() {
+    for dir in FULL {
+        let vwc: ValidatingWebhookConfiguration =
+            one(docs(dir), "ValidatingWebhookConfiguration", "stale-guard");
+        let hooks = vwc.webhooks.expect("webhooks");
+        assert_eq!(hooks.len(), 1, "{dir}");
+        let h = &hooks[0];
+        assert_eq!(h.admission_review_versions, vec!["v1".to_owned()]);
+        assert_eq!(h.side_effects, "None");
+        assert_eq!(h.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(h.timeout_seconds, Some(5));
+        assert_eq!(h.match_policy.as_deref(), Some("Equivalent"));
+        let svc = h
+            .client_config
+            .service
+            .as_ref()
+            .expect("clientConfig.service");
+        assert_eq!(svc.name, "stale-guard");
+        assert_eq!(svc.namespace, NAMESPACE);
+        assert_eq!(svc.path.as_deref(), Some("/validate"));
+        assert_eq!(svc.port, Some(443));
+        assert!(h.client_config.url.is_none());
+
+        let ns = h.namespace_selector.as_ref().expect("namespaceSelector");
+        let exprs = ns.match_expressions.as_ref().expect("matchExpressions");
+        assert!(
+            exprs.iter().any(|e| e.key == "kubernetes.io/metadata.name"
+                && e.operator == "NotIn"
+                && e.values.as_ref().is_some_and(|v| {
+                    v.contains(&"kube-system".to_owned()) && v.contains(&NAMESPACE.to_owned())
+                })),
+            "{dir}: namespaceSelector {exprs:?}"
+        );
+
+        let rules = h.rules.as_ref().expect("rules");
+        assert_eq!(rules.len(), 1);
+        let rule = &rules[0];
+        let star = Some(vec!["*".to_owned()]);
+        assert_eq!(
+            rule.operations,
+            Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()])
+        );
+        assert_eq!(rule.api_groups, star);
+        assert_eq!(rule.api_versions, star);
+        // "*" and not "*/*": subresources (status, scale) are never sent.
+        assert_eq!(rule.resources, star);
+        assert_eq!(rule.scope.as_deref(), Some("*"));
+
+        let conds = h.match_conditions.as_ref().expect("matchConditions");
+        assert!(!conds.is_empty());
+        let expr = &conds[0].expression;
+        assert!(expr.contains("request.userInfo.username in ["), "{expr}");
+        for sa in WEBHOOK_SERVICE_SA {
+            assert!(
+                expr.contains(&format!("'{sa}'")),
+                "{dir}: {expr} lacks {sa}"
+            );
+        }
+    }
+}
+
+#[test]
+fn self_signed_overlay_carries_the_certs_output() {
+    let r = rendered();
+    let docs = docs("deploy/overlays/self-signed");
+    let vwc: ValidatingWebhookConfiguration =
+        one(docs, "ValidatingWebhookConfiguration", "stale-guard");
+    let bundle = vwc.webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .expect("caBundle");
+    assert_eq!(bundle.0, r.ca_crt, "caBundle is not certs/ca.crt");
+    let printed = base64::engine::general_purpose::STANDARD
+        .decode(&r.printed_ca_bundle)
+        .expect("printed caBundle is base64");
+    assert_eq!(
+        bundle.0, printed,
+        "caBundle differs from what `certs` printed"
+    );
+
+    let secret: Secret = one(docs, "Secret", "stale-guard-tls");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let data = secret.data.expect("data");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(!data[key].0.is_empty(), "{key}");
+    }
+    assert!(String::from_utf8_lossy(&data["tls.key"].0).contains("PRIVATE KEY"));
+
+    // The base alone carries no caBundle, and no placeholder leaks anywhere.
+    let base: ValidatingWebhookConfiguration = one(
+        self::docs("deploy/base"),
+        "ValidatingWebhookConfiguration",
+        "stale-guard",
+    );
+    assert!(base.webhooks.unwrap()[0].client_config.ca_bundle.is_none());
+}
+
+#[test]
+fn cert_manager_overlay_injects_the_ca_and_chains_the_issuers() {
+    for dir in [
+        "deploy/overlays/cert-manager",
+        "deploy/overlays/cert-manager-monitoring",
+    ] {
+        let docs = docs(dir);
+        let vwc: ValidatingWebhookConfiguration =
+            one(docs, "ValidatingWebhookConfiguration", "stale-guard");
+        let ann = vwc.metadata.annotations.expect("annotations");
+        assert_eq!(
+            ann["cert-manager.io/inject-ca-from"],
+            format!("{NAMESPACE}/stale-guard-serving")
+        );
+        assert!(vwc.webhooks.unwrap()[0].client_config.ca_bundle.is_none());
+        // cert-manager makes the Secret; the overlay must not.
+        assert!(!docs.iter().any(|d| d["kind"] == "Secret"), "{dir}");
+        check_cert_manager_chain(docs);
+    }
+    // The same objects applied alone.
+    check_cert_manager_chain(docs("certs/cert-manager"));
+}
+
+fn check_cert_manager_chain(docs: &[Value]) {
+    let serving = find(docs, "Certificate", "stale-guard-serving");
+    assert_eq!(str_at(serving, "/spec/secretName"), "stale-guard-tls");
+    assert_eq!(str_at(serving, "/spec/duration"), "2160h");
+    assert_eq!(str_at(serving, "/spec/renewBefore"), "360h");
+    let names: Vec<&str> = serving["spec"]["dnsNames"]
+        .as_array()
+        .expect("dnsNames")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for name in [
+        "stale-guard",
+        "stale-guard.stale-guard-system",
+        "stale-guard.stale-guard-system.svc",
+        "stale-guard.stale-guard-system.svc.cluster.local",
+    ] {
+        assert!(names.contains(&name), "dnsNames lack {name}");
+    }
+    // serving Certificate -> CA Issuer -> CA Certificate -> self-signed Issuer.
+    let ca_issuer = find(docs, "Issuer", str_at(serving, "/spec/issuerRef/name"));
+    let ca_secret = str_at(ca_issuer, "/spec/ca/secretName");
+    let ca_cert = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == ca_secret)
+        .expect("a Certificate writes the CA Issuer's secret");
+    assert_eq!(ca_cert["spec"]["isCA"], true);
+    assert_eq!(str_at(ca_cert, "/spec/duration"), "87600h");
+    assert!(ca_cert["spec"]["renewBefore"].is_string());
+    let root = find(docs, "Issuer", str_at(ca_cert, "/spec/issuerRef/name"));
+    assert!(root["spec"]["selfSigned"].is_object());
+}
+
+#[test]
+fn deployment_is_hardened_and_rolls_without_gaps() {
+    for dir in FULL {
+        let docs = docs(dir);
+        let dep: Deployment = one(docs, "Deployment", "stale-guard");
+        let spec = dep.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(2), "{dir}");
+        let ru = spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref())
+            .expect("rollingUpdate");
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        let labels = spec.selector.match_labels.clone().expect("matchLabels");
+
+        let template_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        for (k, v) in &labels {
+            assert_eq!(template_labels.get(k), Some(v));
+        }
+        let pod = spec.template.spec.expect("pod spec");
+        assert_eq!(pod.service_account_name.as_deref(), Some("stale-guard"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let psc = pod.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert!(psc.run_as_user.is_some_and(|u| u > 0));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+
+        let tsc = pod
+            .topology_spread_constraints
+            .as_ref()
+            .expect("topologySpreadConstraints");
+        assert!(
+            tsc.iter()
+                .any(|t| t.topology_key == "kubernetes.io/hostname")
+        );
+        let anti = pod
+            .affinity
+            .as_ref()
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .expect("podAntiAffinity");
+        let terms = anti
+            .preferred_during_scheduling_ignored_during_execution
+            .as_ref()
+            .expect("preferred anti-affinity");
+        assert!(
+            terms
+                .iter()
+                .any(|t| t.pod_affinity_term.topology_key == "kubernetes.io/hostname")
+        );
+
+        assert_eq!(pod.containers.len(), 1);
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.args.as_deref(),
+            Some(&["serve", "--config", "/etc/stale-guard/config.yaml"].map(str::to_owned)[..])
+        );
+        let port = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.container_port == 8443);
+        let port_name = port.and_then(|p| p.name.clone()).expect("named port 8443");
+        let csc = c
+            .security_context
+            .as_ref()
+            .expect("container securityContext");
+        assert_eq!(csc.run_as_non_root, Some(true));
+        assert_eq!(csc.read_only_root_filesystem, Some(true));
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            csc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
+        assert_eq!(
+            csc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+
+        for (probe, path) in [
+            (
+                c.readiness_probe.as_ref().expect("readinessProbe"),
+                "/readyz",
+            ),
+            (
+                c.liveness_probe.as_ref().expect("livenessProbe"),
+                "/healthz",
+            ),
+        ] {
+            let get = probe.http_get.as_ref().expect("httpGet probe");
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+            assert!(
+                get.port == IntOrString::Int(8443)
+                    || get.port == IntOrString::String(port_name.clone()),
+                "{path} probe port {:?}",
+                get.port
+            );
+        }
+        let pre_stop = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .expect("preStop");
+        let sleep_seconds = match (&pre_stop.exec, &pre_stop.sleep) {
+            (Some(exec), _) => {
+                let cmd = exec.command.clone().unwrap();
+                assert_eq!(cmd[0], "sleep", "preStop {cmd:?}");
+                cmd[1].parse::<i64>().unwrap()
+            }
+            (None, Some(sleep)) => sleep.seconds,
+            _ => panic!("preStop is neither a sleep nor `sleep N`"),
+        };
+
+        let res = c.resources.as_ref().expect("resources");
+        let limits = res.limits.as_ref().expect("limits");
+        let requests = res.requests.as_ref().expect("requests");
+        assert_eq!(limits["memory"].0, "128Mi");
+        assert!(limits.contains_key("cpu") && requests.contains_key("cpu"));
+        assert!(requests.contains_key("memory"));
+
+        // Volumes: the config, TLS and git Secrets as read-only directories
+        // (no subPath, so kubelet's ..data swap reaches the server), emptyDirs
+        // for the mirror and /tmp.
+        let volumes = pod.volumes.clone().expect("volumes");
+        let mounts = c.volume_mounts.clone().expect("volumeMounts");
+        let mount_of = |pred: &dyn Fn(&k8s_openapi::api::core::v1::Volume) -> bool| {
+            let v = volumes.iter().find(|v| pred(v)).expect("volume");
+            let m = mounts.iter().find(|m| m.name == v.name).expect("mounted");
+            assert!(
+                m.sub_path.is_none() && m.sub_path_expr.is_none(),
+                "{} subPath",
+                m.name
+            );
+            (v.clone(), m.clone())
+        };
+        let secret_named = |name: &'static str| {
+            move |v: &k8s_openapi::api::core::v1::Volume| {
+                v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(name)
+            }
+        };
+        let (_, tls_mount) = mount_of(&secret_named("stale-guard-tls"));
+        assert_eq!(tls_mount.read_only, Some(true));
+        let (git_vol, git_mount) = mount_of(&secret_named("stale-guard-git"));
+        assert_eq!(git_mount.read_only, Some(true));
+        assert_eq!(git_vol.secret.unwrap().optional, Some(true));
+        let (_, config_mount) = mount_of(&|v| {
+            v.config_map.as_ref().map(|c| c.name.as_str()) == Some("stale-guard-config")
+        });
+        assert_eq!(config_mount.mount_path, "/etc/stale-guard");
+        let empty_dirs: Vec<String> = volumes
+            .iter()
+            .filter(|v| v.empty_dir.is_some())
+            .map(|v| {
+                mounts
+                    .iter()
+                    .find(|m| m.name == v.name)
+                    .expect("emptyDir mounted")
+                    .mount_path
+                    .clone()
+            })
+            .collect();
+        assert!(empty_dirs.contains(&"/tmp".to_owned()), "{empty_dirs:?}");
+
+        // The embedded configuration is valid and agrees with the pod.
+        let cm: ConfigMap = one(docs, "ConfigMap", "stale-guard-config");
+        let text = &cm.data.expect("data")["config.yaml"];
+        let config = Config::parse(text).unwrap_or_else(|e| panic!("{dir}: config.yaml: {e}"));
+        let mirror = config.mirror_dir.to_str().unwrap().to_owned();
+        assert!(
+            empty_dirs.contains(&mirror),
+            "mirrorDir {mirror} is not an emptyDir"
+        );
+        for file in [&config.tls.cert_file, &config.tls.key_file] {
+            assert_eq!(
+                file.parent().unwrap(),
+                Path::new(&tls_mount.mount_path),
+                "{} is not in the TLS mount",
+                file.display()
+            );
+        }
+        for source in &config.sources {
+            if let Some(c) = &source.credentials {
+                for f in [
+                    &c.username_file,
+                    &c.password_file,
+                    &c.token_file,
+                    &c.ssh_key_file,
+                    &c.known_hosts_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    assert!(f.starts_with(&git_mount.mount_path), "{}", f.display());
+                }
+            }
+        }
+        let listen_port = config.listen_addr().unwrap().port();
+        assert_eq!(listen_port, 8443);
+        let grace = pod
+            .termination_grace_period_seconds
+            .expect("terminationGracePeriodSeconds");
+        assert!(
+            (config.shutdown_grace_period.as_secs() as i64) + sleep_seconds < grace,
+            "preStop {sleep_seconds}s + shutdownGracePeriod {:?} must fit in {grace}s",
+            config.shutdown_grace_period
+        );
+        let vwc: ValidatingWebhookConfiguration =
+            one(docs, "ValidatingWebhookConfiguration", "stale-guard");
+        let timeout = vwc.webhooks.unwrap()[0].timeout_seconds.unwrap() as u64;
+        assert!(config.failure.decision_timeout.as_secs_f64() < timeout as f64);
+
+        // Service 443 -> the container's 8443, selecting the pods.
+        let svc: Service = one(docs, "Service", "stale-guard");
+        let sspec = svc.spec.unwrap();
+        let sport = &sspec.ports.as_ref().unwrap()[0];
+        assert_eq!(sport.port, 443);
+        assert!(
+            sport.target_port == Some(IntOrString::Int(8443))
+                || sport.target_port == Some(IntOrString::String(port_name.clone())),
+            "targetPort {:?}",
+            sport.target_port
+        );
+        assert_eq!(sspec.selector.as_ref(), Some(&labels));
+
+        let pdb: PodDisruptionBudget = one(docs, "PodDisruptionBudget", "stale-guard");
+        let pspec = pdb.spec.unwrap();
+        assert_eq!(pspec.min_available, Some(IntOrString::Int(1)));
+        assert_eq!(pspec.selector.unwrap().match_labels.as_ref(), Some(&labels));
+    }
+}
+
+#[test]
+fn network_policy_admits_the_api_server_and_reaches_git() {
+    for dir in FULL {
+        let np: NetworkPolicy = one(docs(dir), "NetworkPolicy", "stale-guard");
+        let spec = np.spec.unwrap();
+        let types = spec.policy_types.clone().unwrap();
+        assert!(types.contains(&"Ingress".to_owned()) && types.contains(&"Egress".to_owned()));
+        let ingress = spec.ingress.unwrap();
+        assert!(ingress.iter().any(|rule| {
+            rule.from.is_none()
+                && rule
+                    .ports
+                    .as_ref()
+                    .is_some_and(|ps| ps.iter().any(|p| p.port == Some(IntOrString::Int(8443))))
+        }));
+        let egress = spec.egress.unwrap();
+        let mut open = BTreeSet::new();
+        for rule in &egress {
+            for p in rule.ports.iter().flatten() {
+                if let Some(IntOrString::Int(n)) = p.port {
+                    open.insert((p.protocol.clone().unwrap_or("TCP".into()), n));
+                }
+            }
+        }
+        for want in [
+            ("UDP", 53),
+            ("TCP", 53),
+            ("TCP", 443),
+            ("TCP", 22),
+            ("TCP", 9418),
+        ] {
+            assert!(
+                open.contains(&(want.0.to_owned(), want.1)),
+                "egress lacks {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn monitoring_objects_watch_the_server_metrics() {
+    let docs = docs("deploy/overlays/cert-manager-monitoring");
+    let sm = find(docs, "ServiceMonitor", "stale-guard");
+    let ep = &sm["spec"]["endpoints"][0];
+    assert_eq!(ep["scheme"], "https");
+    assert_eq!(ep["path"], "/metrics");
+    let svc: Service = one(docs, "Service", "stale-guard");
+    let port_names: Vec<String> = svc
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert!(port_names.contains(&ep["port"].as_str().unwrap().to_owned()));
+
+    let rule = find(docs, "PrometheusRule", "stale-guard");
+    let exprs: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .map(|r| {
+            assert!(r["alert"].is_string(), "{r}");
+            r["expr"].as_str().unwrap()
+        })
+        .collect();
+    for needle in [
+        "stale_guard_mirror_ready == 0",
+        "rate(stale_guard_reviews_total{decision=\"deny\"}[5m])",
+        "stale_guard_bad_requests_total",
+        "rate(stale_guard_review_duration_seconds_bucket[5m])",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(needle)),
+            "no alert uses {needle}"
+        );
+    }
+
+    let cm: ConfigMap = one(docs, "ConfigMap", "stale-guard-dashboard");
+    let json = &cm.data.unwrap()["dashboard.json"];
+    let dash: Value = serde_json::from_str(json).expect("dashboard.json");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    for panel in panels {
+        for t in panel["targets"].as_array().unwrap() {
+            assert!(t["expr"].as_str().unwrap().contains("stale_guard_"), "{t}");
+        }
+    }
+}
+
+#[test]
+fn dockerfile_builds_the_binary_into_a_non_root_git_image() {
+    let text = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    assert!(
+        lines[froms[0]].starts_with("FROM rust:"),
+        "{}",
+        lines[froms[0]]
+    );
+    let build = lines[froms[0]..froms[1]].join("\n");
+    assert!(build.contains("cargo build --release"), "{build}");
+    assert!(build.contains("--bin stale-guard"));
+    let runtime = &lines[*froms.last().unwrap()..];
+    assert!(!runtime[0].contains("rust"), "runtime image {}", runtime[0]);
+    let runtime_text = runtime.join("\n");
+    for pkg in ["git", "ca-certificates", "openssh-client"] {
+        assert!(
+            runtime_text.split_whitespace().any(|w| w == pkg),
+            "runtime lacks {pkg}"
+        );
+    }
+    assert!(
+        runtime_text.contains("COPY --from="),
+        "binary copied from the build stage"
+    );
+    let user = runtime
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER in the runtime stage");
+    let uid: u32 = user
+        .trim()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("numeric USER (runAsNonRoot needs a number)");
+    assert!(uid != 0);
+    assert!(runtime_text.contains("ENTRYPOINT [\"/usr/local/bin/stale-guard\"]"));
+    // The Deployment runs as the image's user.
+    let dep: Deployment = one(docs("deploy/base"), "Deployment", "stale-guard");
+    let psc = dep
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .security_context
+        .unwrap();
+    assert_eq!(psc.run_as_user, Some(uid as i64));
+}
