@@ -28,6 +28,22 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the overlay checksum (version 1) at a revision, read from git objects.
     Checksum(ChecksumArgs),
+    /// Annotate rendered manifests (stdin) with the revision and overlay checksum; write them to stdout.
+    ///
+    /// Reads multi-document YAML (`kustomize build` output) and writes every
+    /// object back with `metadata.annotations` carrying the full commit id of
+    /// REV and the overlay checksum computed from the git tree at REV (never
+    /// from the working tree). Items of a `List` are annotated one by one.
+    /// Document and key order are kept; YAML comments are lost and formatting is normalised. Input with no object is refused (exit 2).
+    /// Refuses (exit 1) when files the overlay reads differ in the working
+    /// tree, unless --allow-dirty.
+    Stamp(StampArgs),
+    /// Check that rendered manifests carry annotations the webhook would accept at head (CI smoke test).
+    ///
+    /// Every object must carry the revision of REV (default HEAD) and the
+    /// overlay checksum at it. Exit 0 when all pass; exit 1 with a report
+    /// naming each failing object and the webhook's reason code.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +95,49 @@ pub struct ChecksumArgs {
     pub json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct StampArgs {
+    /// The git repository (bare or with a working tree).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The overlay directory the manifests were rendered from, relative to the repository root.
+    #[arg(long)]
+    pub overlay: String,
+    /// The revision the manifests were rendered from (a branch, tag, commit id...).
+    #[arg(long, default_value = "HEAD")]
+    pub rev: String,
+    /// Stamp even when files the overlay reads differ in the working tree (warns).
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// The revision annotation key.
+    #[arg(long, default_value = crate::stamp::DEFAULT_REVISION_KEY)]
+    pub revision_key: String,
+    /// The checksum annotation key.
+    #[arg(long, default_value = crate::stamp::DEFAULT_CHECKSUM_KEY)]
+    pub checksum_key: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The git repository (bare or with a working tree; only its objects are read).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The overlay directory, relative to the repository root.
+    #[arg(long)]
+    pub overlay: String,
+    /// The head to verify against.
+    #[arg(long, default_value = "HEAD")]
+    pub rev: String,
+    /// The revision annotation key.
+    #[arg(long, default_value = crate::stamp::DEFAULT_REVISION_KEY)]
+    pub revision_key: String,
+    /// The checksum annotation key.
+    #[arg(long, default_value = crate::stamp::DEFAULT_CHECKSUM_KEY)]
+    pub checksum_key: String,
+    /// The rendered, stamped manifests (`-` for stdin).
+    pub file: PathBuf,
+}
+
 /// A failure with its exit code.
 struct Failure {
     code: u8,
@@ -107,6 +166,8 @@ pub fn main() -> ExitCode {
         Command::Certs(args) => certs(&args),
         Command::Serve(args) => serve(&args),
         Command::Checksum(args) => checksum(&args),
+        Command::Stamp(args) => stamp(&args),
+        Command::Verify(args) => verify(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +257,86 @@ fn checksum(args: &ChecksumArgs) -> Result<(), Failure> {
         .lock()
         .write_all(&out)
         .map_err(|e| Failure::failed(format!("writing output: {e}")))
+}
+
+impl From<crate::stamp::StampError> for Failure {
+    fn from(e: crate::stamp::StampError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn read_input(path: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    let (name, read) = if path.as_os_str() == "-" {
+        (
+            "stdin".to_owned(),
+            std::io::stdin().lock().read_to_end(&mut bytes),
+        )
+    } else {
+        (
+            path.display().to_string(),
+            std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)),
+        )
+    };
+    read.map_err(|e| Failure::usage(format!("reading {name}: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| Failure::usage(format!("{name} is not UTF-8")))
+}
+
+fn stamp(args: &StampArgs) -> Result<(), Failure> {
+    let keys = crate::stamp::Keys::new(&args.revision_key, &args.checksum_key)?;
+    let input = read_input(std::path::Path::new("-"))?;
+    let stamped = crate::stamp::stamp(
+        &crate::stamp::StampOptions {
+            repo: &args.repo,
+            overlay: &args.overlay,
+            rev: &args.rev,
+            allow_dirty: args.allow_dirty,
+            keys,
+        },
+        &input,
+    )?;
+    if !stamped.dirty.is_empty() {
+        eprintln!(
+            "warning: --allow-dirty: the working tree differs from {} under the overlay: {}",
+            stamped.revision,
+            stamped.dirty.join(", ")
+        );
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(stamped.output.as_bytes())
+        .map_err(|e| Failure::failed(format!("writing output: {e}")))?;
+    eprintln!(
+        "stamped {} objects: revision {}, checksum {}",
+        stamped.objects, stamped.revision, stamped.checksum
+    );
+    Ok(())
+}
+
+fn verify(args: &VerifyArgs) -> Result<(), Failure> {
+    let keys = crate::stamp::Keys::new(&args.revision_key, &args.checksum_key)?;
+    let input = read_input(&args.file)?;
+    let v = crate::stamp::verify(&args.repo, &args.overlay, &args.rev, &keys, &input)?;
+    std::io::stdout()
+        .lock()
+        .write_all(v.report().as_bytes())
+        .map_err(|e| Failure::failed(format!("writing output: {e}")))?;
+    if v.passed() {
+        Ok(())
+    } else if v.objects.is_empty() {
+        Err(Failure::failed("verify: the input holds no objects"))
+    } else {
+        let failed = v.objects.iter().filter(|o| o.failure.is_some()).count();
+        Err(Failure::failed(format!(
+            "verify: {failed} of {} objects would be denied by the webhook at {}",
+            v.objects.len(),
+            args.rev
+        )))
+    }
 }
 
 fn checksum_json(sum: &OverlayChecksum) -> serde_json::Value {

@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod policy;
 pub mod server;
+pub mod stamp;
 pub mod tls;
 pub mod tree;
