@@ -63,6 +63,9 @@ for _ in $(seq 50); do
   curl -sf --cacert "$certs/ca.crt" https://127.0.0.1:9443/readyz >/dev/null && break
   sleep 0.2
 done
+for p in "$floor_pid" "$sg_pid"; do
+  kill -0 "$p" 2>/dev/null || { echo "webhook-load: a server exited (port in use?):" >&2; cat "$work"/*.log >&2; exit 1; }
+done
 verdict=$(curl -s --cacert "$certs/ca.crt" --data-binary @"$work/fresh.json" https://127.0.0.1:9443/validate)
 case "$verdict" in
   *'"reason":"Fresh"'*) echo "review is Fresh (warm after this call)" ;;
