@@ -534,6 +534,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let options = crate::tls::ServeOptions {
         shutdown_grace: config.shutdown_grace_period,
+        drain_delay: Duration::from_secs(1),
         ..crate::tls::ServeOptions::default()
     };
     let running = start(config, options).await?;

@@ -493,6 +493,13 @@ pub struct ServeOptions {
     /// before the remaining connections are dropped. Default 20 s (below
     /// the default 30 s pod termination grace period).
     pub shutdown_grace: Duration,
+    /// After shutdown is requested and the listener is closed, how long
+    /// connections already accepted keep being served as usual (handshakes
+    /// finish, first requests are answered) before idle ones are closed.
+    /// Without it, a client whose connection was accepted just before the
+    /// signal sees it closed before its request is read. Default 0; the
+    /// `serve` command uses 1 s.
+    pub drain_delay: Duration,
 }
 
 impl Default for ServeOptions {
@@ -502,6 +509,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(20),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -589,8 +597,14 @@ pub async fn serve(
         ));
     }
 
-    // Refuse new connections right away, then drain.
+    // Refuse new connections right away, let the ones just accepted be
+    // served for a moment, then drain.
     drop(listener);
+    if !options.drain_delay.is_zero() {
+        let delay = options.drain_delay.min(options.shutdown_grace);
+        tracing::info!(?delay, "shutting down: listener closed, serving accepted connections");
+        tokio::time::sleep(delay).await;
+    }
     let _ = stop_tx.send(true);
     while let Some(result) = connections.try_join_next() {
         log_join_error(result);

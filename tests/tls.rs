@@ -256,6 +256,7 @@ fn quick_options() -> ServeOptions {
         header_read_timeout: Duration::from_secs(2),
         max_connections: 64,
         shutdown_grace: Duration::from_secs(10),
+        drain_delay: Duration::ZERO,
     }
 }
 
