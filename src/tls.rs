@@ -602,7 +602,10 @@ pub async fn serve(
     drop(listener);
     if !options.drain_delay.is_zero() {
         let delay = options.drain_delay.min(options.shutdown_grace);
-        tracing::info!(?delay, "shutting down: listener closed, serving accepted connections");
+        tracing::info!(
+            ?delay,
+            "shutting down: listener closed, serving accepted connections"
+        );
         tokio::time::sleep(delay).await;
     }
     let _ = stop_tx.send(true);
