@@ -36,6 +36,8 @@
 //! The crypto provider is always rustls' `ring` provider, passed explicitly
 //! to every builder; nothing depends on a process-wide default provider.
 
+mod activity;
+
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -480,11 +482,18 @@ pub struct ServeOptions {
     /// Longest time from TCP accept to a completed TLS handshake; slower
     /// (or silent) clients are disconnected. Default 10 s.
     pub handshake_timeout: Duration,
-    /// HTTP/1.1: longest time to receive a request's headers, which also
-    /// bounds how long an idle keep-alive connection stays open. HTTP/2 has
-    /// no equivalent (idle h2 connections, as kept by kube-apiserver, are
-    /// legitimate). Default 10 s.
+    /// HTTP/1.1: longest time a connection may go without a request in
+    /// flight: from the accept or the previous response to the end of the
+    /// next request's headers. It bounds both slowly sent headers
+    /// (slowloris) and idle keep-alive connections. HTTP/2 has no
+    /// equivalent (idle h2 connections, as kept by kube-apiserver, are
+    /// legitimate). Checked per connection, a few times per period, not
+    /// with a timer per request. Default 10 s.
     pub header_read_timeout: Duration,
+    /// HTTP/1.1 and HTTP/2: a connection with requests in flight and none
+    /// finished for this long is closed (a client trickling a request
+    /// body). Default 60 s, above any review's deadline.
+    pub stall_timeout: Duration,
     /// Most connections served at once (0 is treated as 1). When reached,
     /// the server stops accepting: further clients wait in the kernel's
     /// listen backlog until a connection closes. Default 1024.
@@ -507,6 +516,7 @@ impl Default for ServeOptions {
         Self {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(60),
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(20),
             drain_delay: Duration::ZERO,
@@ -550,6 +560,7 @@ pub async fn serve(
     let limits = ConnectionLimits {
         handshake_timeout: options.handshake_timeout,
         header_read_timeout: options.header_read_timeout,
+        stall_timeout: options.stall_timeout,
     };
 
     loop {
@@ -640,6 +651,7 @@ pub async fn serve(
 struct ConnectionLimits {
     handshake_timeout: Duration,
     header_read_timeout: Duration,
+    stall_timeout: Duration,
 }
 
 /// One connection: TLS handshake, then HTTP until the peer closes or a
@@ -688,10 +700,9 @@ async fn serve_connection(
         None => None,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    // No hyper timer for HTTP/1.1: its header-read timeout resets a timer
+    // per request; the connection's Activity does that job (see activity.rs).
+    builder.http1().header_read_timeout(None);
     // HTTP/2 connections may idle for long (the API server keeps them);
     // pings find peers that vanished without closing, so they do not hold
     // a connection slot forever.
@@ -705,9 +716,33 @@ async fn serve_connection(
         Some(false) => builder.http1_only(),
         None => builder,
     };
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(%peer, error = %e, "connection error");
+    // Without ALPN the protocol is sniffed; such a client is held to the
+    // HTTP/1.1 idle limit either way.
+    let idle_limit = (alpn_h2 != Some(true)).then_some(limits.header_read_timeout);
+    let activity = activity::Activity::new();
+    let service = activity::Tracked::new(TowerToHyperService::new(app), Arc::clone(&activity));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let mut connection = pin!(watcher.watch(connection));
+    let period = activity::Activity::check_period(idle_limit, limits.stall_timeout);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut connection => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection error");
+                }
+                return;
+            }
+            _ = ticks.tick() => {
+                if let Some(why) = activity.expired(idle_limit, limits.stall_timeout) {
+                    // Dropping the connection closes the socket.
+                    tracing::debug!(%peer, reason = why.as_str(), "closing connection");
+                    return;
+                }
+            }
+        }
     }
 }
 

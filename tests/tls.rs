@@ -254,6 +254,7 @@ fn quick_options() -> ServeOptions {
     ServeOptions {
         handshake_timeout: Duration::from_millis(500),
         header_read_timeout: Duration::from_secs(2),
+        stall_timeout: Duration::from_secs(30),
         max_connections: 64,
         shutdown_grace: Duration::from_secs(10),
         drain_delay: Duration::ZERO,
@@ -891,21 +892,12 @@ fn load_errors_name_the_file() {
     assert!(message.contains("client CA"), "{message}");
 }
 
-/// After the TLS handshake, an HTTP/1.1 client that sends no request is
-/// disconnected after `header_read_timeout`.
-#[tokio::test]
-async fn http1_client_without_request_is_dropped_after_header_read_timeout() -> TestResult {
-    let ca = Ca::new("test CA");
-    let leaf = ca.server("server");
-    let mut secret = SecretDir::new();
-    secret.publish_leaf(&leaf);
-    let tls = ReloadingTls::load(secret.files(false))?;
-    let options = ServeOptions {
-        header_read_timeout: Duration::from_millis(300),
-        ..quick_options()
-    };
-    let server = TestServer::start(tls, options).await;
-
+/// A raw HTTP/1.1-over-TLS connection (ALPN http/1.1) trusting `ca`, for
+/// tests that need to control every byte and its timing.
+async fn raw_http1(
+    server: &TestServer,
+    ca: &Ca,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Box<dyn std::error::Error + Send + Sync>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
         roots.add(cert?)?;
@@ -919,19 +911,176 @@ async fn http1_client_without_request_is_dropped_after_header_read_timeout() -> 
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(server.addr).await?;
-    let mut stream = connector
+    Ok(connector
         .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let connected = Instant::now();
+        .await?)
+}
+
+/// Reads until the server closes (EOF or an unclean close), at most 5 s;
+/// returns what was read and how long it took.
+async fn read_until_closed(
+    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> Result<(String, Duration), Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await?;
-    let waited = connected.elapsed();
-    // EOF or an unclean close: either way the server disconnected.
-    let _ = read;
-    assert!(!String::from_utf8_lossy(&buf).contains("pong"));
+    // Either way of closing counts: the question is when.
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await?;
+    Ok((
+        String::from_utf8_lossy(&buf).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+/// A CA, and TLS files for a server certificate it signed.
+fn test_pki() -> (Ca, Arc<ReloadingTls>, SecretDir) {
+    let ca = Ca::new("test CA");
+    let leaf = ca.server("server");
+    let mut secret = SecretDir::new();
+    secret.publish_leaf(&leaf);
+    let tls = ReloadingTls::load(secret.files(false)).unwrap();
+    (ca, tls, secret)
+}
+
+/// After the TLS handshake, an HTTP/1.1 client that sends no request is
+/// disconnected after `header_read_timeout` (and not long after it).
+#[tokio::test]
+async fn http1_client_without_request_is_dropped_after_header_read_timeout() -> TestResult {
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    let mut stream = raw_http1(&server, &ca).await?;
+    let (read, waited) = read_until_closed(&mut stream).await?;
+    assert!(!read.contains("pong"));
     assert!(
         waited >= Duration::from_millis(250),
         "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "not closed near the timeout: {waited:?}"
+    );
+
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// Slowloris: headers trickled one byte at a time keep bytes flowing but
+/// never complete a request; the connection is closed near
+/// `header_read_timeout` all the same.
+#[tokio::test]
+async fn http1_headers_trickled_byte_by_byte_are_cut_off() -> TestResult {
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_millis(400),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    let mut stream = raw_http1(&server, &ca).await?;
+    let started = Instant::now();
+    let request = b"GET /ping HTTP/1.1\r\nhost: localhost\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut_after = None;
+    for byte in request.iter().take(request.len() - 2) {
+        if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut_after = match cut_after {
+        Some(at) => at,
+        None => {
+            let (read, _) = read_until_closed(&mut stream).await?;
+            assert!(!read.contains("pong"), "an incomplete request was answered");
+            started.elapsed()
+        }
+    };
+    // 93 bytes at 50 ms each would take 4.6 s.
+    assert!(
+        cut_after >= Duration::from_millis(350) && cut_after < Duration::from_secs(2),
+        "trickling client cut off after {cut_after:?}"
+    );
+
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// The idle limit restarts with every response: a keep-alive connection
+/// used more often than `header_read_timeout` stays open for many times
+/// that limit, and is closed once it goes quiet.
+#[tokio::test]
+async fn http1_keep_alive_connection_in_use_stays_open() -> TestResult {
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    let mut stream = raw_http1(&server, &ca).await?;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    for i in 0..12 {
+        stream
+            .write_all(b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await?;
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        let response = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            response.starts_with("HTTP/1.1 200") && response.contains("pong"),
+            "request {i} after {:?}: {response:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let (read, waited) = read_until_closed(&mut stream).await?;
+    assert!(read.is_empty(), "{read:?}");
+    assert!(waited < Duration::from_secs(2), "idle for {waited:?}");
+
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// A request whose body is trickled makes no progress: the connection is
+/// closed after `stall_timeout`, HTTP/1.1 or not.
+#[tokio::test]
+async fn request_body_trickled_is_cut_off_after_stall_timeout() -> TestResult {
+    let options = ServeOptions {
+        stall_timeout: Duration::from_millis(500),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    let mut stream = raw_http1(&server, &ca).await?;
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000\r\n\r\n")
+        .await?;
+    let started = Instant::now();
+    let mut cut_after = None;
+    for _ in 0..100 {
+        if stream.write_all(b"x").await.is_err() || stream.flush().await.is_err() {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut_after = match cut_after {
+        Some(at) => at,
+        None => {
+            let (read, _) = read_until_closed(&mut stream).await?;
+            assert!(!read.contains("HTTP/1.1 200"), "{read:?}");
+            started.elapsed()
+        }
+    };
+    assert!(
+        cut_after >= Duration::from_millis(450) && cut_after < Duration::from_secs(3),
+        "trickled body cut off after {cut_after:?}"
     );
 
     server.shutdown().await?;
