@@ -27,6 +27,8 @@ pub struct Config {
     pub break_glass: BreakGlass,
     #[serde(default)]
     pub failure: FailureConfig,
+    #[serde(default)]
+    pub limits: Limits,
     /// Default grace window for rules that do not set one.
     #[serde(default, with = "duration")]
     pub grace_period: Duration,
@@ -178,6 +180,43 @@ impl Default for FailureConfig {
     }
 }
 
+/// Overload protection (an extension of the contract's configuration).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Cold checksum computations run at once; 0 means one per core.
+    #[serde(default)]
+    pub checksum_concurrency: usize,
+    /// Distinct cold checksums that may wait for a computation slot; a
+    /// review that would queue beyond it is answered at once with
+    /// `DecisionTimeout` (and the `decisionTimeoutAction`).
+    #[serde(default = "default_checksum_queue")]
+    pub checksum_queue: usize,
+}
+
+fn default_checksum_queue() -> usize {
+    64
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            checksum_concurrency: 0,
+            checksum_queue: default_checksum_queue(),
+        }
+    }
+}
+
+impl Limits {
+    /// `checksumConcurrency` with 0 resolved to the number of cores.
+    pub fn checksum_threads(&self) -> usize {
+        match self.checksum_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 /// A configuration that cannot be used: the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]
@@ -286,6 +325,12 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.limits.checksum_concurrency > 1024 {
+            return Err(invalid(
+                "limits.checksumConcurrency",
+                "must be at most 1024 (0 means one per core)",
+            ));
         }
         if self.rules.is_empty() {
             return Err(invalid("rules", "at least one rule is required"));
@@ -521,6 +566,25 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
             Some(Path::new("/tls/ca.crt"))
         );
         assert_eq!(c.grace_period(&c.rules[0]), Duration::ZERO);
+        assert_eq!(c.limits, Limits::default());
+        assert!(c.limits.checksum_threads() >= 1);
+    }
+
+    #[test]
+    fn limits_parse_and_are_checked() {
+        let with = |limits: &str| {
+            let text = format!("{EXAMPLE}limits: {limits}\n");
+            Config::parse(&text)
+        };
+        let c = with("{ checksumConcurrency: 3, checksumQueue: 0 }").unwrap();
+        assert_eq!(
+            (c.limits.checksum_threads(), c.limits.checksum_queue),
+            (3, 0)
+        );
+        let e = with("{ checksumConcurrency: 5000 }").unwrap_err();
+        assert!(e.to_string().contains("limits.checksumConcurrency"), "{e}");
+        let e = with("{ checksumThreads: 2 }").unwrap_err();
+        assert!(e.to_string().contains("checksumThreads"), "{e}");
     }
 
     fn error_for(from: &str, to: &str) -> ConfigError {

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub cache: Family<CacheLabels, Counter>,
     pub checksum_computations: Counter,
     pub checksum_files: Counter,
+    pub checksum_overloaded: Counter,
+    pub checksum_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +124,18 @@ impl Metrics {
             "Closure entries included in computed checksums",
             checksum_files.clone(),
         );
+        let checksum_overloaded = Counter::default();
+        registry.register(
+            "checksum_overloaded",
+            "Reviews answered at once because too many cold checksums were queued",
+            checksum_overloaded.clone(),
+        );
+        let checksum_queued = Gauge::default();
+        registry.register(
+            "checksum_queued",
+            "Cold checksum computations waiting for a thread",
+            checksum_queued.clone(),
+        );
         Metrics {
             registry,
             reviews,
@@ -135,6 +149,8 @@ impl Metrics {
             cache,
             checksum_computations,
             checksum_files,
+            checksum_overloaded,
+            checksum_queued,
         }
     }
 

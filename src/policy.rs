@@ -368,6 +368,17 @@ pub fn decide(
     finish(rule, request, reason, detail, context, mirror_unavailable)
 }
 
+/// The context of a verdict reached without mirror facts.
+fn revision_only(request: &RequestFacts) -> Context {
+    Context {
+        revision: match request.revision {
+            Annotation::Valid(r) => Some(r),
+            _ => None,
+        },
+        ..Context::default()
+    }
+}
+
 /// The verdict when no decision was reached within `budget`.
 pub fn timed_out(
     rule: &RulePolicy,
@@ -375,16 +386,27 @@ pub fn timed_out(
     budget: Duration,
     action: FailureAction,
 ) -> Decision {
-    let cx = Context {
-        revision: match request.revision {
-            Annotation::Valid(r) => Some(r),
-            _ => None,
-        },
-        ..Context::default()
-    };
+    let cx = revision_only(request);
     let detail = format!(
         "no verdict within {} ms (fetching or checksumming took too long); retry, and check the mirror's health",
         budget.as_millis()
+    );
+    finish(rule, request, Reason::DecisionTimeout, detail, cx, action)
+}
+
+/// The verdict when the review was not attempted because `queued` cold
+/// checksum computations already wait: answered at once, with the same
+/// code and failure action as a timeout (the API server would otherwise
+/// get one later).
+pub fn overloaded(
+    rule: &RulePolicy,
+    request: &RequestFacts,
+    queued: usize,
+    action: FailureAction,
+) -> Decision {
+    let cx = revision_only(request);
+    let detail = format!(
+        "overloaded: {queued} checksum computations already queued, this review was not attempted; retry shortly"
     );
     finish(rule, request, Reason::DecisionTimeout, detail, cx, action)
 }
@@ -1014,6 +1036,23 @@ mod tests {
             (d.reason, d.allowed, d.warnings.len()),
             (Reason::DecisionTimeout, true, 1)
         );
+    }
+
+    #[test]
+    fn overload_is_a_decision_timeout_that_says_so() {
+        let req = request(HEAD, sum(1));
+        let d = overloaded(&strict(), &req, 64, FailureAction::Deny);
+        assert_eq!((d.reason, d.allowed), (Reason::DecisionTimeout, false));
+        assert!(
+            d.message.starts_with(
+                "DecisionTimeout: overloaded: 64 checksum computations already queued"
+            ),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.revision, Revision::parse(HEAD).ok());
+        let d = overloaded(&strict(), &req, 64, FailureAction::Allow);
+        assert_eq!((d.reason, d.allowed), (Reason::DecisionTimeout, true));
     }
 
     #[test]

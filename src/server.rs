@@ -4,6 +4,8 @@
 //! TLS and connection handling live in `tls`; this module only builds the
 //! router and its state, so tests can drive it without a network too.
 
+mod cold;
+
 use crate::admission;
 use crate::checksum::{Caches, ChecksumEngine, ChecksumError};
 use crate::config::{Config, RuleConfig};
@@ -49,6 +51,20 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set once the serving certificate is loaded.
     pub tls_ready: AtomicBool,
+    /// Cold checksum computations: bounded and shared per key.
+    cold: cold::ColdWork<ColdKey, ChecksumFact>,
+}
+
+/// (source, commit, overlay as configured).
+type ColdKey = (String, ObjectId, String);
+
+/// Why `gather` produced no facts.
+enum Unanswered {
+    /// The deadline passed (waiting for a fetch, a slot or a computation).
+    Timeout,
+    /// Too many cold checksums are queued: answered at once instead of
+    /// waiting until the deadline.
+    Overloaded { queued: usize },
 }
 
 impl AppState {
@@ -58,12 +74,17 @@ impl AppState {
             .iter()
             .map(|r| rule_policy(&config, r))
             .collect();
+        let cold = cold::ColdWork::new(
+            config.limits.checksum_threads(),
+            config.limits.checksum_queue,
+        );
         AppState {
             config,
             policies,
             sources,
             metrics: Metrics::new(),
             tls_ready: AtomicBool::new(false),
+            cold,
         }
     }
 }
@@ -203,14 +224,18 @@ impl AppState {
         match tokio::time::timeout_at(deadline, self.gather(rule, rule_policy, revision, deadline))
             .await
         {
-            Ok(Some(mirror_facts)) => policy::decide(
+            Ok(Ok(mirror_facts)) => policy::decide(
                 rule_policy,
                 &facts,
                 &mirror_facts,
                 failure.mirror_unavailable,
             ),
+            Ok(Err(Unanswered::Overloaded { queued })) => {
+                self.metrics.checksum_overloaded.inc();
+                policy::overloaded(rule_policy, &facts, queued, failure.decision_timeout_action)
+            }
             // The deadline passed, here or inside an on-demand fetch.
-            Ok(None) | Err(_) => {
+            Ok(Err(Unanswered::Timeout)) | Err(_) => {
                 policy::timed_out(rule_policy, &facts, budget, failure.decision_timeout_action)
             }
         }
@@ -222,9 +247,9 @@ impl AppState {
         rule_policy: &RulePolicy,
         revision: Revision,
         deadline: tokio::time::Instant,
-    ) -> Option<MirrorFacts> {
+    ) -> Result<MirrorFacts, Unanswered> {
         let Some(source) = self.sources.get(&rule.source) else {
-            return Some(MirrorFacts::Unavailable {
+            return Ok(MirrorFacts::Unavailable {
                 why: format!("source {:?} is not configured", rule.source),
             });
         };
@@ -240,7 +265,7 @@ impl AppState {
             {
                 // The fetch is still running: we cannot tell, which is a
                 // timeout, not an unknown revision.
-                return None;
+                return Err(Unanswered::Timeout);
             }
             // The fetch may have moved the head too.
             status = source.mirror.status();
@@ -249,7 +274,7 @@ impl AppState {
         let head = match (&status.head, status.staleness(now)) {
             (Some(head), Some(age)) if age <= max => head.clone(),
             (_, Some(age)) => {
-                return Some(MirrorFacts::Unavailable {
+                return Ok(MirrorFacts::Unavailable {
                     why: format!(
                         "the mirror of {} last fetched {} ago, longer than maxMirrorStaleness ({})",
                         rule.source,
@@ -259,7 +284,7 @@ impl AppState {
                 });
             }
             (_, None) => {
-                return Some(MirrorFacts::Unavailable {
+                return Ok(MirrorFacts::Unavailable {
                     why: format!("the mirror of {} has never synced", rule.source),
                 });
             }
@@ -290,16 +315,16 @@ impl AppState {
         let (need_revision, need_head) =
             policy::needed_checksums(rule_policy, revision, &head_facts, position);
         let at_revision = if need_revision {
-            Some(self.checksum(source, oid, &rule.overlay).await)
+            Some(self.checksum(rule, source, oid).await?)
         } else {
             None
         };
         let at_head = if need_head {
-            Some(self.checksum(source, head.commit, &rule.overlay).await)
+            Some(self.checksum(rule, source, head.commit).await?)
         } else {
             None
         };
-        Some(MirrorFacts::Available {
+        Ok(MirrorFacts::Available {
             head: head_facts,
             position,
             at_revision,
@@ -307,46 +332,53 @@ impl AppState {
         })
     }
 
-    /// The overlay checksum at `commit`, off the async workers (a cold one
-    /// reads and hashes megabytes).
-    async fn checksum(&self, source: &Source, commit: ObjectId, overlay: &str) -> ChecksumFact {
-        // The common case, a warm cache, needs no blocking thread.
-        if let Some(cached) = source.caches.cached_result(commit, overlay) {
-            self.metrics
-                .cache
-                .get_or_create(&CacheLabels {
-                    cache: "checksum",
-                    result: "hit",
-                })
-                .inc();
-            return match cached.as_ref() {
-                Ok(sum) => Ok(sum.checksum),
-                Err(e) => Err(e.to_string()),
-            };
-        }
-        let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone());
-        let overlay = overlay.to_owned();
-        let joined =
-            tokio::task::spawn_blocking(move || engine.checksum_with_stats(commit, &overlay)).await;
-        let (result, stats) = match joined {
-            Ok(r) => r,
-            Err(e) => return Err(format!("checksum task failed: {e}")),
-        };
+    /// The overlay checksum at `commit`: from the cache inline, else
+    /// computed off the async workers under the cold-work limits.
+    async fn checksum(
+        &self,
+        rule: &RuleConfig,
+        source: &Source,
+        commit: ObjectId,
+    ) -> Result<ChecksumFact, Unanswered> {
+        let overlay = rule.overlay.as_str();
         let cache = |result| CacheLabels {
             cache: "checksum",
             result,
         };
-        if stats.result_cached {
+        // The common case, a warm cache, needs no blocking thread.
+        if let Some(cached) = source.caches.cached_result(commit, overlay) {
             self.metrics.cache.get_or_create(&cache("hit")).inc();
-        } else {
-            self.metrics.cache.get_or_create(&cache("miss")).inc();
-            self.metrics.checksum_computations.inc();
-            self.metrics.checksum_files.inc_by(stats.entries as u64);
+            return Ok(match cached.as_ref() {
+                Ok(sum) => Ok(sum.checksum),
+                Err(e) => Err(e.to_string()),
+            });
         }
-        match result {
-            Ok(sum) => Ok(sum.checksum),
-            Err(ChecksumError::Overlay(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone());
+        let owned = overlay.to_owned();
+        // Counted by whichever request runs the computation, once.
+        let (cache_counts, computations, files) = (
+            self.metrics.cache.clone(),
+            self.metrics.checksum_computations.clone(),
+            self.metrics.checksum_files.clone(),
+        );
+        let key = (rule.source.clone(), commit, overlay.to_owned());
+        let computed = self.cold.run(key, move || {
+            let (result, stats) = engine.checksum_with_stats(commit, &owned);
+            if stats.result_cached {
+                cache_counts.get_or_create(&cache("hit")).inc();
+            } else {
+                cache_counts.get_or_create(&cache("miss")).inc();
+                computations.inc();
+                files.inc_by(stats.entries as u64);
+            }
+            result
+                .map(|sum| sum.checksum)
+                .map_err(|e: ChecksumError| e.to_string())
+        });
+        match computed.await {
+            Ok(fact) => Ok(fact),
+            Err(cold::ColdError::Overloaded { queued }) => Err(Unanswered::Overloaded { queued }),
+            Err(cold::ColdError::Failed(why)) => Ok(Err(why)),
         }
     }
 
@@ -385,6 +417,9 @@ impl AppState {
         let now = SystemTime::now();
         let max = self.config.failure.max_mirror_staleness;
         let epoch = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        self.metrics
+            .checksum_queued
+            .set(saturating_i64(self.cold.queued() as u64));
         for (name, source) in &self.sources {
             let labels = Metrics::source(name);
             let status = source.mirror.status();

@@ -561,6 +561,87 @@ async fn decision_timeout() {
     srv.stop().await;
 }
 
+/// Overload: with one computing thread and room for one waiting cold
+/// checksum, a burst of reviews at 16 distinct cold revisions gets the
+/// reviews that do not fit answered at once (`DecisionTimeout`, saying
+/// "overloaded"), not after the decision timeout; the others get their
+/// verdict. Retried once the burst is over, a refused review is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_answered_at_once() {
+    let w = World::build();
+    // Each commit grows a file the east overlay reads by 256 KiB: 16
+    // distinct cold checksums of a few MiB, each one slow enough (tens of
+    // ms) for the burst to queue behind it.
+    let filler: String = (0..2048).map(|i| format!("# {i:0>125}\n")).collect();
+    let mut revs = Vec::new();
+    let mut time = commit_time(w.repo(), &w.head);
+    for i in 0..16 {
+        w.repo()
+            .append("bases/prod-east/patches/ingress-host.yaml", &filler);
+        time += 60;
+        revs.push(commit_at(w.repo(), &format!("grow {i}"), time));
+    }
+    let mut config = w.config();
+    config.failure("{ mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 20s }");
+    config.limits("{ checksumConcurrency: 1, checksumQueue: 1 }");
+    let srv = Server::start(&config).await;
+    let client = srv.client(Proto::H2);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+
+    // Revisions older than head, under the content rule: each needs its own
+    // checksum (and head's).
+    let mut burst = tokio::task::JoinSet::new();
+    for (i, rev) in revs[..15].iter().enumerate() {
+        let client = client.clone();
+        let base = srv.base.clone();
+        let review = Review::ingress(&format!("burst-{i}"), "content-apps").stamped(rev, &wrong);
+        burst.spawn(async move {
+            let started = Instant::now();
+            let v = post_review(&client, &base, &review).await;
+            (review, v, started.elapsed())
+        });
+    }
+    let answers = burst.join_all().await;
+    let mut refused = Vec::new();
+    for (review, v, elapsed) in &answers {
+        v.assert_envelope();
+        match v.audit("reason") {
+            Some("DecisionTimeout") => {
+                let msg = v.assert_denied("DecisionTimeout");
+                assert!(msg.contains("overloaded"), "{msg}");
+                assert!(
+                    *elapsed < Duration::from_secs(2),
+                    "refused at once, not at the 20 s deadline: {elapsed:?}"
+                );
+                refused.push(review.clone());
+            }
+            Some("ChecksumMismatch" | "StaleRevision") => {}
+            other => panic!("unexpected verdict {other:?}: {}", v.body),
+        }
+    }
+    assert!(
+        refused.len() >= 5,
+        "one computing and one waiting out of 15: most are refused, got {} refused",
+        refused.len()
+    );
+    assert!(refused.len() < answers.len(), "some were decided");
+    audit_line(&refused[0].uid, "DecisionTimeout", false).await;
+
+    // The burst is over: a refused review now gets its verdict.
+    let mut retry = refused[0].clone();
+    retry.uid = new_uid("retry");
+    let v = post_review(&client, &srv.base, &retry).await;
+    assert_ne!(v.audit("reason"), Some("DecisionTimeout"), "{}", v.body);
+    let (_, metrics) = srv.get("/metrics").await;
+    let overloaded: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stale_guard_checksum_overloaded_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no overload counter in {metrics}"));
+    assert_eq!(overloaded, refused.len());
+    srv.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // modes
 // ---------------------------------------------------------------------------

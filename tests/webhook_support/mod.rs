@@ -758,6 +758,8 @@ pub struct ConfigBuilder {
     pub annotations: Option<(String, String)>,
     pub break_glass: String,
     pub failure: String,
+    /// The `limits:` flow mapping, when set.
+    pub limits: Option<String>,
     pub client_ca: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -780,6 +782,7 @@ impl ConfigBuilder {
                 .into(),
             failure: "{ mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s }"
                 .into(),
+            limits: None,
             client_ca: None,
             cert_file: None,
             key_file: None,
@@ -830,6 +833,11 @@ impl ConfigBuilder {
         self
     }
 
+    pub fn limits(&mut self, limits: &str) -> &mut Self {
+        self.limits = Some(limits.into());
+        self
+    }
+
     /// The YAML, with the TLS file paths given.
     pub fn yaml(&self, cert_file: &Path, key_file: &Path) -> String {
         let cert_file = self.cert_file.as_deref().unwrap_or(cert_file);
@@ -865,6 +873,9 @@ impl ConfigBuilder {
         }
         y.push_str(&format!("breakGlass: {}\n", self.break_glass));
         y.push_str(&format!("failure: {}\n", self.failure));
+        if let Some(limits) = &self.limits {
+            y.push_str(&format!("limits: {limits}\n"));
+        }
         y
     }
 }
