@@ -192,9 +192,14 @@ pub fn matching_rule<'c>(config: &'c Config, req: &Request) -> Option<(usize, &'
 /// `Ingress` matches the kind in any group; `networking.k8s.io/Ingress`
 /// only in that group.
 fn kind_matches(pattern: &str, req: &Request) -> bool {
+    kind_pattern_matches(pattern, &req.kind.group, &req.kind.kind)
+}
+
+/// A rule's `match.kinds` entry against an object's API group and kind.
+pub fn kind_pattern_matches(pattern: &str, group: &str, kind: &str) -> bool {
     match pattern.rsplit_once('/') {
-        Some((group, kind)) => group == req.kind.group && kind == req.kind.kind,
-        None => pattern == req.kind.kind,
+        Some((g, k)) => g == group && k == kind,
+        None => pattern == kind,
     }
 }
 
@@ -213,21 +218,30 @@ pub fn annotations(req: &Request) -> Option<&BTreeMap<String, String>> {
 
 /// Reads both annotations with the configured keys.
 pub fn request_facts(config: &Config, req: &Request) -> RequestFacts {
-    let pairs = annotations(req)
+    let (revision, checksum) = read_annotations(config, annotations(req));
+    RequestFacts {
+        revision,
+        checksum,
+        break_glass: is_break_glass(config, req),
+    }
+}
+
+/// The revision and checksum annotations of an object's `annotations`, read
+/// with the configured keys (also used by `scan` on running objects).
+pub fn read_annotations(
+    config: &Config,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> (Annotation<Revision>, Annotation<Checksum>) {
+    let pairs = annotations
         .into_iter()
         .flatten()
         .map(|(k, v)| (k.as_str(), v.as_str()));
-    RequestFacts {
-        revision: policy::read_annotation(
-            pairs.clone(),
-            &config.annotations.revision,
-            Revision::parse,
-        ),
-        checksum: policy::read_annotation(pairs, &config.annotations.checksum, |v| {
+    (
+        policy::read_annotation(pairs.clone(), &config.annotations.revision, Revision::parse),
+        policy::read_annotation(pairs, &config.annotations.checksum, |v| {
             v.parse::<Checksum>().map_err(|e| e.to_string())
         }),
-        break_glass: is_break_glass(config, req),
-    }
+    )
 }
 
 /// The revision in a request's annotation, when valid.

@@ -44,6 +44,43 @@ pub enum Command {
     /// overlay checksum at it. Exit 0 when all pass; exit 1 with a report
     /// naming each failing object and the webhook's reason code.
     Verify(VerifyArgs),
+    /// Find what is already stale in running clusters (objects, Flux Kustomizations, Argo CD Applications).
+    ///
+    /// Reads each cluster's objects of the kinds and namespaces named by the
+    /// rules, Flux Kustomizations and Argo CD Applications, and judges each
+    /// against the configured sources' mirrors like the webhook would.
+    /// Exit 0 when nothing is stale beyond --max-age, 1 when something is,
+    /// 2 on errors (a cluster that cannot be read, a mirror that cannot be
+    /// fetched, bad usage); every reachable cluster is still reported.
+    Scan(ScanArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// The configuration file (the webhook's; its sources, rules and annotation keys are used).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Kubeconfig contexts to scan (comma-separated or repeated); default the current context, or the in-cluster configuration without a kubeconfig.
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_contexts")]
+    pub context: Vec<String>,
+    /// Scan every context in the kubeconfig.
+    #[arg(long)]
+    pub all_contexts: bool,
+    /// The kubeconfig file (default $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Tolerate revisions at most this far behind head by commit time (e.g. 10m, 1h).
+    #[arg(long, default_value = "0s", value_parser = crate::config::parse_duration)]
+    pub max_age: std::time::Duration,
+    /// Output on stdout.
+    #[arg(long, value_enum, default_value_t = crate::scan::output::Format::Table)]
+    pub output: crate::scan::output::Format,
+    /// Also write the Prometheus text to this file, atomically (node-exporter textfile collector).
+    #[arg(long)]
+    pub prometheus_file: Option<PathBuf>,
+    /// Where to keep the git mirrors (default: the configuration's mirrorDir).
+    #[arg(long)]
+    pub mirror_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +205,7 @@ pub fn main() -> ExitCode {
         Command::Checksum(args) => checksum(&args),
         Command::Stamp(args) => stamp(&args),
         Command::Verify(args) => verify(&args),
+        Command::Scan(args) => scan(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -336,6 +374,46 @@ fn verify(args: &VerifyArgs) -> Result<(), Failure> {
             v.objects.len(),
             args.rev
         )))
+    }
+}
+
+fn scan(args: &ScanArgs) -> Result<(), Failure> {
+    let config = crate::config::Config::load(&args.config).map_err(Failure::usage)?;
+    // Logs (fetches, warnings) go to stderr: stdout is the report.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let options = crate::scan::ScanOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        contexts: args.context.clone(),
+        all_contexts: args.all_contexts,
+        max_age: args.max_age,
+        mirror_dir: args.mirror_dir.clone(),
+    };
+    let report = runtime()?
+        .block_on(crate::scan::run(config, &options))
+        .map_err(Failure::usage)?;
+    let text = crate::scan::output::render(&report, args.output).map_err(Failure::failed)?;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| Failure::failed(format!("writing output: {e}")))?;
+    if let Some(path) = &args.prometheus_file {
+        crate::scan::output::write_atomically(path, &crate::scan::output::prometheus(&report))
+            .map_err(|e| Failure::usage(format!("--prometheus-file: {e}")))?;
+    }
+    let (stale, errors) = report.counts();
+    match report.exit_code() {
+        0 => Ok(()),
+        code => Err(Failure {
+            code,
+            message: format!(
+                "scan: {stale} stale beyond --max-age, {errors} errors (see the report)"
+            ),
+        }),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod kustomize;
 pub mod metrics;
 pub mod mirror;
 pub mod policy;
+pub mod scan;
 pub mod server;
 pub mod stamp;
 pub mod tls;

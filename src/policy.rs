@@ -264,6 +264,27 @@ pub enum Position {
     OffBranch,
 }
 
+impl Position {
+    /// Where a revision stands, from the mirror's facts about it.
+    pub fn of(facts: &crate::mirror::RevisionFacts) -> Position {
+        if !facts.known {
+            Position::Unknown
+        } else if facts.is_head {
+            Position::Head
+        } else if facts.is_ancestor_of_head {
+            Position::Ancestor {
+                behind: facts.behind_commits.unwrap_or(0),
+                commit_time: facts
+                    .commit_time
+                    .or(facts.head_commit_time)
+                    .unwrap_or_default(),
+            }
+        } else {
+            Position::OffBranch
+        }
+    }
+}
+
 /// The overlay checksum at a commit, or why there is none.
 pub type ChecksumFact = Result<Checksum, String>;
 

@@ -300,18 +300,7 @@ impl AppState {
                 )
             }),
         };
-        let position = if !facts.known {
-            Position::Unknown
-        } else if facts.is_head {
-            Position::Head
-        } else if facts.is_ancestor_of_head {
-            Position::Ancestor {
-                behind: facts.behind_commits.unwrap_or(0),
-                commit_time: facts.commit_time.unwrap_or(head.commit_time),
-            }
-        } else {
-            Position::OffBranch
-        };
+        let position = Position::of(&facts);
         let (need_revision, need_head) =
             policy::needed_checksums(rule_policy, revision, &head_facts, position);
         let at_revision = if need_revision {

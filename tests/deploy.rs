@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -262,6 +263,7 @@ fn every_kustomization_renders_into_known_typed_objects() {
                 "ConfigMap" => drop(typed::<ConfigMap>(d)),
                 "Secret" => drop(typed::<Secret>(d)),
                 "Deployment" => drop(typed::<Deployment>(d)),
+                "CronJob" => drop(typed::<CronJob>(d)),
                 "Service" => drop(typed::<Service>(d)),
                 "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(d)),
                 "NetworkPolicy" => drop(typed::<NetworkPolicy>(d)),
@@ -794,6 +796,88 @@ fn monitoring_objects_watch_the_server_metrics() {
             assert!(t["expr"].as_str().unwrap().contains("stale_guard_"), "{t}");
         }
     }
+}
+
+#[test]
+fn scan_cronjob_is_read_only_and_runs_scan() {
+    let scan = docs("deploy/scan");
+    let role: ClusterRole = one(scan, "ClusterRole", "stale-guard-scan");
+    let rules = role.rules.unwrap_or_default();
+    assert!(!rules.is_empty());
+    let mut resources = BTreeSet::new();
+    for rule in &rules {
+        for verb in &rule.verbs {
+            assert!(
+                ["get", "list", "watch"].contains(&verb.as_str()),
+                "the scan's ClusterRole grants {verb}: {rule:?}"
+            );
+        }
+        for group in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                assert!(!r.contains('*') && r != "secrets", "{group}/{r}");
+                resources.insert(format!("{group}/{r}"));
+            }
+        }
+    }
+    for want in [
+        "kustomize.toolkit.fluxcd.io/kustomizations",
+        "source.toolkit.fluxcd.io/gitrepositories",
+        "argoproj.io/applications",
+    ] {
+        assert!(
+            resources.contains(want),
+            "{want} not readable: {resources:?}"
+        );
+    }
+    let binding: ClusterRoleBinding = one(scan, "ClusterRoleBinding", "stale-guard-scan");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, "stale-guard-scan");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        ("ServiceAccount", "stale-guard-scan", Some(NAMESPACE))
+    );
+
+    let cron: CronJob = one(scan, "CronJob", "stale-guard-scan");
+    let spec = cron.spec.unwrap();
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    let pod = spec.job_template.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("stale-guard-scan")
+    );
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap();
+    assert_eq!(args[0], "scan", "{args:?}");
+    let config_at = args.iter().position(|a| a == "--config").unwrap();
+    let config_path = &args[config_at + 1];
+    // The config is the webhook's own ConfigMap, mounted where --config reads.
+    let mounts = container.volume_mounts.clone().unwrap();
+    let mount = mounts
+        .iter()
+        .find(|m| config_path.starts_with(&m.mount_path))
+        .unwrap_or_else(|| panic!("{config_path} is not mounted"));
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert_eq!(volume.config_map.unwrap().name, "stale-guard-config");
+    let ctx = container.security_context.clone().unwrap();
+    assert_eq!(ctx.read_only_root_filesystem, Some(true));
+    assert_eq!(ctx.allow_privilege_escalation, Some(false));
+    let image = container.image.clone().unwrap();
+    let webhook: Deployment = one(docs("deploy/base"), "Deployment", "stale-guard");
+    let webhook_image = webhook.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    assert_eq!(image, webhook_image, "the scan runs the webhook's image");
 }
 
 #[test]
