@@ -236,11 +236,24 @@ pub fn read_annotations(
         .into_iter()
         .flatten()
         .map(|(k, v)| (k.as_str(), v.as_str()));
+    // The common case, the key present: one map lookup. Otherwise every
+    // key is looked at for near misses.
+    let exact = |key: &str| {
+        annotations
+            .and_then(|a| a.get_key_value(key))
+            .map(|(k, v)| [(k.as_str(), v.as_str())])
+    };
+    let parse_checksum = |v: &str| v.parse::<Checksum>().map_err(|e| e.to_string());
+    let keys = &config.annotations;
     (
-        policy::read_annotation(pairs.clone(), &config.annotations.revision, Revision::parse),
-        policy::read_annotation(pairs, &config.annotations.checksum, |v| {
-            v.parse::<Checksum>().map_err(|e| e.to_string())
-        }),
+        match exact(&keys.revision) {
+            Some(found) => policy::read_annotation(found, &keys.revision, Revision::parse),
+            None => policy::read_annotation(pairs.clone(), &keys.revision, Revision::parse),
+        },
+        match exact(&keys.checksum) {
+            Some(found) => policy::read_annotation(found, &keys.checksum, parse_checksum),
+            None => policy::read_annotation(pairs, &keys.checksum, parse_checksum),
+        },
     )
 }
 
@@ -273,6 +286,98 @@ pub fn response(req: &Request, decision: &Decision) -> AdmissionReview<DynamicOb
     resp.into_review()
 }
 
+/// [`response`] serialised, without building kube's types: the same JSON
+/// (a test compares the two), at a fraction of the allocations, for the
+/// request path.
+pub fn response_json(req: &Request, decision: &Decision) -> Vec<u8> {
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Review<'a> {
+        api_version: &'a str,
+        kind: &'a str,
+        response: Response<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Response<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: Status<'a>,
+        audit_annotations: Audit<'a>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        warnings: &'a [String],
+    }
+    /// kube's `Status`: empty when allowed, a 403 Failure when denied.
+    #[derive(Serialize)]
+    struct Status<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<u16>,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        message: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        reason: &'a str,
+    }
+    struct Audit<'a>(&'a Decision);
+    impl Serialize for Audit<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let d = self.0;
+            let mut map = s.serialize_map(None)?;
+            map.serialize_entry("reason", d.reason.as_str())?;
+            if let Some(rule) = &d.rule {
+                map.serialize_entry("rule", rule)?;
+            }
+            for (key, commit) in [("revision", d.revision), ("head", d.head)] {
+                if let Some(commit) = commit {
+                    let digits = policy::hex_digits(commit.0);
+                    map.serialize_entry(key, std::str::from_utf8(&digits).unwrap_or_default())?;
+                }
+            }
+            if let Some(o) = d.overridden {
+                map.serialize_entry("overridden", o.as_str())?;
+            }
+            if !d.reason.allows() && d.allowed {
+                map.serialize_entry("enforced", "false")?;
+            }
+            map.end()
+        }
+    }
+    let status = if decision.allowed {
+        Status {
+            status: None,
+            code: None,
+            message: "",
+            reason: "",
+        }
+    } else {
+        Status {
+            status: Some("Failure"),
+            code: Some(403),
+            message: &decision.message,
+            reason: "Forbidden",
+        }
+    };
+    let review = Review {
+        api_version: &req.types.api_version,
+        kind: &req.types.kind,
+        response: Response {
+            uid: &req.uid,
+            allowed: decision.allowed,
+            status,
+            audit_annotations: Audit(decision),
+            warnings: &decision.warnings,
+        },
+    };
+    let mut out = Vec::with_capacity(512);
+    // Serialising borrowed strings and integers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &review);
+    out
+}
+
 /// Plain keys: the API server prefixes each with the webhook's name.
 pub fn audit_annotations(decision: &Decision) -> std::collections::HashMap<String, String> {
     let mut a = std::collections::HashMap::new();
@@ -298,6 +403,50 @@ pub fn audit_annotations(decision: &Decision) -> std::collections::HashMap<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `response_json` writes what kube's types would, for every shape of
+    /// verdict: allowed, denied, warned, overridden, unenforced.
+    #[test]
+    fn response_json_equals_kubes_serialisation() {
+        let req = parse_review(review("").as_bytes()).unwrap();
+        let rev = Revision::parse("9be0d41c9be0d41c9be0d41c9be0d41c9be0d41c").ok();
+        let base = Decision {
+            reason: policy::Reason::Fresh,
+            allowed: true,
+            message: "Fresh: revision 9be0d41 is the head of main".into(),
+            rule: Some("prod-east".into()),
+            revision: rev,
+            head: rev,
+            expected_checksum: None,
+            found_checksum: None,
+            overridden: None,
+            warnings: Vec::new(),
+            mode: None,
+        };
+        let stale = Decision {
+            reason: policy::Reason::StaleRevision,
+            allowed: false,
+            message: "StaleRevision: \"quoted\" \u{1F600} and \\ escapes".into(),
+            head: Revision::parse(&"a".repeat(40)).ok(),
+            ..base.clone()
+        };
+        let warned = Decision {
+            allowed: true,
+            warnings: vec!["stale-guard (warn mode): StaleRevision: x".into()],
+            ..stale.clone()
+        };
+        let overridden = Decision {
+            reason: policy::Reason::BreakGlass,
+            overridden: Some(policy::Reason::StaleRevision),
+            ..base.clone()
+        };
+        let bare = Decision::out_of_scope("a subresource");
+        for d in [base, stale, warned, overridden, bare] {
+            let ours: serde_json::Value = serde_json::from_slice(&response_json(&req, &d)).unwrap();
+            let kubes = serde_json::to_value(response(&req, &d)).unwrap();
+            assert_eq!(ours, kubes, "{d:?}");
+        }
+    }
 
     fn review(extra: &str) -> String {
         format!(

@@ -215,7 +215,7 @@ pub struct Caches {
     blob_digests: moka::sync::Cache<ObjectId, [u8; 32]>,
     trees: moka::sync::Cache<ObjectId, Arc<Dir>>,
     kustomizations: moka::sync::Cache<ObjectId, ParsedInputs>,
-    results: moka::sync::Cache<(ObjectId, String), CachedResult>,
+    results: moka::sync::Cache<(ObjectId, Arc<str>), CachedResult>,
 }
 
 impl Caches {
@@ -247,8 +247,15 @@ impl Caches {
     /// The cached result for (commit, overlay), if any: lets a caller skip
     /// handing the work to a blocking thread when there is none to do.
     pub fn cached_result(&self, commit: ObjectId, overlay: &str) -> Option<CachedResult> {
-        let overlay = clean_overlay(overlay).ok()?;
-        self.results.get(&(commit, overlay))
+        let overlay = overlay_key(overlay).ok()?;
+        self.cached_result_for(commit, &overlay)
+    }
+
+    /// Like [`cached_result`](Self::cached_result), with the overlay
+    /// already cleaned by [`overlay_key`]: a lookup without allocation, for
+    /// callers that ask about the same overlay on every request.
+    pub fn cached_result_for(&self, commit: ObjectId, overlay: &Arc<str>) -> Option<CachedResult> {
+        self.results.get(&(commit, Arc::clone(overlay)))
     }
 
     /// Drops every (commit, overlay) result while keeping the per-object
@@ -340,7 +347,7 @@ impl ChecksumEngine {
             Ok(o) => o,
             Err(e) => return (Err(e), stats),
         };
-        let key = (commit, overlay);
+        let key = (commit, Arc::<str>::from(overlay));
         if let Some(cached) = self.caches.results.get(&key) {
             stats.result_cached = true;
             if let Ok(sum) = cached.as_ref() {
@@ -453,6 +460,11 @@ impl ChecksumEngine {
         }
         Ok(entries)
     }
+}
+
+/// The cache key of an overlay path: cleaned as the computation cleans it.
+pub fn overlay_key(overlay: &str) -> Result<Arc<str>, ChecksumError> {
+    clean_overlay(overlay).map(Arc::from)
 }
 
 /// Validates and cleans an `--overlay` argument.

@@ -108,26 +108,42 @@ impl Revision {
             ));
         }
         let mut out = [0u8; 20];
-        hex::decode_to_slice(hex.to_ascii_lowercase(), &mut out)
+        // Both cases are accepted by the decoder: no lower-cased copy.
+        hex::decode_to_slice(hex, &mut out)
             .map_err(|_| "commit id is not hexadecimal".to_owned())?;
         Ok(Revision(out))
     }
 
+    /// The 40 lower-case hex digits. On every verdict's audit annotations,
+    /// so without the `hex` crate's char-by-char `String` building.
     pub fn to_hex(self) -> String {
-        hex::encode(self.0)
+        let digits = hex_digits(self.0);
+        // ASCII by construction.
+        String::from_utf8_lossy(&digits).into_owned()
     }
 
     /// The 7-digit abbreviation used in messages.
     pub fn short(self) -> String {
-        let mut hex = hex::encode(&self.0[..4]);
-        hex.truncate(7);
-        hex
+        let digits = hex_digits(self.0);
+        String::from_utf8_lossy(&digits[..7]).into_owned()
     }
+}
+
+/// The 40 lower-case hex digits of a commit id, without allocating.
+pub(crate) fn hex_digits(bytes: [u8; 20]) -> [u8; 40] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 40];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    out
 }
 
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        let digits = hex_digits(self.0);
+        f.write_str(&String::from_utf8_lossy(&digits))
     }
 }
 
@@ -770,6 +786,19 @@ mod tests {
 
     fn run(rule: &RulePolicy, req: &RequestFacts, facts: &MirrorFacts) -> Decision {
         decide(rule, req, facts, FailureAction::Deny)
+    }
+
+    #[test]
+    fn revision_text_forms() {
+        let mut bytes = [0u8; 20];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37) ^ 0xa5;
+        }
+        let r = Revision(bytes);
+        assert_eq!(r.to_hex(), hex::encode(bytes));
+        assert_eq!(r.to_string(), r.to_hex());
+        assert_eq!(r.short(), &r.to_hex()[..7]);
+        assert_eq!(Revision::parse(&r.to_hex().to_uppercase()), Ok(r));
     }
 
     #[test]

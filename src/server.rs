@@ -23,8 +23,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gix::ObjectId;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Largest AdmissionReview accepted. The API server limits an object to
@@ -47,6 +49,9 @@ pub struct AppState {
     /// The decision's view of each rule, in `config.rules` order (built
     /// once, not per request).
     policies: Vec<RulePolicy>,
+    /// Each rule's overlay as a checksum cache key, in the same order
+    /// (`None` when the path is invalid: the computation then says why).
+    overlay_keys: Vec<Option<Arc<str>>>,
     pub sources: HashMap<String, Source>,
     pub metrics: Metrics,
     /// Set once the serving certificate is loaded.
@@ -74,6 +79,11 @@ impl AppState {
             .iter()
             .map(|r| rule_policy(&config, r))
             .collect();
+        let overlay_keys = config
+            .rules
+            .iter()
+            .map(|r| crate::checksum::overlay_key(&r.overlay).ok())
+            .collect();
         let cold = cold::ColdWork::new(
             config.limits.checksum_threads(),
             config.limits.checksum_queue,
@@ -81,6 +91,7 @@ impl AppState {
         AppState {
             config,
             policies,
+            overlay_keys,
             sources,
             metrics: Metrics::new(),
             tls_ready: AtomicBool::new(false),
@@ -142,7 +153,11 @@ async fn validate(
         .inc();
     st.metrics.review_duration.observe(latency.as_secs_f64());
     crate::audit::record(&req, &decision, latency);
-    Json(admission::response(&req, &decision)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        admission::response_json(&req, &decision),
+    )
+        .into_response()
 }
 
 /// The part of a rule the decision reads.
@@ -221,9 +236,15 @@ impl AppState {
         };
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;
-        match tokio::time::timeout_at(deadline, self.gather(rule, rule_policy, revision, deadline))
-            .await
-        {
+        let mut gather = std::pin::pin!(self.gather(index, rule, rule_policy, revision, deadline));
+        // Warm, the facts are in memory and the first poll finishes: only a
+        // review that has to wait (a fetch, a cold checksum) gets a timer.
+        let first = std::future::poll_fn(|cx| Poll::Ready(gather.as_mut().poll(cx))).await;
+        let gathered = match first {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => tokio::time::timeout_at(deadline, gather).await,
+        };
+        match gathered {
             Ok(Ok(mirror_facts)) => policy::decide(
                 rule_policy,
                 &facts,
@@ -243,6 +264,7 @@ impl AppState {
 
     async fn gather(
         &self,
+        index: usize,
         rule: &RuleConfig,
         rule_policy: &RulePolicy,
         revision: Revision,
@@ -304,12 +326,12 @@ impl AppState {
         let (need_revision, need_head) =
             policy::needed_checksums(rule_policy, revision, &head_facts, position);
         let at_revision = if need_revision {
-            Some(self.checksum(rule, source, oid).await?)
+            Some(self.checksum(index, rule, source, oid).await?)
         } else {
             None
         };
         let at_head = if need_head {
-            Some(self.checksum(rule, source, head.commit).await?)
+            Some(self.checksum(index, rule, source, head.commit).await?)
         } else {
             None
         };
@@ -325,6 +347,7 @@ impl AppState {
     /// computed off the async workers under the cold-work limits.
     async fn checksum(
         &self,
+        index: usize,
         rule: &RuleConfig,
         source: &Source,
         commit: ObjectId,
@@ -335,7 +358,11 @@ impl AppState {
             result,
         };
         // The common case, a warm cache, needs no blocking thread.
-        if let Some(cached) = source.caches.cached_result(commit, overlay) {
+        let cached = match self.overlay_keys.get(index) {
+            Some(Some(key)) => source.caches.cached_result_for(commit, key),
+            _ => source.caches.cached_result(commit, overlay),
+        };
+        if let Some(cached) = cached {
             self.metrics.cache.get_or_create(&cache("hit")).inc();
             return Ok(match cached.as_ref() {
                 Ok(sum) => Ok(sum.checksum),
