@@ -38,6 +38,40 @@ pub struct SourceSpec {
     /// Bound on every git process (clone, fetch); it is killed after this.
     pub fetch_timeout: Duration,
     pub credentials: Option<Credentials>,
+    /// When the poller repacks the mirror.
+    pub maintenance: MaintenancePolicy,
+}
+
+/// When the poller repacks the mirror: after a successful fetch, if the
+/// mirror holds at least `loose_objects` loose objects or `packs` packs,
+/// and the last maintenance started at least `min_interval` ago. The
+/// counts are taken with a few directory reads; the repack is geometric
+/// (amortised O(new objects)). See `docs/mirror.md`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaintenancePolicy {
+    /// `false` turns maintenance off (the poller only fetches).
+    pub enabled: bool,
+    pub loose_objects: usize,
+    pub packs: usize,
+    pub min_interval: Duration,
+    /// Bound on the repack process; it is killed after this.
+    pub timeout: Duration,
+}
+
+impl Default for MaintenancePolicy {
+    /// 512 loose objects or 32 packs, at most every 10 minutes, 10 minute
+    /// timeout. git's own `gc --auto` waits for 6,700 loose objects or 50
+    /// packs; a mirror fetched every 30 s gets there in hours, and a smaller
+    /// geometric repack is cheaper than a larger one.
+    fn default() -> Self {
+        MaintenancePolicy {
+            enabled: true,
+            loose_objects: 512,
+            packs: 32,
+            min_interval: Duration::from_secs(600),
+            timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 impl SourceSpec {
@@ -51,6 +85,7 @@ impl SourceSpec {
             poll_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(60),
             credentials: None,
+            maintenance: MaintenancePolicy::default(),
         }
     }
 
@@ -89,6 +124,9 @@ impl SourceSpec {
         }
         if self.fetch_timeout.is_zero() {
             return bad("fetchTimeout", "must be positive");
+        }
+        if self.maintenance.timeout.is_zero() {
+            return bad("maintenance.timeout", "must be positive");
         }
         Ok(())
     }
@@ -210,6 +248,28 @@ pub struct MirrorStatus {
     pub repairs: u64,
     /// Commits in the branch history index.
     pub commits: usize,
+    /// Repacks run by this process (successful or not).
+    pub maintenance_runs: u64,
+    /// The last successful repack.
+    pub last_maintenance: Option<MaintenanceReport>,
+    /// The last repack's error, if it failed (cleared by a success).
+    pub maintenance_failure: Option<FailureRecord>,
+}
+
+/// What one repack of the mirror did (object counts from the directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub at: SystemTime,
+    pub duration: Duration,
+    pub before: ObjectCounts,
+    pub after: ObjectCounts,
+}
+
+/// Packs and loose objects in the mirror's object directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectCounts {
+    pub packs: usize,
+    pub loose_objects: usize,
 }
 
 impl MirrorStatus {
@@ -291,6 +351,11 @@ struct Counters {
     consecutive_failures: u64,
     history_rewrites: u64,
     repairs: u64,
+    maintenance_runs: u64,
+    /// When the last repack started (gates `min_interval`, failed or not).
+    maintenance_started: Option<std::time::Instant>,
+    last_maintenance: Option<MaintenanceReport>,
+    maintenance_failure: Option<FailureRecord>,
 }
 
 #[derive(Default)]
@@ -395,6 +460,35 @@ fn looks_like_repo(path: &Path) -> bool {
     std::fs::metadata(path.join("HEAD")).is_ok_and(|m| m.len() > 0)
         && path.join("objects").is_dir()
         && path.join("refs").is_dir()
+}
+
+/// Packs (`objects/pack/*.pack`) and loose objects (`objects/xx/*`, skipping
+/// git's temporary files) of the bare repository at `path`.
+fn count_objects(path: &Path) -> Option<ObjectCounts> {
+    let objects = path.join("objects");
+    let packs = std::fs::read_dir(objects.join("pack"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .count();
+    let mut loose_objects = 0;
+    for entry in std::fs::read_dir(&objects).ok()?.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 2 || !name.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        if let Ok(dir) = std::fs::read_dir(entry.path()) {
+            loose_objects += dir
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with("tmp_"))
+                .count();
+        }
+    }
+    Some(ObjectCounts {
+        packs,
+        loose_objects,
+    })
 }
 
 fn unique_suffix() -> String {
@@ -586,6 +680,9 @@ impl Mirror {
             history_rewrites: c.history_rewrites,
             repairs: c.repairs,
             commits: snap.as_ref().map_or(0, |s| s.index.len()),
+            maintenance_runs: c.maintenance_runs,
+            last_maintenance: c.last_maintenance.clone(),
+            maintenance_failure: c.maintenance_failure.clone(),
         }
     }
 
@@ -759,16 +856,120 @@ impl Mirror {
                     _ = tokio::time::sleep(wait) => {}
                 }
                 wait = interval;
-                tokio::select! {
+                let fetched = tokio::select! {
                     _ = &mut shutdown => break,
-                    r = self.refresh() => {
-                        if let Err(e) = r {
+                    r = self.refresh() => match r {
+                        Ok(_) => true,
+                        Err(e) => {
                             debug!(source = %self.spec.name, error = %e, "poll failed");
+                            false
                         }
+                    }
+                };
+                // Only after a success: a failing remote or a full disk
+                // gets no extra work. Cancelling a repack is safe (nothing
+                // is deleted before the new pack is in place).
+                if fetched {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = self.maintain_if_due() => {}
                     }
                 }
             }
         })
+    }
+
+    /// Repacks the mirror if the policy says it is due (see
+    /// [`MaintenancePolicy`]); `None` when it is not. The poller calls this
+    /// after every successful fetch.
+    pub async fn maintain_if_due(&self) -> Option<Result<MaintenanceReport, FetchFailure>> {
+        let policy = &self.spec.maintenance;
+        if !policy.enabled {
+            return None;
+        }
+        let recent = lock(&self.counters)
+            .maintenance_started
+            .is_some_and(|t| t.elapsed() < policy.min_interval);
+        if recent {
+            return None;
+        }
+        let counts = self.object_counts().await?;
+        if counts.loose_objects < policy.loose_objects && counts.packs < policy.packs {
+            return None;
+        }
+        Some(self.maintain().await)
+    }
+
+    /// Repacks the mirror now (geometric repack, deleting what it made
+    /// redundant), serialised with fetches and repairs. Readers are not
+    /// blocked: gix keeps deleted packs it has mapped and re-reads the pack
+    /// directory on a miss.
+    pub async fn maintain(&self) -> Result<MaintenanceReport, FetchFailure> {
+        let _w = self.write_lock.lock().await;
+        let started = std::time::Instant::now();
+        let at = SystemTime::now();
+        {
+            let mut c = lock(&self.counters);
+            c.maintenance_runs += 1;
+            c.maintenance_started = Some(started);
+        }
+        let before = self.object_counts().await.unwrap_or_default();
+        let result = if looks_like_repo(&self.path) {
+            self.git
+                .repack(&self.path, self.spec.maintenance.timeout)
+                .await
+        } else {
+            Err(FetchFailure {
+                kind: FetchErrorKind::Local,
+                message: format!(
+                    "maintenance of {}: the mirror directory is missing or incomplete",
+                    self.path.display()
+                ),
+            })
+        };
+        match result {
+            Ok(()) => {
+                let after = self.object_counts().await.unwrap_or_default();
+                let report = MaintenanceReport {
+                    at,
+                    duration: started.elapsed(),
+                    before,
+                    after,
+                };
+                info!(
+                    source = %self.spec.name,
+                    packs_before = before.packs,
+                    loose_before = before.loose_objects,
+                    packs_after = after.packs,
+                    loose_after = after.loose_objects,
+                    ms = report.duration.as_millis() as u64,
+                    "mirror maintenance: repacked"
+                );
+                let mut c = lock(&self.counters);
+                c.last_maintenance = Some(report.clone());
+                c.maintenance_failure = None;
+                Ok(report)
+            }
+            Err(f) => {
+                warn!(source = %self.spec.name, kind = f.kind.as_str(), error = %f.message, "mirror maintenance failed");
+                lock(&self.counters).maintenance_failure = Some(FailureRecord {
+                    at,
+                    kind: f.kind,
+                    message: f.message.clone(),
+                });
+                Err(f)
+            }
+        }
+    }
+
+    /// Counts packs and loose objects (257 directory reads, off the async
+    /// threads); `None` if the object directory cannot be read.
+    async fn object_counts(&self) -> Option<ObjectCounts> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || count_objects(&path))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Joins the running branch fetch or starts one. With
@@ -1022,7 +1223,8 @@ impl Mirror {
         let path = self.path.clone();
         let res = tokio::task::spawn_blocking(move || state::write(&path, &st)).await;
         if let Ok(Err(e)) | Err(e) = res.map_err(std::io::Error::other) {
-            warn!(source = %self.spec.name, error = %e, "cannot write the mirror state file");
+            let file = state::path(&self.path);
+            warn!(source = %self.spec.name, path = %file.display(), error = %e, "cannot write the mirror state file");
         }
     }
 }

@@ -897,10 +897,22 @@ async fn mirror_dir_on_a_full_filesystem() {
     post_review(&client, &base, &review)
         .await
         .assert_denied("MirrorUnavailable");
-    let m = failure.message.to_lowercase();
+    // The operator learns both what (the disk is full) and where (the
+    // mirror's directory on that filesystem); the same message is logged.
+    assert_eq!(failure.kind, FetchErrorKind::Local, "{}", failure.message);
     assert!(
-        m.contains("space") || m.contains(mount_point.to_str().unwrap()),
-        "the failure says the disk is full or names the path: {}",
+        failure
+            .message
+            .to_lowercase()
+            .contains("no space left on device"),
+        "the failure says the disk is full: {}",
+        failure.message
+    );
+    let mirror_path = mount_point.join("gitops");
+    assert!(
+        failure.message.contains(mirror_path.to_str().unwrap()),
+        "the failure names the mirror directory {}: {}",
+        mirror_path.display(),
         failure.message
     );
     running.shutdown.trigger();

@@ -3,11 +3,15 @@
 
 mod mirror_support;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use mirror_support::{GitDaemon, HangingServer, HttpServer, Origin, eventually, oid, run_git};
-use stale_guard::mirror::{FetchErrorKind, Lookup, Mirror, SourceSpec};
+use mirror_support::{
+    GitDaemon, HangingServer, HttpServer, Origin, eventually, object_counts, oid, run_git,
+};
+use stale_guard::checksum::{Caches, ChecksumEngine};
+use stale_guard::mirror::{FetchErrorKind, Lookup, MaintenancePolicy, Mirror, SourceSpec};
 
 fn spec(url: &str) -> SourceSpec {
     let mut s = SourceSpec::new("src", url, "main");
@@ -528,4 +532,302 @@ async fn invalid_specs_are_refused() {
         let r = Mirror::open(SourceSpec::new(name, url, branch), tmp.path()).await;
         assert!(r.is_err(), "{name} {url} {branch} accepted");
     }
+}
+
+// ---------------------------------------------------------------------------
+// maintenance (repack)
+// ---------------------------------------------------------------------------
+
+const KUSTOMIZATION: &str = "resources:\n- cm.yaml\n";
+
+fn configmap(n: usize) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  n: \"{n}\"\n")
+}
+
+/// Push number `i` of a maintenance test: usually one commit (4 new objects,
+/// fetched as loose objects), every 4th a batch of 40 commits (120+
+/// objects: git keeps the fetched pack).
+fn push(origin: &Origin, i: usize) -> String {
+    if i % 4 == 3 {
+        origin.linear_history("main", 40)
+    } else {
+        origin.commit_files("main", &[("apps/cm.yaml", &configmap(i))], &format!("p{i}"))
+    }
+}
+
+fn checksum(repo: gix::ThreadSafeRepository, rev: gix::ObjectId) -> Result<String, String> {
+    let engine = ChecksumEngine::with_caches(repo, Arc::new(Caches::default()));
+    engine
+        .checksum(rev, "apps")
+        .map(|s| format!("{:?}", s.checksum))
+        .map_err(|e| format!("checksum of {rev}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_fetches_then_maintenance_bounds_packs_and_loose_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let first = origin.commit_files(
+        "main",
+        &[
+            ("apps/kustomization.yaml", KUSTOMIZATION),
+            ("apps/cm.yaml", &configmap(0)),
+        ],
+        "base",
+    );
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    let mut heads = vec![oid(&first)];
+    for i in 0..60 {
+        let tip = push(&origin, i);
+        m.refresh().await.unwrap();
+        assert_eq!(m.head().unwrap().commit, oid(&tip));
+        heads.push(oid(&tip));
+    }
+    let (packs_before, loose_before) = object_counts(m.path());
+    assert!(
+        packs_before >= 15 && loose_before >= 100,
+        "60 fetches leave packs and loose objects: {packs_before} packs, {loose_before} loose"
+    );
+    let sum_head = checksum(m.repository(), heads[60]).unwrap();
+    let sum_old = checksum(m.repository(), heads[1]).unwrap();
+
+    let report = m.maintain().await.unwrap();
+    let (packs_after, loose_after) = object_counts(m.path());
+    eprintln!(
+        "maintenance after 60 fetches: packs {packs_before} -> {packs_after}, loose objects {loose_before} -> {loose_after}, {:?}",
+        report.duration
+    );
+    assert_eq!(report.before.packs, packs_before);
+    assert_eq!(report.before.loose_objects, loose_before);
+    assert_eq!(
+        (report.after.packs, report.after.loose_objects),
+        (packs_after, loose_after)
+    );
+    assert_eq!(loose_after, 0, "every loose object packed");
+    assert!(packs_after <= 3, "{packs_after} packs left");
+    let st = m.status();
+    assert_eq!(st.maintenance_runs, 1);
+    assert_eq!(st.last_maintenance, Some(report));
+    assert!(st.maintenance_failure.is_none());
+
+    // Every read still works and gives the same answers.
+    assert_eq!(checksum(m.repository(), heads[60]).unwrap(), sum_head);
+    assert_eq!(checksum(m.repository(), heads[1]).unwrap(), sum_old);
+    let all = run_git(&origin.dir, &["rev-list", "main"]);
+    for (n, rev) in all.lines().enumerate().step_by(7) {
+        let f = m.facts_uncached(oid(rev));
+        assert!(f.known && f.on_branch(), "{rev}");
+        assert_eq!(f.behind_commits, Some(n as u64));
+        assert!(
+            m.repository()
+                .to_thread_local()
+                .find_commit(oid(rev))
+                .is_ok()
+        );
+    }
+    // A later fetch still works on the repacked mirror.
+    let tip = push(&origin, 60);
+    m.refresh().await.unwrap();
+    assert!(m.facts(oid(&tip)).is_head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_keep_working_while_maintenance_deletes_packs() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let first = origin.commit_files(
+        "main",
+        &[
+            ("apps/kustomization.yaml", KUSTOMIZATION),
+            ("apps/cm.yaml", &configmap(0)),
+        ],
+        "base",
+    );
+    let mut s = spec(origin.dir.to_str().unwrap());
+    s.maintenance = MaintenancePolicy {
+        enabled: true,
+        loose_objects: 20,
+        packs: 4,
+        min_interval: Duration::ZERO,
+        timeout: Duration::from_secs(60),
+    };
+    let m = Mirror::open(s, &tmp.path().join("mirrors")).await.unwrap();
+    // Opened before any repack, held throughout: its mapped packs get deleted.
+    let long_lived = m.repository();
+
+    let revs = Arc::new(Mutex::new(vec![oid(&first)]));
+    let sums: Arc<Mutex<HashMap<gix::ObjectId, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let maintaining = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reads_during = Arc::new(AtomicU64::new(0));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (m, long_lived, revs, sums, stop, maintaining, reads, reads_during, errors) = (
+                Arc::clone(&m),
+                long_lived.clone(),
+                Arc::clone(&revs),
+                Arc::clone(&sums),
+                Arc::clone(&stop),
+                Arc::clone(&maintaining),
+                Arc::clone(&reads),
+                Arc::clone(&reads_during),
+                Arc::clone(&errors),
+            );
+            std::thread::spawn(move || {
+                let mut n = r;
+                while !stop.load(Ordering::Relaxed) {
+                    let during = maintaining.load(Ordering::Relaxed);
+                    let rev = {
+                        let v = revs.lock().unwrap();
+                        v[n % v.len()]
+                    };
+                    n += 1;
+                    // Ancestry facts (in memory) and an object read.
+                    let f = m.facts_uncached(rev);
+                    if !f.known || !f.on_branch() {
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("facts of {rev}: {f:?}"));
+                    }
+                    // A checksum through a fresh handle and through the one
+                    // held since before the first repack, cold caches both.
+                    let handle = if n % 2 == 0 {
+                        m.repository()
+                    } else {
+                        long_lived.clone()
+                    };
+                    match checksum(handle, rev) {
+                        Ok(sum) => {
+                            let mut known = sums.lock().unwrap();
+                            let expected = known.entry(rev).or_insert_with(|| sum.clone());
+                            if *expected != sum {
+                                errors
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("checksum of {rev} changed"));
+                            }
+                        }
+                        Err(e) => errors.lock().unwrap().push(e),
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if during && maintaining.load(Ordering::Relaxed) {
+                        reads_during.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let start = Instant::now();
+    let mut runs = Vec::new();
+    for i in 0..60 {
+        let tip = push(&origin, i);
+        m.refresh().await.unwrap();
+        revs.lock().unwrap().push(oid(&tip));
+        // What the poller does after a successful fetch.
+        maintaining.store(true, Ordering::Relaxed);
+        let done = m.maintain_if_due().await;
+        maintaining.store(false, Ordering::Relaxed);
+        if let Some(r) = done {
+            runs.push(r.unwrap());
+        }
+        let (packs, loose) = object_counts(m.path());
+        assert!(loose < 20, "after push {i}: {loose} loose objects");
+        assert!(packs <= 8, "after push {i}: {packs} packs");
+    }
+    // Keep reading a little after the last repack.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let errors = errors.lock().unwrap();
+    let deleting = runs
+        .iter()
+        .filter(|r| r.after.packs < r.before.packs)
+        .count();
+    let deleted_maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(".pack (deleted)") || l.contains(".idx (deleted)"))
+        .count();
+    eprintln!(
+        "60 fetches in {:?}: {} repacks ({deleting} deleted packs), {} reads ({} during a repack), {} errors; final {:?}; mappings of deleted pack files {deleted_maps}",
+        start.elapsed(),
+        runs.len(),
+        reads.load(Ordering::Relaxed),
+        reads_during.load(Ordering::Relaxed),
+        errors.len(),
+        object_counts(m.path()),
+    );
+    assert!(
+        errors.is_empty(),
+        "{} failed reads, first: {}",
+        errors.len(),
+        errors[0]
+    );
+    assert!(runs.len() >= 10, "{} repacks", runs.len());
+    assert!(deleting >= 5, "repacks deleted packs {deleting} times");
+    assert!(reads.load(Ordering::Relaxed) > 100);
+    assert!(
+        reads_during.load(Ordering::Relaxed) > 0,
+        "no read overlapped a repack"
+    );
+    assert_eq!(m.status().maintenance_runs, runs.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_runs_maintenance_at_most_once_per_interval() {
+    mirror_support::capture_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.commit("main", "c0");
+    let mut s = spec(origin.dir.to_str().unwrap());
+    s.poll_interval = Duration::from_millis(100);
+    s.maintenance.loose_objects = 1;
+    s.maintenance.min_interval = Duration::from_secs(3600);
+    let m = Mirror::open(s, &tmp.path().join("mirrors")).await.unwrap();
+    assert!(
+        object_counts(m.path()).1 > 0,
+        "the clone left loose objects"
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let poller = Arc::clone(&m).spawn_poller(async {
+        let _ = rx.await;
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || m.status().maintenance_runs == 1).await,
+        "the poller never repacked"
+    );
+    // More fetches bring more loose objects, but the interval holds.
+    for i in 1..4 {
+        origin.commit("main", &format!("c{i}"));
+        let before = m.status().fetches;
+        assert!(eventually(Duration::from_secs(10), || m.status().fetches > before + 1).await);
+    }
+    let st = m.status();
+    assert_eq!(st.maintenance_runs, 1, "{st:?}");
+    let report = st.last_maintenance.unwrap();
+    assert_eq!(report.after.loose_objects, 0);
+    assert!(object_counts(m.path()).1 > 0);
+    assert!(
+        mirror_support::captured_logs().contains("mirror maintenance: repacked"),
+        "logged at info"
+    );
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), poller)
+        .await
+        .unwrap()
+        .unwrap();
 }

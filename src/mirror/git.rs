@@ -84,7 +84,7 @@ impl GitCli {
             head.into(),
             path.as_os_str().to_owned(),
         ];
-        self.run(None, args, FetchErrorKind::Local)
+        self.run(None, &[], args, FetchErrorKind::Local, self.timeout)
             .await
             .map(|_| ())
     }
@@ -117,7 +117,43 @@ impl GitCli {
             self.url.clone().into(),
         ];
         args.extend(refspecs);
-        self.run(Some(git_dir), args, FetchErrorKind::Other)
+        self.run(
+            Some(git_dir),
+            &[],
+            args,
+            FetchErrorKind::Other,
+            self.timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Geometric repack of the bare repository at `git_dir`: loose objects
+    /// and the small packs that break a factor-2 size progression are
+    /// rolled into one new pack, then (`-d`) the packs and loose objects it
+    /// made redundant are deleted. Cost is amortised O(new objects), never
+    /// a rewrite of the whole repository each time. Unreachable objects are
+    /// kept (nothing is pruned): revisions of a rewritten history stay
+    /// "known". The new pack is complete (renamed into place) before anything
+    /// is deleted, which is what keeps concurrent gix readers safe (see
+    /// `docs/mirror.md`).
+    pub(crate) async fn repack(
+        &self,
+        git_dir: &Path,
+        timeout: Duration,
+    ) -> Result<(), FetchFailure> {
+        let args: Vec<OsString> = vec![
+            "repack".into(),
+            "-d".into(),
+            "-l".into(),
+            "-n".into(),
+            "-q".into(),
+            "--geometric=2".into(),
+        ];
+        // One thread: the webhook shares the machine; no bitmaps (they need
+        // a full repack or a multi-pack index, and nothing here reads them).
+        let config = ["pack.threads=1", "repack.writeBitmaps=false"];
+        self.run(Some(git_dir), &config, args, FetchErrorKind::Local, timeout)
             .await
             .map(|_| ())
     }
@@ -127,8 +163,10 @@ impl GitCli {
     async fn run(
         &self,
         git_dir: Option<&Path>,
+        extra_config: &[&str],
         args: Vec<OsString>,
         default_kind: FetchErrorKind,
+        timeout: Duration,
     ) -> Result<String, FetchFailure> {
         let mut cmd = tokio::process::Command::new("git");
         cmd.env_clear();
@@ -157,7 +195,10 @@ impl GitCli {
             "credential.interactive=false",
             "http.lowSpeedLimit=1",
             "core.logAllRefUpdates=false",
-        ] {
+        ]
+        .iter()
+        .chain(extra_config)
+        {
             cmd.arg("-c").arg(opt);
         }
         match &self.credentials {
@@ -209,9 +250,10 @@ impl GitCli {
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let what = self.describe(&verb, git_dir, args.last());
         let mut child = cmd.spawn().map_err(|e| FetchFailure {
             kind: FetchErrorKind::Local,
-            message: format!("cannot run git {verb}: {e}"),
+            message: format!("cannot run {what}: {e}"),
         })?;
         let pid = child.id();
         let mut stdout = child.stdout.take();
@@ -233,51 +275,98 @@ impl GitCli {
             let status = child.wait().await;
             (status, out, err)
         };
-        let (status, out, err) = match tokio::time::timeout(self.timeout, work).await {
+        let (status, out, err) = match tokio::time::timeout(timeout, work).await {
             Ok(done) => done,
             Err(_) => {
                 if let Some(pid) = pid {
                     kill_group(pid);
                 }
+                let why = if verb == "fetch" {
+                    " (remote hanging or unreachable)"
+                } else {
+                    ""
+                };
                 return Err(FetchFailure {
                     kind: FetchErrorKind::Timeout,
-                    message: format!(
-                        "git {verb} from {} did not finish within {:?} (remote hanging or unreachable); killed",
-                        self.redacted_url, self.timeout
-                    ),
+                    message: format!("{what} did not finish within {timeout:?}{why}; killed"),
                 });
             }
         };
         let status = status.map_err(|e| FetchFailure {
             kind: FetchErrorKind::Local,
-            message: format!("git {verb}: {e}"),
+            message: format!("{what}: {e}"),
         })?;
         if status.success() {
             return Ok(String::from_utf8_lossy(&out).into_owned());
         }
         let stderr_text = self.scrub(&String::from_utf8_lossy(&err));
-        let kind = classify(&stderr_text).unwrap_or(default_kind);
+        let no_space = is_no_space(&stderr_text);
+        let kind = if no_space {
+            FetchErrorKind::Local
+        } else {
+            classify(&stderr_text).unwrap_or(default_kind)
+        };
         let detail = stderr_text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
-        let message = match kind {
-            FetchErrorKind::Auth => format!(
+        let host_key = host_key_problem(&stderr_text);
+        let message = match (kind, host_key) {
+            // Only ssh's lines about the host key (the offending known_hosts
+            // line, the server's fingerprint: public); not its banner.
+            (FetchErrorKind::Auth, Some(problem)) => format!(
+                "host key verification for {} failed: {} (check knownHostsFile): {}",
+                self.redacted_url,
+                problem,
+                stderr_text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        ["host key", "offending", "fingerprint", "sha256:"]
+                            .iter()
+                            .any(|p| l.contains(p))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            (FetchErrorKind::Auth, _) => format!(
                 "authentication to {} failed (check the credentials files): {detail}",
                 self.redacted_url
             ),
-            FetchErrorKind::BranchMissing => format!(
+            (FetchErrorKind::BranchMissing, _) => format!(
                 "branch {} not found on {} (deleted?): {detail}",
                 self.branch, self.redacted_url
             ),
-            _ => format!(
-                "git {verb} from {} failed ({status}): {detail}",
-                self.redacted_url
+            // git's own message often names a temporary file, or nothing:
+            // say which filesystem is full.
+            _ if no_space => format!(
+                "no space left on device in {}: {what} failed ({status}): {detail}",
+                git_dir.map_or_else(|| self.home.display(), Path::display)
             ),
+            _ => format!("{what} failed ({status}): {detail}"),
         };
         Err(FetchFailure { kind, message })
+    }
+
+    /// Names a git run in messages: `git fetch from URL into DIR`,
+    /// `git repack of DIR`, `git init of DIR`.
+    fn describe(&self, verb: &str, git_dir: Option<&Path>, last_arg: Option<&OsString>) -> String {
+        match (verb, git_dir) {
+            ("fetch", Some(dir)) => format!(
+                "git fetch from {} into {}",
+                self.redacted_url,
+                dir.display()
+            ),
+            (_, Some(dir)) => format!("git {verb} of {}", dir.display()),
+            // `git init <path>`: the path is the last argument.
+            (_, None) => match last_arg {
+                Some(path) => format!("git {verb} of {}", Path::new(path).display()),
+                None => format!("git {verb}"),
+            },
+        }
     }
 
     /// Removes anything secret-looking from git's output: userinfo in URLs.
@@ -296,6 +385,33 @@ fn kill_group(pid: u32) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// What ssh's strict host key check refused, if that is what failed.
+fn host_key_problem(stderr: &str) -> Option<&'static str> {
+    let s = stderr.to_ascii_lowercase();
+    if !s.contains("host key verification failed") {
+        return None;
+    }
+    Some(if s.contains("remote host identification has changed") {
+        "the server's host key differs from the one in the known_hosts file"
+    } else if s.contains("host key is known for") {
+        "the known_hosts file has no key for this host"
+    } else {
+        "the server's host key is not accepted by the known_hosts file"
+    })
+}
+
+/// git's (LC_ALL=C) ways of saying the filesystem is full (ENOSPC, EDQUOT).
+fn is_no_space(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "no space left on device",
+        "out of diskspace",
+        "disk quota exceeded",
+    ]
+    .iter()
+    .any(|p| s.contains(p))
 }
 
 /// Maps git's (LC_ALL=C) error output to a failure kind.
@@ -430,5 +546,29 @@ mod tests {
             Some(FetchErrorKind::Unreachable)
         );
         assert_eq!(classify("fatal: bad object abc"), None);
+    }
+
+    #[test]
+    fn recognises_a_full_disk_and_host_key_problems() {
+        assert!(is_no_space(
+            "fatal: write error: No space left on device\nfatal: fetch-pack: invalid index-pack output"
+        ));
+        assert!(is_no_space(
+            "fatal: sha1 file 'x' write error. Out of diskspace"
+        ));
+        assert!(!is_no_space("fatal: bad object abc"));
+        assert_eq!(
+            host_key_problem(
+                "No ED25519 host key is known for [h]:22 and you have requested strict checking.\nHost key verification failed."
+            ),
+            Some("the known_hosts file has no key for this host")
+        );
+        assert_eq!(
+            host_key_problem(
+                "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed."
+            ),
+            Some("the server's host key differs from the one in the known_hosts file")
+        );
+        assert_eq!(host_key_problem("Permission denied (publickey)."), None);
     }
 }

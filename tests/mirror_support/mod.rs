@@ -198,6 +198,29 @@ impl Origin {
         self.tip(branch).expect("branch after fast-import")
     }
 
+    /// One commit on top of `branch` (through `git fast-import`) that adds
+    /// or replaces `files` (path, contents) and keeps the rest of the tree;
+    /// returns the new tip.
+    pub fn commit_files(&self, branch: &str, files: &[(&str, &str)], msg: &str) -> String {
+        let t = self.clock.fetch_add(60, Ordering::SeqCst) + 60;
+        let mut script = format!(
+            "commit refs/heads/{branch}\ncommitter Test <test@example.com> {t} +0000\ndata {}\n{msg}\n",
+            msg.len() + 1
+        );
+        if let Some(p) = self.tip(branch) {
+            script.push_str(&format!("from {p}\n"));
+        }
+        for (path, contents) in files {
+            script.push_str(&format!(
+                "M 644 inline {path}\ndata {}\n{contents}\n",
+                contents.len()
+            ));
+        }
+        script.push('\n');
+        fast_import(&self.dir, &script);
+        self.tip(branch).expect("branch after fast-import")
+    }
+
     /// A merge-heavy history: `n` commits; every 3rd commit merges a side
     /// line of two commits into the main line.
     pub fn merge_history(&self, branch: &str, n: usize) -> String {
@@ -522,6 +545,26 @@ impl Capture {
         b.push_str(&line);
         b.push('\n');
     }
+}
+
+/// Packs and loose objects in the bare repository at `git_dir`, counted
+/// from the directory (independently of the code under test).
+pub fn object_counts(git_dir: &Path) -> (usize, usize) {
+    let objects = git_dir.join("objects");
+    let packs = std::fs::read_dir(objects.join("pack"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                .count()
+        })
+        .unwrap_or(0);
+    let mut loose = 0;
+    for i in 0..256 {
+        if let Ok(d) = std::fs::read_dir(objects.join(format!("{i:02x}"))) {
+            loose += d.filter_map(|e| e.ok()).count();
+        }
+    }
+    (packs, loose)
 }
 
 /// Polls `f` every 20 ms until it holds or `timeout` passes.
