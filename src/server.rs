@@ -412,14 +412,20 @@ impl AppState {
         for name in names {
             let status = self.sources[name].mirror.status();
             if !status.is_fresh(max, now) {
-                problems.push(match status.staleness(now) {
+                let mut problem = match status.staleness(now) {
                     None => format!("source {name}: never synced"),
                     Some(age) => format!(
                         "source {name}: last successful fetch {}s ago (maxMirrorStaleness {}s)",
                         age.as_secs(),
                         max.as_secs()
                     ),
-                });
+                };
+                // Say why, so `kubectl describe pod` shows the cause.
+                if let Some(failure) = &status.last_failure {
+                    problem.push_str("; last fetch failed: ");
+                    problem.push_str(&failure.message);
+                }
+                problems.push(problem);
             }
         }
         if problems.is_empty() {

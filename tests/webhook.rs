@@ -466,6 +466,10 @@ async fn mirror_unavailable() {
         body.contains("nowhere") && body.contains("never synced"),
         "{body}"
     );
+    assert!(
+        body.contains("last fetch failed: ") && body.contains(nowhere.to_str().unwrap()),
+        "says why, naming the URL: {body}"
+    );
     assert!(!body.contains("source gitops"), "gitops is synced: {body}");
     srv.stop().await;
 
