@@ -258,6 +258,38 @@ impl Caches {
         self.results.get(&(commit, Arc::clone(overlay)))
     }
 
+    /// Entries and weight (the unit each cache is bounded in) of every
+    /// cache, for metrics: `(name, entries, weight)`.
+    pub fn sizes(&self) -> [(&'static str, u64, u64); 4] {
+        // moka counts lazily; pending inserts and evictions are applied first.
+        self.blob_digests.run_pending_tasks();
+        self.trees.run_pending_tasks();
+        self.kustomizations.run_pending_tasks();
+        self.results.run_pending_tasks();
+        [
+            (
+                "blob_digests",
+                self.blob_digests.entry_count(),
+                self.blob_digests.weighted_size(),
+            ),
+            (
+                "trees",
+                self.trees.entry_count(),
+                self.trees.weighted_size(),
+            ),
+            (
+                "kustomizations",
+                self.kustomizations.entry_count(),
+                self.kustomizations.weighted_size(),
+            ),
+            (
+                "results",
+                self.results.entry_count(),
+                self.results.weighted_size(),
+            ),
+        ]
+    }
+
     /// Drops every (commit, overlay) result while keeping the per-object
     /// caches: the next computation re-walks the closure but reads only
     /// objects it has not seen (what a new commit costs).

@@ -21,6 +21,12 @@ pub struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheSizeLabels {
+    pub source: String,
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub cache: &'static str,
     pub result: &'static str,
@@ -44,6 +50,8 @@ pub struct Metrics {
     pub checksum_files: Counter,
     pub checksum_overloaded: Counter,
     pub checksum_queued: Gauge,
+    pub cache_entries: Family<CacheSizeLabels, Gauge>,
+    pub cache_weight: Family<CacheSizeLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -136,6 +144,18 @@ impl Metrics {
             "Cold checksum computations waiting for a thread",
             checksum_queued.clone(),
         );
+        let cache_entries = Family::<CacheSizeLabels, Gauge>::default();
+        registry.register(
+            "cache_entries",
+            "Entries in each checksum cache, by source",
+            cache_entries.clone(),
+        );
+        let cache_weight = Family::<CacheSizeLabels, Gauge>::default();
+        registry.register(
+            "cache_weight",
+            "Weight of each checksum cache, in the unit of its bound (entries; tree and closure entries for trees and results)",
+            cache_weight.clone(),
+        );
         Metrics {
             registry,
             reviews,
@@ -151,6 +171,8 @@ impl Metrics {
             checksum_files,
             checksum_overloaded,
             checksum_queued,
+            cache_entries,
+            cache_weight,
         }
     }
 

@@ -443,6 +443,19 @@ impl AppState {
             .checksum_queued
             .set(saturating_i64(self.cold.queued() as u64));
         for (name, source) in &self.sources {
+            for (cache, entries, weight) in source.caches.sizes() {
+                let labels = crate::metrics::CacheSizeLabels {
+                    source: name.clone(),
+                    cache,
+                };
+                let m = &self.metrics;
+                m.cache_entries
+                    .get_or_create(&labels)
+                    .set(saturating_i64(entries));
+                m.cache_weight
+                    .get_or_create(&labels)
+                    .set(saturating_i64(weight));
+            }
             let labels = Metrics::source(name);
             let status = source.mirror.status();
             let m = &self.metrics;

@@ -1046,5 +1046,24 @@ async fn healthz_readyz_and_metrics() {
     assert!(has("allow", "Fresh"), "{metrics}");
     assert!(has("deny", "StaleRevision"), "{metrics}");
     assert!(metrics.contains("source=\"gitops\""), "{metrics}");
+    // Cache sizes: the Fresh review computed (and kept) one result.
+    let gauge = |name: &str, cache: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains("source=\"gitops\"")
+                    && l.contains(&format!("cache=\"{cache}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for {cache}: {metrics}"))
+    };
+    assert!(gauge("stale_guard_cache_entries", "results") >= 1);
+    assert!(
+        gauge("stale_guard_cache_weight", "results")
+            > gauge("stale_guard_cache_entries", "results")
+    );
+    assert!(gauge("stale_guard_cache_entries", "blob_digests") >= 1);
     srv.stop().await;
 }
