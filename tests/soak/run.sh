@@ -295,6 +295,8 @@ if total < 0:
 print(f"{n},{start},{total},{succeeded},{failed},{errored},{timeout},{non2xx},{pct(0.5):.2f},{pct(0.99):.2f},{lat[-1] if lat else -1:.2f},{rss},{fds},{status}")
 EOF
   tail -1 "$out/slices.csv" | tee -a "$out/events.log"
+  # Cache sizes after the first slice, to tell cache fill from a leak.
+  [ "$slice_no" != 1 ] || curl -sk "$base/metrics" >"$out/metrics-warm.txt" || true
 done
 [ -n "$daemon_pid" ] || start_daemon
 wait "${pids[1]}" || true
@@ -329,6 +331,17 @@ print(f"RSS: start {rs/1024:.1f} MiB, after slice 1 {rw/1024:.1f} MiB, end {re_/
 growth = (re_ - rw) / rw * 100
 print(f"RSS target (end within 10% of after slice 1): {'met' if abs(growth) <= 10 else 'NOT MET'} ({growth:+.1f}%); see resources.csv for the curve")
 print(f"open fds: start {fds_start}, end {fds_end}")
+def caches(text):
+    return {f"{m.group(1)}/{m.group(2)}": int(m.group(3)) for m in re.finditer(
+        r'^stale_guard_cache_(entries|weight)\{[^}]*cache="(\w+)"[^}]*\} (\d+)', text, re.M)}
+try:
+    warm = caches(open(f"{out}/metrics-warm.txt").read())
+except OSError:
+    warm = {}
+end = caches(metrics)
+if end:
+    print("checksum caches (after slice 1 -> end): " + ", ".join(
+        f"{k} {warm.get(k, '?')} -> {v}" for k, v in sorted(end.items())))
 served = sum(by_reason.values())
 print(f"reviews answered by the server: {served} (h2load logged {tot('requests')}, the probes {probe_n}, the first check 1)")
 died = [r for r in rows if r["h2load_status"] != "0"]
