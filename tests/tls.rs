@@ -931,6 +931,24 @@ async fn read_until_closed(
     ))
 }
 
+/// Sends `bytes` one at a time, 50 ms apart, until the server closes the
+/// connection; returns when that happened (from the first byte) and what
+/// the server sent.
+async fn trickle(
+    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    bytes: &[u8],
+) -> Result<(Duration, String), Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    for byte in bytes {
+        if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
+            return Ok((started.elapsed(), String::new()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (read, _) = read_until_closed(stream).await?;
+    Ok((started.elapsed(), read))
+}
+
 /// A CA, and TLS files for a server certificate it signed.
 fn test_pki() -> (Ca, Arc<ReloadingTls>, SecretDir) {
     let ca = Ca::new("test CA");
@@ -981,24 +999,10 @@ async fn http1_headers_trickled_byte_by_byte_are_cut_off() -> TestResult {
     let server = TestServer::start(tls, options).await;
 
     let mut stream = raw_http1(&server, &ca).await?;
-    let started = Instant::now();
     let request = b"GET /ping HTTP/1.1\r\nhost: localhost\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    let mut cut_after = None;
-    for byte in request.iter().take(request.len() - 2) {
-        if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
-            cut_after = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let cut_after = match cut_after {
-        Some(at) => at,
-        None => {
-            let (read, _) = read_until_closed(&mut stream).await?;
-            assert!(!read.contains("pong"), "an incomplete request was answered");
-            started.elapsed()
-        }
-    };
+    // Never the final CRLF: the headers stay incomplete.
+    let (cut_after, read) = trickle(&mut stream, &request[..request.len() - 2]).await?;
+    assert!(!read.contains("pong"), "an incomplete request was answered");
     // 93 bytes at 50 ms each would take 4.6 s.
     assert!(
         cut_after >= Duration::from_millis(350) && cut_after < Duration::from_secs(2),
@@ -1061,23 +1065,8 @@ async fn request_body_trickled_is_cut_off_after_stall_timeout() -> TestResult {
     stream
         .write_all(b"POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000\r\n\r\n")
         .await?;
-    let started = Instant::now();
-    let mut cut_after = None;
-    for _ in 0..100 {
-        if stream.write_all(b"x").await.is_err() || stream.flush().await.is_err() {
-            cut_after = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let cut_after = match cut_after {
-        Some(at) => at,
-        None => {
-            let (read, _) = read_until_closed(&mut stream).await?;
-            assert!(!read.contains("HTTP/1.1 200"), "{read:?}");
-            started.elapsed()
-        }
-    };
+    let (cut_after, read) = trickle(&mut stream, &[b'x'; 100]).await?;
+    assert!(!read.contains("HTTP/1.1 200"), "{read:?}");
     assert!(
         cut_after >= Duration::from_millis(450) && cut_after < Duration::from_secs(3),
         "trickled body cut off after {cut_after:?}"
