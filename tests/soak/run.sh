@@ -176,7 +176,10 @@ elapsed() { echo $(( $(date +%s) - t0 )); }
 (
   n=0
   while [ "$(elapsed)" -lt "$duration" ]; do
-    sleep "$push_every"
+    # Never sleep past the end (PUSH_EVERY=100000 means no pushes).
+    left=$(( duration - $(elapsed) ))
+    sleep "$(( push_every < left ? push_every : left ))"
+    [ "$(elapsed)" -lt "$duration" ] || break
     n=$((n + 1))
     echo "push $n at $(date -u +%T)" >>"$work/src/activity.log"
     git -C "$work/src" add activity.log
