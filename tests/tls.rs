@@ -560,11 +560,7 @@ async fn mtls_requires_client_certificate_from_client_ca() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() -> TestResult {
-    let ca = Ca::new("test CA");
-    let leaf = ca.server("server");
-    let mut secret = SecretDir::new();
-    secret.publish_leaf(&leaf);
-    let tls = ReloadingTls::load(secret.files(false))?;
+    let (ca, tls, _secret) = test_pki();
     let mut server = TestServer::start(tls, quick_options()).await;
 
     // An idle keep-alive connection must not hold up shutdown.
@@ -618,11 +614,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() -> TestResult {
 /// When requests outlive `shutdown_grace`, `serve` returns anyway.
 #[tokio::test]
 async fn shutdown_grace_bounds_the_wait() -> TestResult {
-    let ca = Ca::new("test CA");
-    let leaf = ca.server("server");
-    let mut secret = SecretDir::new();
-    secret.publish_leaf(&leaf);
-    let tls = ReloadingTls::load(secret.files(false))?;
+    let (ca, tls, _secret) = test_pki();
     let options = ServeOptions {
         shutdown_grace: Duration::from_millis(100),
         ..quick_options()
