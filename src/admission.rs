@@ -4,134 +4,221 @@
 use crate::checksum::Checksum;
 use crate::config::{Config, RuleConfig};
 use crate::policy::{self, Annotation, Decision, RequestFacts, Revision};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, Status};
 use serde::Deserialize;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
+
+/// A string of the review body: borrowed from the body when it has no JSON
+/// escapes (nearly always), owned when it had to be unescaped. Every field
+/// the webhook reads is one; building them as `String`s was most of the
+/// allocations of a request. (serde's own `Cow` support borrows only a
+/// direct field, not inside an `Option`, `Vec` or map.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Str<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Str<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Str<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Str<'_> {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Str<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl serde::Serialize for Str<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
 
 /// The object under review, as far as the webhook reads it: the name,
 /// namespace and annotations of its metadata. The parser skips everything
 /// else (spec, status, managedFields...) without building it: that is most
 /// of a review's bytes, and building it dominated the cost of a request.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct AppliedObject {
-    pub metadata: ObjectMeta,
+pub struct AppliedObject<'a> {
+    pub metadata: Metadata<'a>,
 }
 
-/// A review request, as far as the webhook reads it. The shape and field
-/// types are kube's (`AdmissionRequest`), minus what no decision uses
-/// (resource, requestKind, options, oldObject...), which the parser skips
-/// without building: each of those costs allocations on every request.
+/// The part of an object's metadata the webhook reads.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata<'a> {
+    #[serde(default, borrow)]
+    pub name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub namespace: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub generate_name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub annotations: Option<BTreeMap<Str<'a>, Str<'a>>>,
+}
+
+/// An object's API group, version and kind (kube's `GroupVersionKind`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Kind<'a> {
+    #[serde(borrow)]
+    pub group: Str<'a>,
+    #[serde(borrow)]
+    pub version: Str<'a>,
+    #[serde(borrow)]
+    pub kind: Str<'a>,
+}
+
+/// A review request, as far as the webhook reads it, borrowing from the
+/// body. The shape and field types are kube's (`AdmissionRequest`), minus
+/// what no decision uses (resource, requestKind, options, oldObject...),
+/// which the parser skips without building: each of those costs
+/// allocations on every request.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Request {
-    /// From the envelope, echoed in the response.
-    #[serde(skip)]
-    pub types: kube::core::TypeMeta,
-    pub uid: String,
-    pub kind: kube::core::GroupVersionKind,
-    #[serde(default)]
-    pub sub_resource: Option<String>,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
+pub struct Request<'a> {
+    #[serde(borrow)]
+    pub uid: Str<'a>,
+    #[serde(borrow)]
+    pub kind: Kind<'a>,
+    #[serde(default, borrow)]
+    pub sub_resource: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub name: Str<'a>,
+    #[serde(default, borrow)]
+    pub namespace: Option<Str<'a>>,
     pub operation: Operation,
-    #[serde(default)]
-    pub user_info: UserInfo,
-    #[serde(default)]
-    pub object: Option<AppliedObject>,
+    #[serde(default, borrow)]
+    pub user_info: UserInfo<'a>,
+    #[serde(default, borrow)]
+    pub object: Option<AppliedObject<'a>>,
     #[serde(default)]
     pub dry_run: bool,
 }
 
 /// Who sent the request.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct UserInfo {
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub groups: Option<Vec<String>>,
+pub struct UserInfo<'a> {
+    #[serde(default, borrow)]
+    pub username: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    pub groups: Option<Vec<Str<'a>>>,
 }
 
-impl<'de> Deserialize<'de> for AppliedObject {
+impl<'de: 'a, 'a> Deserialize<'de> for AppliedObject<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Unknown fields are skipped by the derived code (IgnoredAny).
         #[derive(Deserialize)]
-        struct Raw {
-            #[serde(default)]
-            metadata: Option<RawMeta>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct RawMeta {
-            name: Option<String>,
-            namespace: Option<String>,
-            generate_name: Option<String>,
-            annotations: Option<BTreeMap<String, String>>,
+        struct Raw<'a> {
+            #[serde(default, borrow)]
+            metadata: Option<Metadata<'a>>,
         }
         let raw = Raw::deserialize(d)?;
         // Every Kubernetes object has metadata; one without is not a review
         // the API server sent.
-        let m = raw
+        let metadata = raw
             .metadata
             .ok_or_else(|| serde::de::Error::custom("the object has no metadata"))?;
-        Ok(AppliedObject {
-            metadata: ObjectMeta {
-                name: m.name,
-                namespace: m.namespace,
-                generate_name: m.generate_name,
-                annotations: m.annotations,
-                ..ObjectMeta::default()
-            },
-        })
+        Ok(AppliedObject { metadata })
     }
 }
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
 
 /// Why a body is not an AdmissionReview we can answer (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadReview(pub String);
 
-/// Parses and checks an AdmissionReview body.
-pub fn parse_review(body: &[u8]) -> Result<Request, BadReview> {
+/// Parses and checks an AdmissionReview body. The request borrows from it.
+pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
     // kube's `AdmissionReview` flattens its TypeMeta, which makes serde
     // buffer the whole body into an intermediate tree first; this envelope
     // reads the same fields in one pass (half the cost of a request).
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct Envelope {
-        #[serde(default)]
-        api_version: String,
-        #[serde(default)]
-        kind: String,
-        request: Option<Request>,
+    struct Envelope<'a> {
+        #[serde(default, borrow)]
+        api_version: Str<'a>,
+        #[serde(default, borrow)]
+        kind: Str<'a>,
+        #[serde(borrow)]
+        request: Option<Request<'a>>,
     }
-    let envelope: Envelope = match serde_json::from_slice(body) {
+    let envelope: Envelope<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             // A wrong version deserves that message rather than the first
             // field it lacks; only pay for a second look on failure.
-            if let Ok(types) = serde_json::from_slice::<kube::core::TypeMeta>(body) {
-                check_types(&types)?;
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Types<'a> {
+                #[serde(borrow)]
+                api_version: Str<'a>,
+                #[serde(borrow)]
+                kind: Str<'a>,
+            }
+            if let Ok(types) = serde_json::from_slice::<Types<'_>>(body) {
+                check_types(&types.api_version, &types.kind)?;
             }
             return Err(BadReview(format!(
                 "body is not a valid AdmissionReview: {e}"
             )));
         }
     };
-    let types = kube::core::TypeMeta {
-        api_version: envelope.api_version,
-        kind: envelope.kind,
-    };
-    check_types(&types)?;
-    let mut request = envelope
+    check_types(&envelope.api_version, &envelope.kind)?;
+    let request = envelope
         .request
         .ok_or_else(|| BadReview("the AdmissionReview has no request".to_owned()))?;
-    request.types = types;
     if request.uid.is_empty() {
         return Err(BadReview(
             "the AdmissionReview request has an empty uid".to_owned(),
@@ -140,8 +227,10 @@ pub fn parse_review(body: &[u8]) -> Result<Request, BadReview> {
     Ok(request)
 }
 
-fn check_types(types: &kube::core::TypeMeta) -> Result<(), BadReview> {
-    if types.api_version == API_VERSION && types.kind == "AdmissionReview" {
+/// Only `admission.k8s.io/v1` `AdmissionReview` is answered, so the
+/// response can echo these constants.
+fn check_types(api_version: &str, kind: &str) -> Result<(), BadReview> {
+    if api_version == API_VERSION && kind == KIND {
         return Ok(());
     }
     let or = |s: &str, none: &'static str| {
@@ -152,14 +241,14 @@ fn check_types(types: &kube::core::TypeMeta) -> Result<(), BadReview> {
         }
     };
     Err(BadReview(format!(
-        "unsupported {} {}: this webhook answers {API_VERSION} AdmissionReview (set admissionReviewVersions: [v1])",
-        or(&types.api_version, "<no apiVersion>"),
-        or(&types.kind, "<no kind>"),
+        "unsupported {} {}: this webhook answers {API_VERSION} {KIND} (set admissionReviewVersions: [v1])",
+        or(api_version, "<no apiVersion>"),
+        or(kind, "<no kind>"),
     )))
 }
 
 /// Why a request is out of scope before any rule is consulted.
-pub fn out_of_scope(req: &Request) -> Option<&'static str> {
+pub fn out_of_scope(req: &Request<'_>) -> Option<&'static str> {
     match req.operation {
         Operation::Delete => return Some("DELETE is not checked"),
         Operation::Connect => return Some("CONNECT is not checked"),
@@ -176,7 +265,7 @@ pub fn out_of_scope(req: &Request) -> Option<&'static str> {
 
 /// The first rule whose match holds (every given field must hold), with
 /// its index in `config.rules`.
-pub fn matching_rule<'c>(config: &'c Config, req: &Request) -> Option<(usize, &'c RuleConfig)> {
+pub fn matching_rule<'c>(config: &'c Config, req: &Request<'_>) -> Option<(usize, &'c RuleConfig)> {
     let namespace = req.namespace.as_deref().unwrap_or("");
     let user = req.user_info.username.as_deref().unwrap_or("");
     let groups = req.user_info.groups.as_deref().unwrap_or(&[]);
@@ -184,14 +273,17 @@ pub fn matching_rule<'c>(config: &'c Config, req: &Request) -> Option<(usize, &'
         let m = &rule.match_;
         (m.namespaces.is_empty() || m.namespaces.iter().any(|n| n == namespace))
             && (m.users.is_empty() || m.users.iter().any(|u| u == user))
-            && (m.groups.is_empty() || m.groups.iter().any(|g| groups.contains(g)))
+            && (m.groups.is_empty()
+                || m.groups
+                    .iter()
+                    .any(|g| groups.iter().any(|have| have == g.as_str())))
             && (m.kinds.is_empty() || m.kinds.iter().any(|k| kind_matches(k, req)))
     })
 }
 
 /// `Ingress` matches the kind in any group; `networking.k8s.io/Ingress`
 /// only in that group.
-fn kind_matches(pattern: &str, req: &Request) -> bool {
+fn kind_matches(pattern: &str, req: &Request<'_>) -> bool {
     kind_pattern_matches(pattern, &req.kind.group, &req.kind.kind)
 }
 
@@ -204,20 +296,24 @@ pub fn kind_pattern_matches(pattern: &str, group: &str, kind: &str) -> bool {
 }
 
 /// True when the requester is a configured break-glass user or group member.
-pub fn is_break_glass(config: &Config, req: &Request) -> bool {
+pub fn is_break_glass(config: &Config, req: &Request<'_>) -> bool {
     let user = req.user_info.username.as_deref().unwrap_or("");
     let groups = req.user_info.groups.as_deref().unwrap_or(&[]);
     config.break_glass.users.iter().any(|u| u == user)
-        || config.break_glass.groups.iter().any(|g| groups.contains(g))
+        || config
+            .break_glass
+            .groups
+            .iter()
+            .any(|g| groups.iter().any(|have| have == g.as_str()))
 }
 
 /// The annotations of the object being applied.
-pub fn annotations(req: &Request) -> Option<&BTreeMap<String, String>> {
+pub fn annotations<'r, 'a>(req: &'r Request<'a>) -> Option<&'r BTreeMap<Str<'a>, Str<'a>>> {
     req.object.as_ref()?.metadata.annotations.as_ref()
 }
 
 /// Reads both annotations with the configured keys.
-pub fn request_facts(config: &Config, req: &Request) -> RequestFacts {
+pub fn request_facts(config: &Config, req: &Request<'_>) -> RequestFacts {
     let (revision, checksum) = read_annotations(config, annotations(req));
     RequestFacts {
         revision,
@@ -228,20 +324,24 @@ pub fn request_facts(config: &Config, req: &Request) -> RequestFacts {
 
 /// The revision and checksum annotations of an object's `annotations`, read
 /// with the configured keys (also used by `scan` on running objects).
-pub fn read_annotations(
+pub fn read_annotations<K, V>(
     config: &Config,
-    annotations: Option<&BTreeMap<String, String>>,
-) -> (Annotation<Revision>, Annotation<Checksum>) {
+    annotations: Option<&BTreeMap<K, V>>,
+) -> (Annotation<Revision>, Annotation<Checksum>)
+where
+    K: Ord + Borrow<str>,
+    V: AsRef<str>,
+{
     let pairs = annotations
         .into_iter()
         .flatten()
-        .map(|(k, v)| (k.as_str(), v.as_str()));
+        .map(|(k, v)| (k.borrow(), v.as_ref()));
     // The common case, the key present: one map lookup. Otherwise every
     // key is looked at for near misses.
     let exact = |key: &str| {
         annotations
             .and_then(|a| a.get_key_value(key))
-            .map(|(k, v)| [(k.as_str(), v.as_str())])
+            .map(|(k, v)| [(k.borrow(), v.as_ref())])
     };
     let parse_checksum = |v: &str| v.parse::<Checksum>().map_err(|e| e.to_string());
     let keys = &config.annotations;
@@ -268,11 +368,14 @@ pub fn valid_revision(facts: &RequestFacts) -> Option<Revision> {
 /// The AdmissionReview answering `req` with `decision`. Denials carry
 /// `status.code: 403` and `reason: Forbidden` (kubectl prints
 /// "Error from server (Forbidden)"); every answer carries audit annotations.
-pub fn response(req: &Request, decision: &Decision) -> AdmissionReview<DynamicObject> {
+pub fn response(req: &Request<'_>, decision: &Decision) -> AdmissionReview<DynamicObject> {
     // `AdmissionResponse::from` wants kube's request type; build the same.
     let mut resp = AdmissionResponse::invalid("");
-    resp.types = req.types.clone();
-    resp.uid = req.uid.clone();
+    resp.types = kube::core::TypeMeta {
+        api_version: API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+    };
+    resp.uid = req.uid.to_string();
     resp.allowed = true;
     resp.result = Status::default();
     if !decision.allowed {
@@ -287,94 +390,76 @@ pub fn response(req: &Request, decision: &Decision) -> AdmissionReview<DynamicOb
 }
 
 /// [`response`] serialised, without building kube's types: the same JSON
-/// (a test compares the two), at a fraction of the allocations, for the
-/// request path.
-pub fn response_json(req: &Request, decision: &Decision) -> Vec<u8> {
-    use serde::Serialize;
-
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Review<'a> {
-        api_version: &'a str,
-        kind: &'a str,
-        response: Response<'a>,
+/// (a test compares the two for every shape of verdict), written directly
+/// for the request path. Only the strings that come from outside or from
+/// the config (uid, rule name, message, warnings) go through the JSON
+/// escaper; the rest are constants, reason codes and hex digits, which
+/// need no escaping. It was the largest cost of a warm review after
+/// parsing when serialised through serde.
+pub fn response_json(req: &Request<'_>, decision: &Decision) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Response<'a> {
-        uid: &'a str,
-        allowed: bool,
-        status: Status<'a>,
-        audit_annotations: Audit<'a>,
-        #[serde(skip_serializing_if = "<[String]>::is_empty")]
-        warnings: &'a [String],
+    fn ascii(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":\"");
+        out.extend_from_slice(value);
+        out.push(b'"');
     }
-    /// kube's `Status`: empty when allowed, a 403 Failure when denied.
-    #[derive(Serialize)]
-    struct Status<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        status: Option<&'static str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        code: Option<u16>,
-        #[serde(skip_serializing_if = "str::is_empty")]
-        message: &'a str,
-        #[serde(skip_serializing_if = "str::is_empty")]
-        reason: &'a str,
-    }
-    struct Audit<'a>(&'a Decision);
-    impl Serialize for Audit<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let d = self.0;
-            let mut map = s.serialize_map(None)?;
-            map.serialize_entry("reason", d.reason.as_str())?;
-            if let Some(rule) = &d.rule {
-                map.serialize_entry("rule", rule)?;
-            }
-            for (key, commit) in [("revision", d.revision), ("head", d.head)] {
-                if let Some(commit) = commit {
-                    let digits = policy::hex_digits(commit.0);
-                    map.serialize_entry(key, std::str::from_utf8(&digits).unwrap_or_default())?;
-                }
-            }
-            if let Some(o) = d.overridden {
-                map.serialize_entry("overridden", o.as_str())?;
-            }
-            if !d.reason.allows() && d.allowed {
-                map.serialize_entry("enforced", "false")?;
-            }
-            map.end()
-        }
-    }
-    let status = if decision.allowed {
-        Status {
-            status: None,
-            code: None,
-            message: "",
-            reason: "",
-        }
+    let d = decision;
+    let extra = d.message.len() + d.warnings.iter().map(|w| w.len() + 8).sum::<usize>();
+    let mut out = Vec::with_capacity(320 + req.uid.len() + extra);
+    out.extend_from_slice(b"{\"apiVersion\":\"");
+    out.extend_from_slice(API_VERSION.as_bytes());
+    out.extend_from_slice(b"\",\"kind\":\"");
+    out.extend_from_slice(KIND.as_bytes());
+    out.extend_from_slice(b"\",\"response\":{\"uid\":");
+    string(&mut out, &req.uid);
+    if d.allowed {
+        out.extend_from_slice(b",\"allowed\":true,\"status\":{}");
     } else {
-        Status {
-            status: Some("Failure"),
-            code: Some(403),
-            message: &decision.message,
-            reason: "Forbidden",
+        // kube's `Status::failure(message, "Forbidden").with_code(403)`.
+        out.extend_from_slice(
+            b",\"allowed\":false,\"status\":{\"status\":\"Failure\",\"code\":403",
+        );
+        if !d.message.is_empty() {
+            out.extend_from_slice(b",\"message\":");
+            string(&mut out, &d.message);
         }
-    };
-    let review = Review {
-        api_version: &req.types.api_version,
-        kind: &req.types.kind,
-        response: Response {
-            uid: &req.uid,
-            allowed: decision.allowed,
-            status,
-            audit_annotations: Audit(decision),
-            warnings: &decision.warnings,
-        },
-    };
-    let mut out = Vec::with_capacity(512);
-    // Serialising borrowed strings and integers into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &review);
+        out.extend_from_slice(b",\"reason\":\"Forbidden\"}");
+    }
+    out.extend_from_slice(b",\"auditAnnotations\":{\"reason\":\"");
+    out.extend_from_slice(d.reason.as_str().as_bytes());
+    out.push(b'"');
+    if let Some(rule) = &d.rule {
+        out.extend_from_slice(b",\"rule\":");
+        string(&mut out, rule);
+    }
+    for (key, commit) in [("revision", d.revision), ("head", d.head)] {
+        if let Some(commit) = commit {
+            ascii(&mut out, key, &policy::hex_digits(commit.0));
+        }
+    }
+    if let Some(o) = d.overridden {
+        ascii(&mut out, "overridden", o.as_str().as_bytes());
+    }
+    if !d.reason.allows() && d.allowed {
+        ascii(&mut out, "enforced", b"false");
+    }
+    out.push(b'}');
+    if !d.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":[");
+        for (i, w) in d.warnings.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(&mut out, w);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}}");
     out
 }
 
@@ -408,7 +493,8 @@ mod tests {
     /// verdict: allowed, denied, warned, overridden, unenforced.
     #[test]
     fn response_json_equals_kubes_serialisation() {
-        let req = parse_review(review("").as_bytes()).unwrap();
+        let body = review("");
+        let req = parse_review(body.as_bytes()).unwrap();
         let rev = Revision::parse("9be0d41c9be0d41c9be0d41c9be0d41c9be0d41c").ok();
         let base = Decision {
             reason: policy::Reason::Fresh,
@@ -441,10 +527,21 @@ mod tests {
             ..base.clone()
         };
         let bare = Decision::out_of_scope("a subresource");
-        for d in [base, stale, warned, overridden, bare] {
-            let ours: serde_json::Value = serde_json::from_slice(&response_json(&req, &d)).unwrap();
-            let kubes = serde_json::to_value(response(&req, &d)).unwrap();
-            assert_eq!(ours, kubes, "{d:?}");
+        let odd = Decision {
+            rule: Some("rule \"quoted\" \\ <&>".into()),
+            warnings: vec!["one".into(), "two \"2\"\n".into()],
+            ..warned.clone()
+        };
+        let escaped_uid = body.replace(r#""uid":"u-1""#, r#""uid":"u-\"1\u0026\\""#);
+        let req2 = parse_review(escaped_uid.as_bytes()).unwrap();
+        assert_eq!(&*req2.uid, "u-\"1&\\");
+        for d in [base, stale, warned, overridden, bare, odd] {
+            for req in [&req, &req2] {
+                let ours: serde_json::Value =
+                    serde_json::from_slice(&response_json(req, &d)).unwrap();
+                let kubes = serde_json::to_value(response(req, &d)).unwrap();
+                assert_eq!(ours, kubes, "{d:?}");
+            }
         }
     }
 
@@ -456,15 +553,43 @@ mod tests {
 
     #[test]
     fn parses_a_v1_review() {
-        let req = parse_review(review("").as_bytes()).unwrap();
+        let body = review("");
+        let req = parse_review(body.as_bytes()).unwrap();
         assert_eq!(req.uid, "u-1");
         assert_eq!(
             annotations(&req)
                 .and_then(|a| a.get("fluxcd"))
-                .map(String::as_str),
+                .map(|v| &**v),
             Some("x")
         );
         assert_eq!(out_of_scope(&req), None);
+    }
+
+    /// Strings borrow from the body unless JSON escapes had to be undone,
+    /// and read the same either way (the Go encoder of the API server
+    /// writes `<`, `>` and `&` as `\u003c`...).
+    #[test]
+    fn strings_borrow_unless_escaped() {
+        let body = review("")
+            .replace(r#""fluxcd":"x""#, r#""a\/b":"x \u0026 \"y\"","plain":"z""#)
+            .replace(
+                r#""namespace":"prod-apps""#,
+                r#""namespace":"prod\u002dapps""#,
+            );
+        let req = parse_review(body.as_bytes()).unwrap();
+        let ann = annotations(&req).unwrap();
+        let (k, v) = ann.get_key_value("a/b").unwrap();
+        assert!(matches!(k.0, Cow::Owned(_)) && matches!(v.0, Cow::Owned(_)));
+        assert_eq!(&**v, "x & \"y\"");
+        assert!(matches!(ann.get("plain").unwrap().0, Cow::Borrowed("z")));
+        assert_eq!(req.namespace.as_deref(), Some("prod-apps"));
+        assert!(matches!(req.uid.0, Cow::Borrowed("u-1")));
+        assert!(matches!(req.kind.kind.0, Cow::Borrowed("Ingress")));
+        let groups = req.user_info.groups.as_deref().unwrap();
+        assert!(matches!(
+            groups[0].0,
+            Cow::Borrowed("system:serviceaccounts")
+        ));
     }
 
     #[test]

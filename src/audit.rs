@@ -19,7 +19,7 @@ fn operation(op: &Operation) -> &'static str {
 }
 
 /// Logs the verdict for `req`.
-pub fn record(req: &crate::admission::Request, decision: &Decision, latency: Duration) {
+pub fn record(req: &crate::admission::Request<'_>, decision: &Decision, latency: Duration) {
     let hex = |r: Option<crate::policy::Revision>| r.map(|r| r.to_hex()).unwrap_or_default();
     let sum = |c: Option<crate::checksum::Checksum>| c.map(|c| c.to_string()).unwrap_or_default();
     macro_rules! line {

@@ -143,7 +143,8 @@ pub(crate) fn hex_digits(bytes: [u8; 20]) -> [u8; 40] {
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let digits = hex_digits(self.0);
-        f.write_str(&String::from_utf8_lossy(&digits))
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&digits).unwrap_or_default())
     }
 }
 

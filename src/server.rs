@@ -9,7 +9,7 @@ mod cold;
 use crate::admission;
 use crate::checksum::{Caches, ChecksumEngine, ChecksumError};
 use crate::config::{Config, RuleConfig};
-use crate::metrics::{CacheLabels, Metrics, ReviewLabels};
+use crate::metrics::{CacheLabels, Metrics};
 use crate::mirror::Mirror;
 use crate::policy::{
     self, ChecksumFact, Decision, HeadFacts, MirrorFacts, Position, Revision, RulePolicy,
@@ -145,12 +145,7 @@ async fn validate(
     let decision = st.decide(&req, api_timeout(query.as_deref())).await;
     let latency = started.elapsed();
     st.metrics
-        .reviews
-        .get_or_create(&ReviewLabels {
-            decision: decision_label(&decision),
-            reason: decision.reason.as_str(),
-        })
-        .inc();
+        .count_review(decision_label(&decision), decision.reason);
     st.metrics.review_duration.observe(latency.as_secs_f64());
     crate::audit::record(&req, &decision, latency);
     (
@@ -213,7 +208,7 @@ impl AppState {
     /// The verdict for one request. Never fails: every problem is a verdict.
     pub async fn decide(
         &self,
-        req: &crate::admission::Request,
+        req: &crate::admission::Request<'_>,
         api_timeout: Option<Duration>,
     ) -> Decision {
         if let Some(why) = admission::out_of_scope(req) {
