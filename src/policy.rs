@@ -123,9 +123,35 @@ impl Revision {
     }
 
     /// The 7-digit abbreviation used in messages.
-    pub fn short(self) -> String {
+    pub fn short(self) -> ShortId {
         let digits = hex_digits(self.0);
-        String::from_utf8_lossy(&digits[..7]).into_owned()
+        let mut short = [0u8; 7];
+        short.copy_from_slice(&digits[..7]);
+        ShortId(short)
+    }
+}
+
+/// The first 7 hex digits of a commit id, for messages (formatted without
+/// allocating).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ShortId([u8; 7]);
+
+impl ShortId {
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Debug for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -458,10 +484,17 @@ fn finish(
     context: Context,
     failure_action: FailureAction,
 ) -> Decision {
+    // "{reason}: {detail}" without the formatting machinery: this runs for
+    // every review.
+    let code = reason.as_str();
+    let mut message = String::with_capacity(code.len() + 2 + detail.len());
+    message.push_str(code);
+    message.push_str(": ");
+    message.push_str(&detail);
     let mut decision = Decision {
         reason,
         allowed: reason.allows(),
-        message: format!("{reason}: {detail}"),
+        message,
         rule: Some(rule.name.clone()),
         revision: context.revision,
         head: context.head,
@@ -798,7 +831,7 @@ mod tests {
         let r = Revision(bytes);
         assert_eq!(r.to_hex(), hex::encode(bytes));
         assert_eq!(r.to_string(), r.to_hex());
-        assert_eq!(r.short(), &r.to_hex()[..7]);
+        assert_eq!(r.short().as_str(), &r.to_hex()[..7]);
         assert_eq!(Revision::parse(&r.to_hex().to_uppercase()), Ok(r));
     }
 

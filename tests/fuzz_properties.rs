@@ -108,7 +108,7 @@ fn revision_valid_forms_round_trip() {
                 .map_err(|e| TestCaseError::fail(format!("{value:?} refused: {e}")))?;
             prop_assert_eq!(r.to_hex(), hex.to_ascii_lowercase());
             prop_assert_eq!(r.to_string(), hex.to_ascii_lowercase());
-            prop_assert_eq!(r.short(), hex[..7].to_ascii_lowercase());
+            prop_assert_eq!(r.short().to_string(), hex[..7].to_ascii_lowercase());
             prop_assert_eq!(Revision::parse(&r.to_hex()), Ok(r));
             Ok(())
         },

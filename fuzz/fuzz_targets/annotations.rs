@@ -21,7 +21,7 @@ fn check_revision(s: &str) {
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
             );
             assert_eq!(r.to_string(), hex);
-            assert_eq!(r.short(), hex[..7]);
+            assert_eq!(r.short().to_string(), hex[..7]);
             assert_eq!(Revision::parse(&hex), Ok(r));
             assert_eq!(Revision::parse(&format!("sha1:{hex}")), Ok(r));
             assert_eq!(Revision::parse(&format!("main@sha1:{hex}")), Ok(r));

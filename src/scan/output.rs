@@ -28,7 +28,7 @@ pub fn render(report: &Report, format: Format) -> Result<String, String> {
 }
 
 fn short(rev: Option<crate::policy::Revision>) -> String {
-    rev.map_or_else(|| "-".to_owned(), |r| r.short())
+    rev.map_or_else(|| "-".to_owned(), |r| r.short().to_string())
 }
 
 fn item_row(i: &Item) -> [String; 8] {
