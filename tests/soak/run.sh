@@ -164,7 +164,12 @@ case "$first" in
 esac
 rss() { awk '/^VmRSS/{print $2}' "/proc/$sg_pid/status"; }
 fds() { ls "/proc/$sg_pid/fd" | wc -l; }
-echo "elapsed_s,rss_kib,fds,threads" >"$out/resources.csv"
+# RSS split into anonymous memory (the heap: what a leak grows) and
+# file-backed pages (mmapped pack files and the binary: page cache the
+# kernel can reclaim), plus the mappings of files already deleted.
+rss_parts() { awk '/^RssAnon/{a=$2} /^RssFile/{f=$2} END{printf "%s,%s", a, f}' "/proc/$sg_pid/status"; }
+deleted_maps() { grep -c '(deleted)' "/proc/$sg_pid/maps" || true; }
+echo "elapsed_s,rss_kib,rss_anon_kib,rss_file_kib,fds,threads,deleted_maps" >"$out/resources.csv"
 rss_start=$(rss); fds_start=$(fds)
 log "server pid $sg_pid on $base; git daemon on port $git_port; review Fresh; RSS ${rss_start} KiB, ${fds_start} fds; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 log "plan: ${duration}s at ${rps} req/s over ${conns} h2 connections, ${slice}s slices; push every ${push_every}s; rotate every ${rotate_every}s; remote down ${down_for}s every ${down_every}s"
@@ -235,7 +240,7 @@ monitor() {
     fi
     if [ "$e" -ge "$next_sample" ]; then
       next_sample=$((next_sample + 10))
-      echo "$e,$(rss),$(fds),$(awk '/^Threads/{print $2}' "/proc/$sg_pid/status")" >>"$out/resources.csv"
+      echo "$e,$(rss),$(rss_parts),$(fds),$(awk '/^Threads/{print $2}' "/proc/$sg_pid/status"),$(deleted_maps)" >>"$out/resources.csv"
       v=$(verdict || true)
       probe_n=$((probe_n + 1))
       r=$(sed -n 's/.*"reason":"\([A-Za-z]*\)".*/\1/p' <<<"$v")
@@ -305,13 +310,17 @@ done
 wait "${pids[1]}" || true
 
 rss_end=$(rss); fds_end=$(fds)
+rss_parts_end=$(rss_parts)
+# The largest mappings at the end, by resident size, to tell heap from mapped packs.
+awk '/^[0-9a-f]+-[0-9a-f]+ /{name=$6} /^Rss:/{if ($2 > 256) printf "%8d KiB  %s\n", $2, (name == "" ? "[anon]" : name)}' \
+  "/proc/$sg_pid/smaps" | sort -rn | head -25 >"$out/smaps-end.txt" || true
 curl -sk "$base/metrics" >"$out/metrics.txt"
 # RSS "start" for the flatness check: after the first slice (warm caches,
 # TLS and h2 buffers allocated), as well as right after start-up.
 rss_warm=$(awk -F, 'NR==2{print $12}' "$out/slices.csv")
-python3 - "$out" "$rss_start" "$rss_warm" "$rss_end" "$fds_start" "$fds_end" "$probe_bad" "$probe_n" <<'EOF' | tee "$out/summary.txt"
+python3 - "$out" "$rss_start" "$rss_warm" "$rss_end" "$fds_start" "$fds_end" "$probe_bad" "$probe_n" "$rss_parts_end" <<'EOF' | tee "$out/summary.txt"
 import csv, re, sys
-out, rss_start, rss_warm, rss_end, fds_start, fds_end, probe_bad, probe_n = sys.argv[1:]
+out, rss_start, rss_warm, rss_end, fds_start, fds_end, probe_bad, probe_n, parts_end = sys.argv[1:]
 rows = list(csv.DictReader(open(f"{out}/slices.csv")))
 tot = lambda k: sum(int(r[k]) for r in rows)
 metrics = open(f"{out}/metrics.txt").read()
@@ -333,6 +342,14 @@ rs, rw, re_ = int(rss_start), int(rss_warm), int(rss_end)
 print(f"RSS: start {rs/1024:.1f} MiB, after slice 1 {rw/1024:.1f} MiB, end {re_/1024:.1f} MiB ({(re_-rw)/rw*100:+.1f}% vs after slice 1)")
 growth = (re_ - rw) / rw * 100
 print(f"RSS target (end within 10% of after slice 1): {'met' if abs(growth) <= 10 else 'NOT MET'} ({growth:+.1f}%); see resources.csv for the curve")
+res = list(csv.DictReader(open(f"{out}/resources.csv")))
+if len(res) > 3:
+    first = res[3]  # 30 s in: warm, like "after slice 1"
+    anon_end, file_end = (int(x) for x in parts_end.split(","))
+    a0, f0 = int(first["rss_anon_kib"]), int(first["rss_file_kib"])
+    print(f"RSS anonymous (heap): {a0/1024:.1f} -> {anon_end/1024:.1f} MiB ({(anon_end-a0)/a0*100:+.1f}%); "
+          f"file-backed (binary, mapped packs): {f0/1024:.1f} -> {file_end/1024:.1f} MiB; "
+          f"deleted files still mapped at the end: {res[-1]['deleted_maps']}")
 print(f"open fds: start {fds_start}, end {fds_end}")
 def caches(text):
     return {f"{m.group(1)}/{m.group(2)}": int(m.group(3)) for m in re.finditer(
