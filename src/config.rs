@@ -2,6 +2,7 @@
 //! validated at start so that a mistake is refused with the field's name
 //! instead of surfacing as a wrong verdict later.
 
+use crate::checksum::CacheLimits;
 use crate::policy::{FailureAction, Mode, Staleness};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -192,6 +193,71 @@ pub struct Limits {
     /// `DecisionTimeout` (and the `decisionTimeoutAction`).
     #[serde(default = "default_checksum_queue")]
     pub checksum_queue: usize,
+    /// Bounds of each source's checksum caches: what the webhook's memory
+    /// grows to as new commits arrive (`stale_guard_cache_weight` shows
+    /// how full they are).
+    #[serde(default)]
+    pub caches: CacheLimitsConfig,
+}
+
+/// `limits.caches`: each bound counts the unit its cache is weighed in
+/// (about 100 bytes each); the defaults (about 25 MB each at most) suit a
+/// few large repositories.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheLimitsConfig {
+    #[serde(default = "defaults::blob_digests")]
+    pub blob_digests: u64,
+    #[serde(default = "defaults::tree_entries")]
+    pub tree_entries: u64,
+    #[serde(default = "defaults::kustomizations")]
+    pub kustomizations: u64,
+    #[serde(default = "defaults::result_entries")]
+    pub result_entries: u64,
+}
+
+mod defaults {
+    use crate::checksum::CacheLimits;
+    pub fn blob_digests() -> u64 {
+        CacheLimits::default().blob_digests
+    }
+    pub fn tree_entries() -> u64 {
+        CacheLimits::default().tree_entries
+    }
+    pub fn kustomizations() -> u64 {
+        CacheLimits::default().kustomizations
+    }
+    pub fn result_entries() -> u64 {
+        CacheLimits::default().result_entries
+    }
+}
+
+impl Default for CacheLimitsConfig {
+    fn default() -> Self {
+        CacheLimits::default().into()
+    }
+}
+
+impl From<CacheLimits> for CacheLimitsConfig {
+    fn from(l: CacheLimits) -> Self {
+        CacheLimitsConfig {
+            blob_digests: l.blob_digests,
+            tree_entries: l.tree_entries,
+            kustomizations: l.kustomizations,
+            result_entries: l.result_entries,
+        }
+    }
+}
+
+impl From<CacheLimitsConfig> for CacheLimits {
+    fn from(l: CacheLimitsConfig) -> Self {
+        CacheLimits {
+            blob_digests: l.blob_digests,
+            tree_entries: l.tree_entries,
+            kustomizations: l.kustomizations,
+            result_entries: l.result_entries,
+        }
+    }
 }
 
 fn default_checksum_queue() -> usize {
@@ -203,6 +269,7 @@ impl Default for Limits {
         Limits {
             checksum_concurrency: 0,
             checksum_queue: default_checksum_queue(),
+            caches: CacheLimitsConfig::default(),
         }
     }
 }
@@ -331,6 +398,19 @@ impl Config {
                 "limits.checksumConcurrency",
                 "must be at most 1024 (0 means one per core)",
             ));
+        }
+        let c = &self.limits.caches;
+        for (field, value) in [
+            ("limits.caches.blobDigests", c.blob_digests),
+            ("limits.caches.treeEntries", c.tree_entries),
+            ("limits.caches.kustomizations", c.kustomizations),
+            ("limits.caches.resultEntries", c.result_entries),
+        ] {
+            // Without room for one overlay's entries every review would be
+            // a cold one.
+            if value < 100 {
+                return Err(invalid(field, "must be at least 100"));
+            }
         }
         if self.rules.is_empty() {
             return Err(invalid("rules", "at least one rule is required"));
@@ -585,6 +665,16 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert!(e.to_string().contains("limits.checksumConcurrency"), "{e}");
         let e = with("{ checksumThreads: 2 }").unwrap_err();
         assert!(e.to_string().contains("checksumThreads"), "{e}");
+        let c = with("{ caches: { resultEntries: 5000, treeEntries: 4000 } }").unwrap();
+        let limits = crate::checksum::CacheLimits::from(c.limits.caches);
+        assert_eq!((limits.result_entries, limits.tree_entries), (5000, 4000));
+        let defaults = crate::checksum::CacheLimits::default();
+        assert_eq!(limits.blob_digests, defaults.blob_digests);
+        assert_eq!(limits.kustomizations, defaults.kustomizations);
+        let e = with("{ caches: { resultEntries: 0 } }").unwrap_err();
+        assert!(e.to_string().contains("limits.caches.resultEntries"), "{e}");
+        let e = with("{ caches: { results: 10 } }").unwrap_err();
+        assert!(e.to_string().contains("results"), "{e}");
     }
 
     fn error_for(from: &str, to: &str) -> ConfigError {

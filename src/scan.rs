@@ -17,7 +17,7 @@ pub mod output;
 pub mod sources;
 pub mod verdict;
 
-use crate::checksum::{CacheLimits, Caches, ChecksumEngine};
+use crate::checksum::{Caches, ChecksumEngine};
 use crate::config::{Config, RuleConfig};
 use crate::mirror::{Lookup, Mirror};
 use crate::policy::{ChecksumFact, HeadFacts, MirrorFacts, Position, Revision};
@@ -293,7 +293,7 @@ async fn open_sources(
 ) -> HashMap<String, ScanSource> {
     let mut out = HashMap::new();
     for s in &config.sources {
-        let caches = Arc::new(Caches::new(CacheLimits::default()));
+        let caches = Arc::new(Caches::new(config.limits.caches.into()));
         let opened = match Mirror::open(s.spec(), mirror_dir).await {
             Ok(mirror) => {
                 // `open` fetches only when it had to clone: an existing

@@ -24,6 +24,9 @@
 #            connections (default 4)
 #   OUT      directory for the results (default: a new temporary directory,
 #            kept and printed at the end)
+#   LIMITS   a `limits:` value for the server's config, e.g.
+#            '{ caches: { resultEntries: 400, treeEntries: 400 } }' to see
+#            RSS once the checksum caches are full (default: none)
 #
 # The review is stamped with the repository's first commit and the overlay's
 # checksum there; every pushed commit leaves the overlay unchanged, and the
@@ -145,6 +148,7 @@ rules:
     staleness: content
 failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s }
 EOF
+[ -z "${LIMITS:-}" ] || echo "limits: $LIMITS" >>"$work/config.yaml"
 RUST_LOG=${RUST_LOG:-warn} "$sg_bin" serve --config "$work/config.yaml" >"$out/server.log" 2>&1 &
 sg_pid=$!
 pids+=("$sg_pid")
