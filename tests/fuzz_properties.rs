@@ -1290,35 +1290,78 @@ fn kustomization_text(entries: &[(u8, usize)]) -> String {
     y
 }
 
+/// Builds the generated tree under `root`, never writing through a
+/// symlink: the trees hold symlinks to `/`, `/tmp` and
+/// `../../../../../../etc/passwd`, and these tests run as root in CI. A
+/// plain `fs::write` to `kustomization.yaml` after a `Link` of that name
+/// once overwrote the machine's `/etc/passwd`.
 fn build_tree(root: &Path, ops: &[Op]) {
-    use std::fs;
+    const MANIFEST: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
     for op in ops {
-        // Conflicts (a file where a directory is, and so on) are the point:
-        // whatever the filesystem refuses is skipped.
-        let _ = match op {
+        // Conflicts (a file where a directory is, a symlink in the way, and
+        // so on) are the point: whatever would need the filesystem to
+        // refuse, or to follow a link, is skipped.
+        match op {
             Op::Kustomization(d, entries) => {
-                fs::create_dir_all(root.join(DIRS[*d])).and_then(|_| {
-                    fs::write(
-                        root.join(DIRS[*d]).join("kustomization.yaml"),
-                        kustomization_text(entries),
-                    )
-                })
+                if let Some(dir) = real_dir(root, Path::new(DIRS[*d])) {
+                    write_new_or_regular(
+                        &dir.join("kustomization.yaml"),
+                        &kustomization_text(entries),
+                    );
+                }
             }
-            Op::File(d, n) => fs::create_dir_all(root.join(DIRS[*d])).and_then(|_| {
-                fs::write(
-                    root.join(DIRS[*d]).join(NAMES[*n]),
-                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
-                )
-            }),
-            Op::Link(d, n, t) => fs::create_dir_all(root.join(DIRS[*d])).and_then(|_| {
-                std::os::unix::fs::symlink(LINK_TARGETS[*t], root.join(DIRS[*d]).join(NAMES[*n]))
-            }),
+            Op::File(d, n) => {
+                if let Some(dir) = real_dir(root, Path::new(DIRS[*d])) {
+                    write_new_or_regular(&dir.join(NAMES[*n]), MANIFEST);
+                }
+            }
+            Op::Link(d, n, t) => {
+                if let Some(dir) = real_dir(root, Path::new(DIRS[*d])) {
+                    let _ = std::os::unix::fs::symlink(LINK_TARGETS[*t], dir.join(NAMES[*n]));
+                }
+            }
             Op::FileAsDir(d) => {
-                let p = root.join(DIRS[*d]);
-                let _ = fs::create_dir_all(p.parent().unwrap());
-                fs::write(p, "not a directory\n")
+                let rel = Path::new(DIRS[*d]);
+                let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                    continue;
+                };
+                if let Some(dir) = real_dir(root, parent) {
+                    write_new_or_regular(&dir.join(name), "not a directory\n");
+                }
             }
-        };
+        }
+    }
+}
+
+/// `root/rel` as real directories, created one component at a time; None
+/// when a component is a symlink or a file (never followed).
+fn real_dir(root: &Path, rel: &Path) -> Option<std::path::PathBuf> {
+    let mut p = root.to_path_buf();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(n) => p.push(n),
+            std::path::Component::CurDir => continue,
+            _ => return None,
+        }
+        match std::fs::symlink_metadata(&p) {
+            // symlink_metadata does not follow: a link to a directory is
+            // not a directory here.
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return None,
+            Err(_) => std::fs::create_dir(&p).ok()?,
+        }
+    }
+    Some(p)
+}
+
+/// Writes `path` if nothing is there or a regular file is; never through a
+/// symlink.
+fn write_new_or_regular(path: &Path, text: &str) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => {}
+        _ => {
+            let _ = std::fs::write(path, text);
+        }
     }
 }
 
@@ -1471,4 +1514,31 @@ fn closure_walk_over_generated_repositories() {
         },
     );
     eprintln!("  of which checksummed without error: {}", ok.get());
+}
+
+/// Regression: the generated trees once wrote a kustomization through a
+/// symlink named `kustomization.yaml` and overwrote `/etc/passwd` (the
+/// tests run as root in CI). Writes and directory creation never follow a
+/// link; here the links point inside the tree, so the test itself is safe.
+#[test]
+fn build_tree_never_writes_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ops = [
+        // base/cm.yaml, then base/kustomization.yaml -> cm.yaml, then a
+        // kustomization written "to" base/kustomization.yaml.
+        Op::File(0, 0),
+        Op::Link(0, 5, 10),
+        Op::Kustomization(0, vec![(0, 0)]),
+        // overlays/prod/sub -> .., then a kustomization in
+        // overlays/prod/sub (which would land in overlays/).
+        Op::Link(1, 4, 1),
+        Op::Kustomization(6, vec![(0, 0)]),
+    ];
+    build_tree(root, &ops);
+    let cm = std::fs::read_to_string(root.join("base/cm.yaml")).unwrap();
+    assert!(cm.starts_with("apiVersion: v1\nkind: ConfigMap"), "{cm}");
+    assert!(!root.join("overlays/kustomization.yaml").exists());
+    let link = std::fs::symlink_metadata(root.join("base/kustomization.yaml")).unwrap();
+    assert!(link.file_type().is_symlink());
 }
