@@ -83,8 +83,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// The object under review, as far as the webhook reads it: the name,
-/// namespace and annotations of its metadata. The parser skips everything
+/// The object under review, as far as the webhook reads it: the
+/// annotations of its metadata. The parser skips everything
 /// else (spec, status, managedFields...) without building it: that is most
 /// of a review's bytes, and building it dominated the cost of a request.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -96,12 +96,6 @@ pub struct AppliedObject<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata<'a> {
-    #[serde(default, borrow)]
-    pub name: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub namespace: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    pub generate_name: Option<Str<'a>>,
     #[serde(default, borrow)]
     pub annotations: Option<BTreeMap<Str<'a>, Str<'a>>>,
 }

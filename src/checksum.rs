@@ -261,32 +261,11 @@ impl Caches {
     /// Entries and weight (the unit each cache is bounded in) of every
     /// cache, for metrics: `(name, entries, weight)`.
     pub fn sizes(&self) -> [(&'static str, u64, u64); 4] {
-        // moka counts lazily; pending inserts and evictions are applied first.
-        self.blob_digests.run_pending_tasks();
-        self.trees.run_pending_tasks();
-        self.kustomizations.run_pending_tasks();
-        self.results.run_pending_tasks();
         [
-            (
-                "blob_digests",
-                self.blob_digests.entry_count(),
-                self.blob_digests.weighted_size(),
-            ),
-            (
-                "trees",
-                self.trees.entry_count(),
-                self.trees.weighted_size(),
-            ),
-            (
-                "kustomizations",
-                self.kustomizations.entry_count(),
-                self.kustomizations.weighted_size(),
-            ),
-            (
-                "results",
-                self.results.entry_count(),
-                self.results.weighted_size(),
-            ),
+            cache_size("blob_digests", &self.blob_digests),
+            cache_size("trees", &self.trees),
+            cache_size("kustomizations", &self.kustomizations),
+            cache_size("results", &self.results),
         ]
     }
 
@@ -296,6 +275,17 @@ impl Caches {
     pub fn clear_results(&self) {
         self.results.invalidate_all();
     }
+}
+
+/// `(name, entries, weight)` of one cache. moka counts lazily: pending
+/// inserts and evictions are applied first.
+fn cache_size<K, V>(name: &'static str, cache: &moka::sync::Cache<K, V>) -> (&'static str, u64, u64)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    cache.run_pending_tasks();
+    (name, cache.entry_count(), cache.weighted_size())
 }
 
 impl Default for Caches {

@@ -11,7 +11,33 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 /// The `decision` label of `stale_guard_reviews_total`.
-pub const DECISIONS: [&str; 4] = ["allow", "deny", "warn", "audit"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewDecision {
+    Allow,
+    Deny,
+    /// Allowed by warn mode.
+    Warn,
+    /// Allowed by audit mode.
+    Audit,
+}
+
+impl ReviewDecision {
+    pub const ALL: [ReviewDecision; 4] = [
+        ReviewDecision::Allow,
+        ReviewDecision::Deny,
+        ReviewDecision::Warn,
+        ReviewDecision::Audit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewDecision::Allow => "allow",
+            ReviewDecision::Deny => "deny",
+            ReviewDecision::Warn => "warn",
+            ReviewDecision::Audit => "audit",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabels {
@@ -46,7 +72,7 @@ pub struct Metrics {
     /// Handles into `reviews`, resolved on first use: counting a review is
     /// then one atomic add, not a hash and a lock of the family's map. A
     /// series appears at its first review, as with `get_or_create`.
-    review_counters: [[OnceLock<Counter>; Reason::ALL.len()]; DECISIONS.len()],
+    review_counters: [[OnceLock<Counter>; Reason::ALL.len()]; ReviewDecision::ALL.len()],
     pub review_duration: Histogram,
     pub bad_requests: Counter,
     pub mirror_head_age: Family<SourceLabels, FloatGauge>,
@@ -186,13 +212,11 @@ impl Metrics {
         }
     }
 
-    /// Counts one review with its `decision` (one of [`DECISIONS`]) and
-    /// reason code.
-    pub fn count_review(&self, decision: &'static str, reason: Reason) {
-        let d = DECISIONS.iter().position(|x| *x == decision).unwrap_or(0);
+    /// Counts one review with its decision and reason code.
+    pub fn count_review(&self, decision: ReviewDecision, reason: Reason) {
         let Some(slot) = self
             .review_counters
-            .get(d)
+            .get(decision as usize)
             .and_then(|row| row.get(reason as usize))
         else {
             return;
@@ -200,7 +224,7 @@ impl Metrics {
         slot.get_or_init(|| {
             self.reviews
                 .get_or_create(&ReviewLabels {
-                    decision: DECISIONS[d],
+                    decision: decision.as_str(),
                     reason: reason.as_str(),
                 })
                 .clone()
@@ -231,10 +255,10 @@ mod tests {
     #[test]
     fn count_review_counts_per_decision_and_reason() {
         let m = Metrics::new();
-        m.count_review("deny", Reason::StaleRevision);
-        m.count_review("deny", Reason::StaleRevision);
-        m.count_review("warn", Reason::StaleRevision);
-        m.count_review("allow", Reason::Fresh);
+        m.count_review(ReviewDecision::Deny, Reason::StaleRevision);
+        m.count_review(ReviewDecision::Deny, Reason::StaleRevision);
+        m.count_review(ReviewDecision::Warn, Reason::StaleRevision);
+        m.count_review(ReviewDecision::Allow, Reason::Fresh);
         let text = m.encode();
         for line in [
             r#"stale_guard_reviews_total{decision="deny",reason="StaleRevision"} 2"#,

@@ -9,7 +9,7 @@ mod cold;
 use crate::admission;
 use crate::checksum::{Caches, ChecksumEngine, ChecksumError};
 use crate::config::{Config, RuleConfig};
-use crate::metrics::{CacheLabels, Metrics};
+use crate::metrics::{CacheLabels, Metrics, ReviewDecision};
 use crate::mirror::Mirror;
 use crate::policy::{
     self, ChecksumFact, Decision, HeadFacts, MirrorFacts, Position, Revision, RulePolicy,
@@ -172,13 +172,13 @@ fn rule_policy(config: &Config, rule: &RuleConfig) -> RulePolicy {
     }
 }
 
-fn decision_label(d: &Decision) -> &'static str {
+fn decision_label(d: &Decision) -> ReviewDecision {
     match (d.allowed, d.reason.allows(), d.mode) {
-        (false, _, _) => "deny",
-        (true, true, _) => "allow",
-        (true, false, Some(policy::Mode::Warn)) => "warn",
-        (true, false, Some(policy::Mode::Audit)) => "audit",
-        (true, false, _) => "allow",
+        (false, _, _) => ReviewDecision::Deny,
+        (true, true, _) => ReviewDecision::Allow,
+        (true, false, Some(policy::Mode::Warn)) => ReviewDecision::Warn,
+        (true, false, Some(policy::Mode::Audit)) => ReviewDecision::Audit,
+        (true, false, _) => ReviewDecision::Allow,
     }
 }
 
