@@ -1167,16 +1167,27 @@ impl Mirror {
             let local = repo.to_thread_local();
             let head = resolve_branch(&local, &branch)?
                 .ok_or_else(|| format!("refs/heads/{branch} missing after a successful fetch"))?;
+            if base.as_ref().is_some_and(|b| b.head() == head) {
+                // Most polls: nothing new, and nothing to build.
+                return Ok::<_, String>((head, None));
+            }
             let (index, kind) =
                 HistoryIndex::build(&local, head, base.as_deref()).map_err(|e| e.to_string())?;
             let time = index
                 .commit_time(&head)
                 .ok_or_else(|| "head missing from its own history".to_owned())?;
-            Ok::<_, String>((head, index, kind, time))
+            Ok((head, Some((index, kind, time))))
         })
         .await
         .map_err(|e| format!("history index task: {e}"))??;
-        let (head, index, kind, commit_time) = built;
+        let (head, Some((index, kind, commit_time))) = built else {
+            return Ok(FetchReport {
+                head: built.0,
+                head_changed: false,
+                history_rewritten: false,
+                repaired: false,
+            });
+        };
         let head_changed = old.as_ref().is_none_or(|s| s.head.commit != head);
         let history_rewritten = old.is_some() && head_changed && kind == BuildKind::Full;
         if head_changed {

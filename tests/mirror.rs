@@ -105,6 +105,72 @@ async fn merge_history_behind_counts_match_git() {
     }
 }
 
+/// The index is extended at each new head (not rebuilt) and stays exact:
+/// merges of side lines that fork from old commits, runs of linear
+/// commits, and polls that find nothing new, checked against git after
+/// every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_extended_head_by_head_matches_git() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.linear_history("main", 20);
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    let check = |step: &str| {
+        let all = run_git(&origin.dir, &["rev-list", "main"]);
+        let all: Vec<&str> = all.lines().collect();
+        assert_eq!(m.status().commits, all.len(), "{step}: commits");
+        for rev in all.iter().step_by(3) {
+            let expected: u64 = run_git(
+                &origin.dir,
+                &["rev-list", "--count", &format!("{rev}..main")],
+            )
+            .parse()
+            .unwrap();
+            let f = m.facts_uncached(oid(rev));
+            assert_eq!(
+                f.behind_commits,
+                Some(expected),
+                "{step}: behind count of {rev}"
+            );
+        }
+    };
+    check("first build");
+    for round in 0..12 {
+        let tip = origin.tip("main").unwrap();
+        // A side line forking a few commits back, merged into main.
+        let fork = run_git(
+            &origin.dir,
+            &["rev-parse", &format!("main~{}", round % 5 + 1)],
+        );
+        let side = origin.commit_with(&[&fork], &format!("side {round}"));
+        let side = origin.commit_with(&[&side], &format!("side {round} b"));
+        let merge = origin.commit_with(&[&tip, &side], &format!("merge {round}"));
+        origin.set("main", &merge);
+        if round % 3 == 0 {
+            origin.linear_history("main", 7);
+        }
+        let report = m.refresh().await.unwrap();
+        assert!(
+            report.head_changed && !report.history_rewritten,
+            "round {round}"
+        );
+        check(&format!("round {round}"));
+        // A poll with nothing new changes nothing.
+        let again = m.refresh().await.unwrap();
+        assert!(
+            !again.head_changed && !again.history_rewritten,
+            "round {round}"
+        );
+        check(&format!("round {round}, unchanged"));
+    }
+    assert_eq!(m.status().history_rewrites, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_reuses_existing_mirror_without_reaching_remote() {
     let tmp = tempfile::tempdir().unwrap();

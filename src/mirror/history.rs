@@ -130,9 +130,28 @@ impl HistoryIndex {
         if !reached_base_head {
             return Ok(None);
         }
-        let mut index = base.clone();
-        index.head = head;
-        index.ids.reserve(new_nodes.len());
+        // Capacities are rounded up to powers of two, so the index built at
+        // each new head asks the allocator for the same block sizes as the
+        // last one until the history doubles, and reuses the blocks the old
+        // index frees. Exact sizes (a clone, then a push that doubles it)
+        // ask for a little more at every head: over a long run that leaves
+        // a trail of freed blocks too small for the next index.
+        let total = base_len + new_nodes.len();
+        let new_parents: usize = new_nodes.iter().map(|n| n.2.len()).sum();
+        let mut nodes = Vec::with_capacity(total.next_power_of_two());
+        nodes.extend_from_slice(&base.nodes);
+        let mut parents =
+            Vec::with_capacity((base.parents.len() + new_parents).next_power_of_two());
+        parents.extend_from_slice(&base.parents);
+        // A hash table's own capacity already grows by doubling.
+        let mut ids = base.ids.clone();
+        ids.reserve(new_nodes.len());
+        let mut index = HistoryIndex {
+            head,
+            ids,
+            nodes,
+            parents,
+        };
         for (id, time, parent_ids) in &new_nodes {
             let start = index.parents.len() as u32;
             for p in parent_ids {
