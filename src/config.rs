@@ -198,6 +198,10 @@ pub struct Limits {
     /// how full they are).
     #[serde(default)]
     pub caches: CacheLimitsConfig,
+    /// How often freed heap memory is handed back to the OS (glibc's
+    /// `malloc_trim`; see `memory`); `0s` turns it off.
+    #[serde(default = "default_memory_trim_interval", with = "duration")]
+    pub memory_trim_interval: Duration,
 }
 
 /// `limits.caches`: each bound counts the unit its cache is weighed in
@@ -264,12 +268,17 @@ fn default_checksum_queue() -> usize {
     64
 }
 
+fn default_memory_trim_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             checksum_concurrency: 0,
             checksum_queue: default_checksum_queue(),
             caches: CacheLimitsConfig::default(),
+            memory_trim_interval: default_memory_trim_interval(),
         }
     }
 }
@@ -675,6 +684,16 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert!(e.to_string().contains("limits.caches.resultEntries"), "{e}");
         let e = with("{ caches: { results: 10 } }").unwrap_err();
         assert!(e.to_string().contains("results"), "{e}");
+        assert_eq!(
+            Limits::default().memory_trim_interval,
+            Duration::from_secs(30)
+        );
+        let c = with("{ memoryTrimInterval: 2m }").unwrap();
+        assert_eq!(c.limits.memory_trim_interval, Duration::from_secs(120));
+        let c = with("{ memoryTrimInterval: 0s }").unwrap();
+        assert_eq!(c.limits.memory_trim_interval, Duration::ZERO);
+        let e = with("{ memoryTrimInterval: often }").unwrap_err();
+        assert!(e.to_string().contains("memoryTrimInterval"), "{e}");
     }
 
     fn error_for(from: &str, to: &str) -> ConfigError {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod kustomize;
+pub mod memory;
 pub mod metrics;
 pub mod mirror;
 pub mod policy;

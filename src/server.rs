@@ -571,6 +571,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         client_ca_file: config.tls.client_ca_file.clone(),
     })?;
     tls.spawn_watcher(Duration::from_secs(2), shutdown.wait());
+    crate::memory::spawn_trimmer(config.limits.memory_trim_interval, shutdown.wait());
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
