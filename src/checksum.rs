@@ -305,6 +305,21 @@ pub struct WorkStats {
     pub entries: usize,
 }
 
+/// Pauses before computing again after the object database failed a read.
+/// A repack (the mirror's maintenance, or `git gc` in a repository `stamp`
+/// reads) writes a new pack and then deletes the packs and loose objects it
+/// replaced; a read racing it can look in the old files after they are
+/// gone and in the new pack before gix has re-read the pack directory, and
+/// report an object missing that is there. A moment later a new handle
+/// finds it. A genuinely missing object costs these pauses once: the error
+/// is never cached. (Seen in `tests/mirror.rs`
+/// `reads_keep_working_while_maintenance_deletes_packs` about one run in
+/// five on a loaded machine before the retry.)
+const GIT_RETRY_PAUSES: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(200),
+];
+
 /// Computes overlay checksums over one git repository.
 pub struct ChecksumEngine {
     repo: gix::ThreadSafeRepository,
@@ -377,7 +392,16 @@ impl ChecksumEngine {
             }
             return ((*cached).clone().map_err(ChecksumError::from), stats);
         }
-        let result = self.compute(commit, &key.1, &mut stats);
+        let mut result = self.compute(commit, &key.1, &mut stats);
+        for pause in GIT_RETRY_PAUSES {
+            let Err(ChecksumError::Git(e)) = &result else {
+                break;
+            };
+            tracing::warn!(%commit, overlay = %key.1, error = %e, retry_in_ms = pause.as_millis() as u64,
+                "reading the repository failed; retrying (a repack may have moved the objects)");
+            std::thread::sleep(pause);
+            result = self.compute(commit, &key.1, &mut stats);
+        }
         match &result {
             Ok(sum) => self.caches.results.insert(key, Arc::new(Ok(sum.clone()))),
             Err(ChecksumError::Overlay(e)) => self

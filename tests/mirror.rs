@@ -707,6 +707,7 @@ async fn reads_keep_working_while_maintenance_deletes_packs() {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+    mirror_support::capture_logs();
     let tmp = tempfile::tempdir().unwrap();
     let origin = Origin::new(tmp.path(), "origin.git");
     let first = origin.commit_files(
@@ -818,7 +819,7 @@ async fn reads_keep_working_while_maintenance_deletes_packs() {
     for r in readers {
         r.join().unwrap();
     }
-    let errors = errors.lock().unwrap();
+    let errors = std::mem::take(&mut *errors.lock().unwrap());
     let deleting = runs
         .iter()
         .filter(|r| r.after.packs < r.before.packs)
@@ -846,6 +847,10 @@ async fn reads_keep_working_while_maintenance_deletes_packs() {
         "mappings of deleted pack files: {held} while the old handle was held, {released} after"
     );
     assert_eq!(released, 0, "deleted pack files still mapped");
+    let retries = mirror_support::captured_logs()
+        .matches("reading the repository failed; retrying")
+        .count();
+    eprintln!("checksums retried after a failed read: {retries}");
     eprintln!(
         "60 fetches in {:?}: {} repacks ({deleting} deleted packs), {} reads ({} during a repack), {} errors; final {:?}",
         start.elapsed(),
