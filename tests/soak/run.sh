@@ -14,7 +14,10 @@
 #     `stale-guard certs`;
 #   - the git remote (`git daemon`) is stopped for DOWN_FOR seconds (default
 #     20) every DOWN_EVERY seconds (default 120).
-# RSS and open file descriptors of the server are sampled every 10 s.
+# RSS and open file descriptors of the server are sampled every 10 s; its
+# smaps and /metrics every SNAPSHOT_EVERY seconds (default 300), so the
+# summary can say which kind of memory grew (tests/soak/anon.py) next to
+# how full the checksum caches were.
 #
 # Environment:
 #   SG_BIN   the stale-guard binary (default target/release/stale-guard,
@@ -51,6 +54,7 @@ down_every=${DOWN_EVERY:-120}
 down_for=${DOWN_FOR:-20}
 rps=${RPS:-100}
 conns=${CONNS:-4}
+snapshot_every=${SNAPSHOT_EVERY:-300}
 sg_bin=${SG_BIN:-target/release/stale-guard}
 case "$sg_bin" in /*) ;; *) sg_bin="$here/$sg_bin" ;; esac
 
@@ -204,6 +208,7 @@ probe_n=0
 next_rotate=$rotate_every
 next_down=$down_every
 next_sample=0
+next_snapshot=0
 up_at=-1
 declare -A reasons=()
 slice_no=0
@@ -241,6 +246,12 @@ monitor() {
     if [ -z "$daemon_pid" ] && [ "$e" -ge "$up_at" ]; then
       start_daemon
       log "git remote up"
+    fi
+    if [ "$e" -ge "$next_snapshot" ]; then
+      next_snapshot=$((next_snapshot + snapshot_every))
+      mkdir -p "$out/snapshots"
+      cp "/proc/$sg_pid/smaps" "$out/snapshots/smaps-$e.txt" 2>/dev/null || true
+      curl -sk "$base/metrics" >"$out/snapshots/metrics-$e.txt" || true
     fi
     if [ "$e" -ge "$next_sample" ]; then
       next_sample=$((next_sample + 10))
@@ -315,6 +326,8 @@ wait "${pids[1]}" || true
 
 rss_end=$(rss); fds_end=$(fds)
 rss_parts_end=$(rss_parts)
+mkdir -p "$out/snapshots"
+cp "/proc/$sg_pid/smaps" "$out/snapshots/smaps-$(elapsed).txt" 2>/dev/null || true
 # The largest mappings at the end, by resident size, to tell heap from mapped packs.
 awk '/^[0-9a-f]+-[0-9a-f]+ /{name=$6} /^Rss:/{if ($2 > 256) printf "%8d KiB  %s\n", $2, (name == "" ? "[anon]" : name)}' \
   "/proc/$sg_pid/smaps" | sort -rn | head -25 >"$out/smaps-end.txt" || true
@@ -322,7 +335,7 @@ curl -sk "$base/metrics" >"$out/metrics.txt"
 # RSS "start" for the flatness check: after the first slice (warm caches,
 # TLS and h2 buffers allocated), as well as right after start-up.
 rss_warm=$(awk -F, 'NR==2{print $12}' "$out/slices.csv")
-python3 - "$out" "$rss_start" "$rss_warm" "$rss_end" "$fds_start" "$fds_end" "$probe_bad" "$probe_n" "$rss_parts_end" <<'EOF' | tee "$out/summary.txt"
+PYTHONPATH="$here/tests/soak" python3 - "$out" "$rss_start" "$rss_warm" "$rss_end" "$fds_start" "$fds_end" "$probe_bad" "$probe_n" "$rss_parts_end" <<'EOF' | tee "$out/summary.txt"
 import csv, re, sys
 out, rss_start, rss_warm, rss_end, fds_start, fds_end, probe_bad, probe_n, parts_end = sys.argv[1:]
 rows = list(csv.DictReader(open(f"{out}/slices.csv")))
@@ -354,7 +367,23 @@ if len(res) > 3:
     print(f"RSS anonymous (heap): {a0/1024:.1f} -> {anon_end/1024:.1f} MiB ({(anon_end-a0)/a0*100:+.1f}%); "
           f"file-backed (binary, mapped packs): {f0/1024:.1f} -> {file_end/1024:.1f} MiB; "
           f"deleted files still mapped at the end: {res[-1]['deleted_maps']}")
+    # The second half alone: does the growth level off?
+    mid = res[len(res) // 2]
+    rm, ae = int(mid["rss_kib"]), anon_end
+    print(f"second half ({mid['elapsed_s']} s -> end): RSS {rm/1024:.1f} -> {re_/1024:.1f} MiB ({(re_-rm)/rm*100:+.1f}%), "
+          f"anonymous {int(mid['rss_anon_kib'])/1024:.1f} -> {ae/1024:.1f} MiB")
 print(f"open fds: start {fds_start}, end {fds_end}")
+import glob
+from anon import breakdown
+t = lambda p: re.search(r"-(\d+)\.txt$", p).group(1)
+snaps = sorted(glob.glob(f"{out}/snapshots/smaps-*.txt"), key=lambda p: int(t(p)))
+if len(snaps) >= 2:
+    # The first snapshot after start-up that is warm (the one at 0 s is taken before any load).
+    first = snaps[1] if len(snaps) > 2 else snaps[0]
+    a, b = breakdown(first), breakdown(snaps[-1])
+    kinds = sorted(set(a) | set(b))
+    print(f"anonymous memory by kind, KiB ({t(first)} s -> {t(snaps[-1])} s): " + ", ".join(
+        f"{k} {a.get(k, (0, 0))[1]} -> {b.get(k, (0, 0))[1]}" for k in kinds))
 def caches(text):
     return {f"{m.group(1)}/{m.group(2)}": int(m.group(3)) for m in re.finditer(
         r'^stale_guard_cache_(entries|weight)\{[^}]*cache="(\w+)"[^}]*\} (\d+)', text, re.M)}
@@ -366,6 +395,13 @@ end = caches(metrics)
 if end:
     print("checksum caches (after slice 1 -> end): " + ", ".join(
         f"{k} {warm.get(k, '?')} -> {v}" for k, v in sorted(end.items())))
+    over_time = []
+    for p in sorted(glob.glob(f"{out}/snapshots/metrics-*.txt"), key=lambda p: int(t(p))):
+        w = caches(open(p).read())
+        over_time.append(f"{t(p)}s " + "/".join(
+            str(w.get(f"weight/{c}", "?")) for c in ("results", "trees", "blob_digests", "kustomizations")))
+    if over_time:
+        print("cache weight over time (results/trees/blob_digests/kustomizations): " + ", ".join(over_time))
 served = sum(by_reason.values())
 print(f"reviews answered by the server: {served} (h2load logged {tot('requests')}, the probes {probe_n}, the first check 1)")
 died = [r for r in rows if r["h2load_status"] != "0"]
