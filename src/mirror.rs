@@ -903,7 +903,11 @@ impl Mirror {
     /// Repacks the mirror now (geometric repack, deleting what it made
     /// redundant), serialised with fetches and repairs. Readers are not
     /// blocked: gix keeps deleted packs it has mapped and re-reads the pack
-    /// directory on a miss.
+    /// directory on a miss. Afterwards the repository is opened again:
+    /// gix lets go of a deleted pack only when a lookup misses, and with
+    /// small fetches (loose objects) and warm caches that can take until
+    /// the next repack, holding the deleted files' disk space meanwhile.
+    /// Reads in flight keep the old handle until they finish.
     pub async fn maintain(&self) -> Result<MaintenanceReport, FetchFailure> {
         let _w = self.write_lock.lock().await;
         let started = std::time::Instant::now();
@@ -929,6 +933,15 @@ impl Mirror {
         };
         match result {
             Ok(()) => {
+                match open_repo(&self.path) {
+                    Ok(repo) => *write(&self.repo) = repo,
+                    // The old handle still reads everything (it re-reads
+                    // the pack directory on a miss); only the unmapping
+                    // waits.
+                    Err(e) => {
+                        warn!(source = %self.spec.name, error = %e, "cannot reopen the mirror after maintenance")
+                    }
+                }
                 let after = self.object_counts().await.unwrap_or_default();
                 let report = MaintenanceReport {
                     at,

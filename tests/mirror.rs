@@ -824,17 +824,7 @@ async fn reads_keep_working_while_maintenance_deletes_packs() {
         .iter()
         .filter(|r| r.after.packs < r.before.packs)
         .count();
-    // Mappings of this mirror's pack files that a repack has deleted (other
-    // tests run in this process too: only this test's directory counts).
-    let deleted_maps = || {
-        let mirror = m.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/maps")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&mirror) && l.ends_with(" (deleted)"))
-            .count()
-    };
-    let held = deleted_maps();
+    let held = deleted_mappings(&m);
     // Once the handle from before the first repack is gone, the next fetch
     // and read must not leave any mapped: a deleted pack that stays mapped
     // keeps its disk space and memory for the life of the process.
@@ -842,7 +832,7 @@ async fn reads_keep_working_while_maintenance_deletes_packs() {
     let tip = push(&origin, 60);
     m.refresh().await.unwrap();
     checksum(m.repository(), oid(&tip)).unwrap();
-    let released = deleted_maps();
+    let released = deleted_mappings(&m);
     eprintln!(
         "mappings of deleted pack files: {held} while the old handle was held, {released} after"
     );
@@ -874,6 +864,80 @@ async fn reads_keep_working_while_maintenance_deletes_packs() {
         "no read overlapped a repack"
     );
     assert_eq!(m.status().maintenance_runs, runs.len() as u64);
+}
+
+/// Mappings of this mirror's files that were deleted (other tests run in
+/// this process too: only `mirror`'s directory counts).
+fn deleted_mappings(mirror: &Mirror) -> usize {
+    let dir = mirror.path().to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&dir) && l.ends_with(" (deleted)"))
+        .count()
+}
+
+/// The soak's pattern: one small commit at a time, so every fetch leaves
+/// loose objects and every read finds its objects (loose, or in a pack
+/// gix has mapped) without a miss, the only thing that makes gix re-read
+/// the pack directory. A repack deletes the packs gix has mapped; they must
+/// not stay mapped (holding their disk space) until some later miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_deleted_by_a_repack_are_unmapped_without_waiting_for_a_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let mut tip = origin.commit_files(
+        "main",
+        &[
+            ("apps/kustomization.yaml", KUSTOMIZATION),
+            ("apps/cm.yaml", &configmap(0)),
+        ],
+        "base",
+    );
+    origin.linear_history("main", 30);
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    let small_push =
+        |i: usize| origin.commit_files("main", &[("apps/cm.yaml", &configmap(i))], "one");
+    let mut n = 0;
+    let mut deleted_packs = 0;
+    for round in 0..4 {
+        for _ in 0..4 {
+            n += 1;
+            tip = small_push(n);
+            m.refresh().await.unwrap();
+            checksum(m.repository(), oid(&tip)).unwrap();
+        }
+        let before = pack_files(&m);
+        m.maintain().await.unwrap();
+        let after = pack_files(&m);
+        deleted_packs += before.iter().filter(|p| !after.contains(p)).count();
+        assert_eq!(
+            deleted_mappings(&m),
+            0,
+            "round {round}: deleted pack files still mapped after the repack"
+        );
+        // The last commits' objects now live in the new pack only: reading
+        // them maps it, and the next round's repack rolls it up.
+        checksum(m.repository(), oid(&tip)).unwrap();
+        assert_eq!(
+            object_counts(m.path()).1,
+            0,
+            "round {round}: loose objects left"
+        );
+    }
+    assert!(deleted_packs > 0, "no repack deleted a pack");
+    for _ in 0..4 {
+        n += 1;
+        tip = small_push(n);
+        m.refresh().await.unwrap();
+        checksum(m.repository(), oid(&tip)).unwrap();
+    }
+    assert_eq!(deleted_mappings(&m), 0, "deleted pack files still mapped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
