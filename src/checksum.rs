@@ -181,26 +181,32 @@ pub struct RevisionError {
 /// Cache sizes. Defaults suit a webhook watching a few large repositories.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheLimits {
-    /// Number of blob digests kept (about 100 bytes each).
+    /// Number of blob digests kept.
     pub blob_digests: u64,
     /// Total tree entries kept across decoded trees.
     pub tree_entries: u64,
     /// Number of parsed kustomizations kept.
     pub kustomizations: u64,
     /// Total closure entries kept across cached (commit, overlay) results
-    /// (a result weighs its entry count, about 100 bytes each).
+    /// (a result weighs its entry count).
     pub result_entries: u64,
 }
 
 impl Default for CacheLimits {
     fn default() -> Self {
-        // About 25 MB each at most for digests, trees and results: enough
-        // for several 1,000-file overlays over many commits, and bounded.
+        // A unit (a digest, a tree entry, a closure entry) costs about 175
+        // bytes of resident memory once moka's bookkeeping and the
+        // allocator's overhead are counted (the soaks in
+        // docs/reliability.md, "Memory"), a parsed kustomization about a
+        // kilobyte. So these fill to about 60 MB per source at most, which
+        // the shipped 128Mi limit holds next to the process (~20 MiB) and a
+        // `git fetch`; they cover a few thousand-file overlays over
+        // hundreds of commits.
         CacheLimits {
-            blob_digests: 250_000,
-            tree_entries: 250_000,
-            kustomizations: 50_000,
-            result_entries: 250_000,
+            blob_digests: 100_000,
+            tree_entries: 100_000,
+            kustomizations: 10_000,
+            result_entries: 100_000,
         }
     }
 }
