@@ -35,10 +35,9 @@ pub fn trim() -> bool {
 /// Calls [`trim`] every `every` until `shutdown` completes. Does nothing
 /// when `every` is zero or the C library cannot trim.
 ///
-/// The call runs on the runtime's own thread: it takes well under a
-/// millisecond on heaps of this size (the soak measured it), less than
-/// handing it to a blocking thread would cost, and a blocking thread would
-/// bring an arena of its own.
+/// The call runs on the runtime's own thread: a few hundred microseconds
+/// on heaps of this size (median 264 µs, max 1.7 ms over 170 calls in a
+/// soak), and a blocking thread would bring a malloc arena of its own.
 pub fn spawn_trimmer(every: Duration, shutdown: impl Future<Output = ()> + Send + 'static) {
     if every.is_zero() || !CAN_TRIM {
         return;
