@@ -194,19 +194,17 @@ pub struct CacheLimits {
 
 impl Default for CacheLimits {
     fn default() -> Self {
-        // A unit (a digest, a tree entry, a closure entry) costs about 175
-        // bytes of resident memory once moka's bookkeeping and the
-        // allocator's overhead are counted (the soaks in
-        // docs/reliability.md, "Memory"), a parsed kustomization about a
-        // kilobyte. So these fill to about 60 MB per source at most, which
-        // the shipped 128Mi limit holds next to the process (~20 MiB) and a
-        // `git fetch`; they cover a few thousand-file overlays over
-        // hundreds of commits.
+        // A unit (a digest, a tree entry, a closure entry) holds about 225
+        // bytes of live heap with moka's bookkeeping, a parsed
+        // kustomization about 1.1 KB (`examples/cache_cost.rs`). So these
+        // fill to about 40 MB per source at most, which the shipped 128Mi
+        // limit holds next to the process (~20 MiB) and a `git fetch`;
+        // they still cover a thousand-file overlay over dozens of commits.
         CacheLimits {
-            blob_digests: 100_000,
-            tree_entries: 100_000,
-            kustomizations: 10_000,
-            result_entries: 100_000,
+            blob_digests: 50_000,
+            tree_entries: 50_000,
+            kustomizations: 5_000,
+            result_entries: 50_000,
         }
     }
 }

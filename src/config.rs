@@ -205,8 +205,8 @@ pub struct Limits {
 }
 
 /// `limits.caches`: each bound counts the unit its cache is weighed in
-/// (about 175 bytes resident each, a parsed kustomization about 1 KB);
-/// the defaults fill to about 60 MB per source at most.
+/// (about 225 bytes of heap each, a parsed kustomization about 1.1 KB);
+/// the defaults fill to about 40 MB per source at most.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CacheLimitsConfig {
