@@ -179,7 +179,10 @@ pub struct RevisionError {
 }
 
 /// Cache sizes. Defaults suit a webhook watching a few large repositories.
-#[derive(Debug, Clone, Copy)]
+/// Also the `limits.caches` block of the server's configuration (camelCase
+/// names; a missing field keeps its default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct CacheLimits {
     /// Number of blob digests kept.
     pub blob_digests: u64,

@@ -195,73 +195,15 @@ pub struct Limits {
     pub checksum_queue: usize,
     /// Bounds of each source's checksum caches: what the webhook's memory
     /// grows to as new commits arrive (`stale_guard_cache_weight` shows
-    /// how full they are).
+    /// how full they are). Each bound counts the unit its cache is weighed in (about 225
+    /// bytes of heap each, a parsed kustomization about 1.1 KB); the
+    /// defaults fill to about 40 MB per source at most.
     #[serde(default)]
-    pub caches: CacheLimitsConfig,
+    pub caches: CacheLimits,
     /// How often freed heap memory is handed back to the OS (glibc's
     /// `malloc_trim`; see `memory`); `0s` turns it off.
     #[serde(default = "default_memory_trim_interval", with = "duration")]
     pub memory_trim_interval: Duration,
-}
-
-/// `limits.caches`: each bound counts the unit its cache is weighed in
-/// (about 225 bytes of heap each, a parsed kustomization about 1.1 KB);
-/// the defaults fill to about 40 MB per source at most.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CacheLimitsConfig {
-    #[serde(default = "defaults::blob_digests")]
-    pub blob_digests: u64,
-    #[serde(default = "defaults::tree_entries")]
-    pub tree_entries: u64,
-    #[serde(default = "defaults::kustomizations")]
-    pub kustomizations: u64,
-    #[serde(default = "defaults::result_entries")]
-    pub result_entries: u64,
-}
-
-mod defaults {
-    use crate::checksum::CacheLimits;
-    pub fn blob_digests() -> u64 {
-        CacheLimits::default().blob_digests
-    }
-    pub fn tree_entries() -> u64 {
-        CacheLimits::default().tree_entries
-    }
-    pub fn kustomizations() -> u64 {
-        CacheLimits::default().kustomizations
-    }
-    pub fn result_entries() -> u64 {
-        CacheLimits::default().result_entries
-    }
-}
-
-impl Default for CacheLimitsConfig {
-    fn default() -> Self {
-        CacheLimits::default().into()
-    }
-}
-
-impl From<CacheLimits> for CacheLimitsConfig {
-    fn from(l: CacheLimits) -> Self {
-        CacheLimitsConfig {
-            blob_digests: l.blob_digests,
-            tree_entries: l.tree_entries,
-            kustomizations: l.kustomizations,
-            result_entries: l.result_entries,
-        }
-    }
-}
-
-impl From<CacheLimitsConfig> for CacheLimits {
-    fn from(l: CacheLimitsConfig) -> Self {
-        CacheLimits {
-            blob_digests: l.blob_digests,
-            tree_entries: l.tree_entries,
-            kustomizations: l.kustomizations,
-            result_entries: l.result_entries,
-        }
-    }
 }
 
 fn default_checksum_queue() -> usize {
@@ -277,7 +219,7 @@ impl Default for Limits {
         Limits {
             checksum_concurrency: 0,
             checksum_queue: default_checksum_queue(),
-            caches: CacheLimitsConfig::default(),
+            caches: CacheLimits::default(),
             memory_trim_interval: default_memory_trim_interval(),
         }
     }
@@ -675,9 +617,9 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         let e = with("{ checksumThreads: 2 }").unwrap_err();
         assert!(e.to_string().contains("checksumThreads"), "{e}");
         let c = with("{ caches: { resultEntries: 5000, treeEntries: 4000 } }").unwrap();
-        let limits = crate::checksum::CacheLimits::from(c.limits.caches);
+        let limits = c.limits.caches;
         assert_eq!((limits.result_entries, limits.tree_entries), (5000, 4000));
-        let defaults = crate::checksum::CacheLimits::default();
+        let defaults = CacheLimits::default();
         assert_eq!(limits.blob_digests, defaults.blob_digests);
         assert_eq!(limits.kustomizations, defaults.kustomizations);
         let e = with("{ caches: { resultEntries: 0 } }").unwrap_err();

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Whether this build can trim (linked against glibc).
-pub const CAN_TRIM: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+const CAN_TRIM: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
 
 /// Releases the allocator's free pages to the OS. Returns whether any
 /// memory was released; always `false` where the C library cannot trim.

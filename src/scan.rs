@@ -293,7 +293,7 @@ async fn open_sources(
 ) -> HashMap<String, ScanSource> {
     let mut out = HashMap::new();
     for s in &config.sources {
-        let caches = Arc::new(Caches::new(config.limits.caches.into()));
+        let caches = Arc::new(Caches::new(config.limits.caches));
         let opened = match Mirror::open(s.spec(), mirror_dir).await {
             Ok(mirror) => {
                 // `open` fetches only when it had to clone: an existing

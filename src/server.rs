@@ -562,7 +562,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
             .await
             .with_context(|| format!("source {}", source.name))?;
         mirror.clone().spawn_poller(shutdown.wait());
-        let caches = Arc::new(Caches::new(config.limits.caches.into()));
+        let caches = Arc::new(Caches::new(config.limits.caches));
         sources.insert(source.name.clone(), Source { mirror, caches });
     }
     let tls = crate::tls::ReloadingTls::load(crate::tls::TlsFiles {

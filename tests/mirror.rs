@@ -90,10 +90,16 @@ async fn merge_history_behind_counts_match_git() {
     )
     .await
     .unwrap();
+    assert_history_matches_git(&m, &origin, 13, "merge history");
+}
+
+/// The mirror's commit count equals `git rev-list --count main`, and the
+/// behind count of every `every`-th commit equals git's `rev..main`.
+fn assert_history_matches_git(m: &Mirror, origin: &Origin, every: usize, step: &str) {
     let all = run_git(&origin.dir, &["rev-list", "main"]);
     let all: Vec<&str> = all.lines().collect();
-    assert_eq!(m.status().commits, all.len());
-    for rev in all.iter().step_by(13) {
+    assert_eq!(m.status().commits, all.len(), "{step}: commits");
+    for rev in all.iter().step_by(every) {
         let expected: u64 = run_git(
             &origin.dir,
             &["rev-list", "--count", &format!("{rev}..main")],
@@ -101,7 +107,11 @@ async fn merge_history_behind_counts_match_git() {
         .parse()
         .unwrap();
         let f = m.facts_uncached(oid(rev));
-        assert_eq!(f.behind_commits, Some(expected), "behind count of {rev}");
+        assert_eq!(
+            f.behind_commits,
+            Some(expected),
+            "{step}: behind count of {rev}"
+        );
     }
 }
 
@@ -120,25 +130,7 @@ async fn history_extended_head_by_head_matches_git() {
     )
     .await
     .unwrap();
-    let check = |step: &str| {
-        let all = run_git(&origin.dir, &["rev-list", "main"]);
-        let all: Vec<&str> = all.lines().collect();
-        assert_eq!(m.status().commits, all.len(), "{step}: commits");
-        for rev in all.iter().step_by(3) {
-            let expected: u64 = run_git(
-                &origin.dir,
-                &["rev-list", "--count", &format!("{rev}..main")],
-            )
-            .parse()
-            .unwrap();
-            let f = m.facts_uncached(oid(rev));
-            assert_eq!(
-                f.behind_commits,
-                Some(expected),
-                "{step}: behind count of {rev}"
-            );
-        }
-    };
+    let check = |step: &str| assert_history_matches_git(&m, &origin, 3, step);
     check("first build");
     for round in 0..12 {
         let tip = origin.tip("main").unwrap();
@@ -871,7 +863,7 @@ async fn reads_keep_working_while_maintenance_deletes_packs() {
 fn deleted_mappings(mirror: &Mirror) -> usize {
     let dir = mirror.path().to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/maps")
-        .unwrap_or_default()
+        .expect("reading /proc/self/maps")
         .lines()
         .filter(|l| l.contains(&dir) && l.ends_with(" (deleted)"))
         .count()
@@ -905,12 +897,16 @@ async fn packs_deleted_by_a_repack_are_unmapped_without_waiting_for_a_miss() {
         |i: usize| origin.commit_files("main", &[("apps/cm.yaml", &configmap(i))], "one");
     let mut n = 0;
     let mut deleted_packs = 0;
-    for round in 0..4 {
+    // Four rounds of pushes, each ending in a repack; then pushes only.
+    for round in 0..5 {
         for _ in 0..4 {
             n += 1;
             tip = small_push(n);
             m.refresh().await.unwrap();
             checksum(m.repository(), oid(&tip)).unwrap();
+        }
+        if round == 4 {
+            break;
         }
         let before = pack_files(&m);
         m.maintain().await.unwrap();
@@ -931,12 +927,6 @@ async fn packs_deleted_by_a_repack_are_unmapped_without_waiting_for_a_miss() {
         );
     }
     assert!(deleted_packs > 0, "no repack deleted a pack");
-    for _ in 0..4 {
-        n += 1;
-        tip = small_push(n);
-        m.refresh().await.unwrap();
-        checksum(m.repository(), oid(&tip)).unwrap();
-    }
     assert_eq!(deleted_mappings(&m), 0, "deleted pack files still mapped");
 }
 
