@@ -1015,8 +1015,11 @@ impl Mirror {
             }
             let done = Done(Arc::clone(&me));
             let result = me.fetch_branch_now().await;
-            let _ = tx.send(Some(result));
+            // Free the slot before publishing: a caller woken by this
+            // result that asks again (a secret just rotated, a push just
+            // made) must start a new fetch, not join this finished one.
             drop(done);
+            let _ = tx.send(Some(result));
         });
         Some(rx)
     }
@@ -1039,8 +1042,9 @@ impl Mirror {
             }
             let done = Done(Arc::clone(&me), rev);
             let ok = me.fetch_revision_now(rev).await;
-            let _ = tx.send(Some(ok));
+            // As for the branch: free the slot, then publish.
             drop(done);
+            let _ = tx.send(Some(ok));
         });
         rx
     }

@@ -974,3 +974,48 @@ async fn poller_runs_maintenance_at_most_once_per_interval() {
         .unwrap()
         .unwrap();
 }
+
+/// `refresh` after a fetch has returned starts a new fetch; it never joins
+/// the finished one and hands back its stale result. The fetch task used to
+/// publish its result before freeing the single-flight slot, so a caller
+/// woken by the result that asked again at once (a rotated secret, a push
+/// just made) could get the old answer: on a loaded machine
+/// tests/mirror_credentials.rs saw an auth failure after the password file
+/// was already fixed. Busy threads make the window likely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_after_a_finished_fetch_starts_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    origin.commit("main", "c0");
+    let m = Mirror::open(
+        spec(origin.dir.to_str().unwrap()),
+        &tmp.path().join("mirrors"),
+    )
+    .await
+    .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut joined = 0;
+    for _ in 0..150 {
+        let before = m.status().fetches;
+        m.refresh().await.unwrap();
+        m.refresh().await.unwrap();
+        if m.status().fetches != before + 2 {
+            joined += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert_eq!(joined, 0, "refreshes that joined a finished fetch");
+}
