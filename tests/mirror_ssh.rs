@@ -7,7 +7,6 @@
 
 mod mirror_support;
 
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -71,7 +70,20 @@ impl Sshd {
         if is_root() {
             std::fs::create_dir_all("/run/sshd").unwrap();
         }
-        let port = free_port();
+        // The port is picked by binding port 0 and releasing it, so another
+        // process can take it first: sshd then exits, and another is tried.
+        for _ in 0..10 {
+            if let Some(sshd) = Self::try_start(dir, &host_key, &authorized, free_port()) {
+                return sshd;
+            }
+        }
+        panic!("sshd: ten ports in a row were taken");
+    }
+
+    /// Starts sshd on `port` and waits for its own "Server listening" line
+    /// (logged after the bind), not for the port to accept, which another
+    /// process on the same port would also do. `None`: the port was taken.
+    fn try_start(dir: &Path, host_key: &Path, authorized: &Path, port: u16) -> Option<Sshd> {
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -114,9 +126,13 @@ impl Sshd {
             child,
             log,
         };
+        let listening = format!("Server listening on 127.0.0.1 port {port}");
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !sshd.log().contains(&listening) {
             if let Ok(Some(status)) = sshd.child.try_wait() {
+                if sshd.log().contains("Address already in use") {
+                    return None;
+                }
                 panic!("sshd exited ({status}): {}", sshd.log());
             }
             assert!(
@@ -126,7 +142,7 @@ impl Sshd {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        sshd
+        Some(sshd)
     }
 
     fn log(&self) -> String {

@@ -315,18 +315,46 @@ fn wait_for_port(port: u16) {
 pub struct GitDaemon {
     pub port: u16,
     base: PathBuf,
+    log: PathBuf,
     child: Option<Child>,
 }
 
+/// How a `git daemon` start ended: listening, or its port was taken.
+enum DaemonStart {
+    Listening(GitDaemon),
+    PortTaken,
+}
+
 impl GitDaemon {
+    /// On a free port. The port is picked by binding port 0 and releasing
+    /// it, so another process can take it before the daemon binds: then
+    /// the daemon exits and another port is tried.
     pub fn start(base: &Path) -> GitDaemon {
-        Self::start_on(base, free_port())
+        for _ in 0..10 {
+            if let DaemonStart::Listening(d) = Self::try_start(base, free_port()) {
+                return d;
+            }
+        }
+        panic!("git daemon: ten ports in a row were taken");
     }
 
+    /// On `port` (a restart on the port a test already uses).
     pub fn start_on(base: &Path, port: u16) -> GitDaemon {
+        match Self::try_start(base, port) {
+            DaemonStart::Listening(d) => d,
+            DaemonStart::PortTaken => panic!("git daemon: port {port} is taken"),
+        }
+    }
+
+    /// Starts the daemon and waits for its own word that it listens
+    /// ("Ready to rumble", logged after the bind), not for the port to
+    /// accept, which another process on the same port would also do.
+    fn try_start(base: &Path, port: u16) -> DaemonStart {
+        let log = base.join(format!(".git-daemon-{port}.log"));
         let child = git(base)
             .args([
                 "daemon",
+                "--verbose",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",
@@ -337,15 +365,36 @@ impl GitDaemon {
             .arg(base)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("git daemon log"))
             .process_group(0)
             .spawn()
             .expect("git daemon");
-        wait_for_port(port);
-        GitDaemon {
+        let mut daemon = GitDaemon {
             port,
             base: base.to_path_buf(),
+            log,
             child: Some(child),
+        };
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+            if text.contains("Ready to rumble") {
+                return DaemonStart::Listening(daemon);
+            }
+            let exited = daemon
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                let text = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+                daemon.child = None;
+                if text.contains("Address already in use") {
+                    return DaemonStart::PortTaken;
+                }
+                panic!("git daemon exited: {text}");
+            }
+            assert!(start.elapsed() < WAIT, "git daemon never listened: {text}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -361,10 +410,10 @@ impl GitDaemon {
                 .status();
             let _ = child.kill();
             let _ = child.wait();
-        }
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && start.elapsed() < WAIT {
-            std::thread::sleep(Duration::from_millis(20));
+            let start = Instant::now();
+            while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && start.elapsed() < WAIT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
