@@ -100,15 +100,108 @@ fn default_fetch_timeout() -> Duration {
 }
 
 /// Paths of mounted Secret files; the secrets themselves are read when
-/// needed and never copied into the configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// needed and never copied into the configuration. One kind per source,
+/// each with every file it needs: an incomplete or mixed set is refused
+/// when the file is parsed, naming what is missing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialsConfig {
+    Basic {
+        username_file: PathBuf,
+        password_file: PathBuf,
+    },
+    Token {
+        token_file: PathBuf,
+    },
+    Ssh {
+        ssh_key_file: PathBuf,
+        known_hosts_file: PathBuf,
+    },
+}
+
+impl CredentialsConfig {
+    /// Every file this kind reads.
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            CredentialsConfig::Basic {
+                username_file,
+                password_file,
+            } => vec![username_file, password_file],
+            CredentialsConfig::Token { token_file } => vec![token_file],
+            CredentialsConfig::Ssh {
+                ssh_key_file,
+                known_hosts_file,
+            } => vec![ssh_key_file, known_hosts_file],
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CredentialsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The check runs inside the mapping's visitor, so the error carries
+        // the path `sources[N].credentials` (serde's `try_from` would report
+        // it at the enclosing source).
+        struct Files;
+        impl<'de> serde::de::Visitor<'de> for Files {
+            type Value = CredentialsConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of credential files")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let files = CredentialFiles::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                CredentialsConfig::try_from(files).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_map(Files)
+    }
+}
+
+/// `credentials` as written; only [`CredentialsConfig`] leaves parsing.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CredentialsConfig {
-    pub username_file: Option<PathBuf>,
-    pub password_file: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-    pub ssh_key_file: Option<PathBuf>,
-    pub known_hosts_file: Option<PathBuf>,
+struct CredentialFiles {
+    username_file: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    ssh_key_file: Option<PathBuf>,
+    known_hosts_file: Option<PathBuf>,
+}
+
+impl TryFrom<CredentialFiles> for CredentialsConfig {
+    type Error = String;
+
+    fn try_from(c: CredentialFiles) -> Result<Self, String> {
+        const KINDS: &str =
+            "give one of usernameFile+passwordFile, tokenFile, or sshKeyFile+knownHostsFile";
+        let basic = c.username_file.is_some() || c.password_file.is_some();
+        let ssh = c.ssh_key_file.is_some() || c.known_hosts_file.is_some();
+        match (basic, c.token_file, ssh) {
+            (true, None, false) => match (c.username_file, c.password_file) {
+                (Some(username_file), Some(password_file)) => Ok(CredentialsConfig::Basic {
+                    username_file,
+                    password_file,
+                }),
+                (None, _) => Err("passwordFile needs usernameFile".into()),
+                (_, None) => Err("usernameFile needs passwordFile".into()),
+            },
+            (false, Some(token_file), false) => Ok(CredentialsConfig::Token { token_file }),
+            (false, None, true) => match (c.ssh_key_file, c.known_hosts_file) {
+                (Some(ssh_key_file), Some(known_hosts_file)) => Ok(CredentialsConfig::Ssh {
+                    ssh_key_file,
+                    known_hosts_file,
+                }),
+                // Without it ssh could not check the server's host key.
+                (Some(_), None) => Err("sshKeyFile needs knownHostsFile".into()),
+                (None, _) => Err("knownHostsFile needs sshKeyFile".into()),
+            },
+            (false, None, false) => Err(format!("no credentials given: {KINDS}")),
+            _ => Err(format!("more than one kind of credentials: {KINDS}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -321,28 +414,6 @@ impl Config {
             if s.fetch_timeout.is_zero() {
                 return Err(invalid(f("fetchTimeout"), "must be positive"));
             }
-            if let Some(c) = &s.credentials {
-                let basic = c.username_file.is_some() || c.password_file.is_some();
-                let kinds = [basic, c.token_file.is_some(), c.ssh_key_file.is_some()];
-                if kinds.iter().filter(|k| **k).count() > 1 {
-                    return Err(invalid(
-                        f("credentials"),
-                        "give one of usernameFile+passwordFile, tokenFile, or sshKeyFile",
-                    ));
-                }
-                if basic && (c.username_file.is_none() || c.password_file.is_none()) {
-                    return Err(invalid(
-                        f("credentials"),
-                        "usernameFile and passwordFile go together",
-                    ));
-                }
-                if c.known_hosts_file.is_some() && c.ssh_key_file.is_none() {
-                    return Err(invalid(
-                        f("credentials.knownHostsFile"),
-                        "only used with sshKeyFile",
-                    ));
-                }
-            }
         }
         if self.limits.checksum_concurrency > 1024 {
             return Err(invalid(
@@ -417,27 +488,25 @@ impl SourceConfig {
     /// The mirror's view of this source.
     pub fn spec(&self) -> crate::mirror::SourceSpec {
         use crate::mirror::Credentials;
-        let credentials = self.credentials.as_ref().and_then(|c| {
-            match (
-                &c.username_file,
-                &c.password_file,
-                &c.token_file,
-                &c.ssh_key_file,
-            ) {
-                (Some(u), Some(p), _, _) => Some(Credentials::Basic {
-                    username_file: u.clone(),
-                    password_file: p.clone(),
-                }),
-                (_, _, Some(t), _) => Some(Credentials::Token {
-                    token_file: t.clone(),
-                    username: None,
-                }),
-                (_, _, _, Some(k)) => c.known_hosts_file.as_ref().map(|h| Credentials::Ssh {
-                    private_key_file: k.clone(),
-                    known_hosts_file: h.clone(),
-                }),
-                _ => None,
-            }
+        let credentials = self.credentials.clone().map(|c| match c {
+            CredentialsConfig::Basic {
+                username_file,
+                password_file,
+            } => Credentials::Basic {
+                username_file,
+                password_file,
+            },
+            CredentialsConfig::Token { token_file } => Credentials::Token {
+                token_file,
+                username: None,
+            },
+            CredentialsConfig::Ssh {
+                ssh_key_file,
+                known_hosts_file,
+            } => Credentials::Ssh {
+                private_key_file: ssh_key_file,
+                known_hosts_file,
+            },
         });
         let mut spec = crate::mirror::SourceSpec::new(&self.name, &self.url, &self.branch);
         spec.poll_interval = self.poll_interval;
@@ -599,6 +668,58 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert_eq!(c.grace_period(&c.rules[0]), Duration::ZERO);
         assert_eq!(c.limits, Limits::default());
         assert!(c.limits.checksum_threads() >= 1);
+    }
+
+    #[test]
+    fn credentials_are_one_complete_kind() {
+        let with = |creds: &str| {
+            let text = EXAMPLE.replace(
+                "    pollInterval: 30s\n",
+                &format!("    pollInterval: 30s\n    credentials: {creds}\n"),
+            );
+            Config::parse(&text)
+        };
+        let spec = |creds: &str| with(creds).unwrap().sources[0].spec().credentials;
+        assert!(matches!(
+            spec("{ usernameFile: /g/u, passwordFile: /g/p }"),
+            Some(crate::mirror::Credentials::Basic { .. })
+        ));
+        assert!(matches!(
+            spec("{ tokenFile: /g/t }"),
+            Some(crate::mirror::Credentials::Token { username: None, .. })
+        ));
+        assert!(matches!(
+            spec("{ sshKeyFile: /g/k, knownHostsFile: /g/h }"),
+            Some(crate::mirror::Credentials::Ssh { .. })
+        ));
+        // Each of these used to pass validation and run with no credentials
+        // (or the wrong ones); now parsing names the field and what is missing.
+        for (creds, says) in [
+            ("{ sshKeyFile: /g/k }", "sshKeyFile needs knownHostsFile"),
+            (
+                "{ knownHostsFile: /g/h }",
+                "knownHostsFile needs sshKeyFile",
+            ),
+            ("{}", "no credentials given"),
+            ("{ usernameFile: /g/u }", "usernameFile needs passwordFile"),
+            ("{ passwordFile: /g/p }", "passwordFile needs usernameFile"),
+            (
+                "{ tokenFile: /g/t, sshKeyFile: /g/k }",
+                "more than one kind",
+            ),
+            (
+                "{ tokenFile: /g/t, passwordFile: /g/p }",
+                "more than one kind",
+            ),
+            (
+                "{ tokenFile: /g/t, password: x }",
+                "unknown field `password`",
+            ),
+        ] {
+            let e = with(creds).unwrap_err().to_string();
+            assert!(e.contains("sources[0].credentials"), "{creds}: {e}");
+            assert!(e.contains(says), "{creds}: {e}");
+        }
     }
 
     #[test]

@@ -657,16 +657,7 @@ fn deployment_is_hardened_and_rolls_without_gaps() {
         }
         for source in &config.sources {
             if let Some(c) = &source.credentials {
-                for f in [
-                    &c.username_file,
-                    &c.password_file,
-                    &c.token_file,
-                    &c.ssh_key_file,
-                    &c.known_hosts_file,
-                ]
-                .into_iter()
-                .flatten()
-                {
+                for f in c.files() {
                     assert!(f.starts_with(&git_mount.mount_path), "{}", f.display());
                 }
             }
