@@ -9,73 +9,65 @@ use crate::checksum::Checksum;
 use std::fmt;
 use std::time::Duration;
 
-/// Reason codes, rendered to their contract strings in one place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    OutOfScope,
-    Fresh,
-    UnchangedOverlay,
-    BreakGlass,
-    MissingRevision,
-    MalformedRevision,
-    MissingChecksum,
-    MalformedChecksum,
-    StaleRevision,
-    UnknownRevision,
-    RevisionNotOnBranch,
-    ChecksumMismatch,
-    OverlayError,
-    MirrorUnavailable,
-    DecisionTimeout,
+/// Declares [`Reason`] from one list: each code's contract string is its
+/// name, and its contract verdict sits beside it. The enum, [`Reason::ALL`]
+/// (the metrics' index), [`Reason::as_str`] and [`Reason::allows`] all come
+/// from the list, so a code added here is everywhere, and every `match` on
+/// `Reason` elsewhere must handle it to compile.
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])* $name:ident => $verdict:ident,)*) => {
+        /// Reason codes (contract section 3).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Reason {
+            /// Every code, in declaration order (`reason as usize` indexes it).
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// The contract string.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$name => stringify!($name),)*
+                }
+            }
+
+            /// Whether the contract's verdict for this reason is "allow"
+            /// (before a rule's mode or the failure policy soften a deny).
+            pub fn allows(self) -> bool {
+                match self {
+                    $(Reason::$name => reasons!(@allows $verdict),)*
+                }
+            }
+        }
+    };
+    (@allows allow) => { true };
+    (@allows deny) => { false };
 }
 
-impl Reason {
-    pub const ALL: [Reason; 15] = [
-        Reason::OutOfScope,
-        Reason::Fresh,
-        Reason::UnchangedOverlay,
-        Reason::BreakGlass,
-        Reason::MissingRevision,
-        Reason::MalformedRevision,
-        Reason::MissingChecksum,
-        Reason::MalformedChecksum,
-        Reason::StaleRevision,
-        Reason::UnknownRevision,
-        Reason::RevisionNotOnBranch,
-        Reason::ChecksumMismatch,
-        Reason::OverlayError,
-        Reason::MirrorUnavailable,
-        Reason::DecisionTimeout,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::OutOfScope => "OutOfScope",
-            Reason::Fresh => "Fresh",
-            Reason::UnchangedOverlay => "UnchangedOverlay",
-            Reason::BreakGlass => "BreakGlass",
-            Reason::MissingRevision => "MissingRevision",
-            Reason::MalformedRevision => "MalformedRevision",
-            Reason::MissingChecksum => "MissingChecksum",
-            Reason::MalformedChecksum => "MalformedChecksum",
-            Reason::StaleRevision => "StaleRevision",
-            Reason::UnknownRevision => "UnknownRevision",
-            Reason::RevisionNotOnBranch => "RevisionNotOnBranch",
-            Reason::ChecksumMismatch => "ChecksumMismatch",
-            Reason::OverlayError => "OverlayError",
-            Reason::MirrorUnavailable => "MirrorUnavailable",
-            Reason::DecisionTimeout => "DecisionTimeout",
-        }
-    }
-
-    /// Whether the contract's verdict for this reason is "allow" (before a
-    /// rule's mode or the failure policy soften a deny).
-    pub fn allows(self) -> bool {
-        matches!(
-            self,
-            Reason::OutOfScope | Reason::Fresh | Reason::UnchangedOverlay | Reason::BreakGlass
-        )
-    }
+reasons! {
+    /// No rule matches; DELETE/CONNECT; a subresource.
+    OutOfScope => allow,
+    /// The revision is the branch head and the checksum matches.
+    Fresh => allow,
+    /// `staleness: content`: an ancestor of head with head's checksum.
+    UnchangedOverlay => allow,
+    /// A break-glass user or group; logged as the denial it overrode.
+    BreakGlass => allow,
+    MissingRevision => deny,
+    MalformedRevision => deny,
+    MissingChecksum => deny,
+    MalformedChecksum => deny,
+    StaleRevision => deny,
+    UnknownRevision => deny,
+    RevisionNotOnBranch => deny,
+    ChecksumMismatch => deny,
+    OverlayError => deny,
+    /// Configurable: `failure.mirrorUnavailable`.
+    MirrorUnavailable => deny,
+    /// Configurable: `failure.decisionTimeoutAction`.
+    DecisionTimeout => deny,
 }
 
 impl fmt::Display for Reason {
@@ -1166,14 +1158,34 @@ mod tests {
     }
 
     #[test]
-    fn reason_strings_are_the_contract_codes() {
-        let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(names.len(), 15);
-        assert!(
-            names
-                .iter()
-                .all(|n| Reason::ALL.iter().any(|r| format!("{r:?}") == *n))
-        );
+    fn reason_codes_are_the_contract_table() {
+        // Contract section 3, code and verdict, verbatim.
+        let contract = [
+            ("OutOfScope", true),
+            ("Fresh", true),
+            ("UnchangedOverlay", true),
+            ("BreakGlass", true),
+            ("MissingRevision", false),
+            ("MalformedRevision", false),
+            ("MissingChecksum", false),
+            ("MalformedChecksum", false),
+            ("StaleRevision", false),
+            ("UnknownRevision", false),
+            ("RevisionNotOnBranch", false),
+            ("ChecksumMismatch", false),
+            ("OverlayError", false),
+            ("MirrorUnavailable", false),
+            ("DecisionTimeout", false),
+        ];
+        let ours: Vec<(&str, bool)> = Reason::ALL
+            .iter()
+            .map(|r| (r.as_str(), r.allows()))
+            .collect();
+        assert_eq!(ours, contract);
+        // The metrics index their counters by `reason as usize`.
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r}");
+        }
     }
 
     #[test]

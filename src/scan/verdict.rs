@@ -124,14 +124,24 @@ impl Verdict {
             ScanReason::UntrackedSource => return Severity::Ok,
             ScanReason::Policy(r) => r,
         };
+        // Every code by name: a new one must be placed here to compile.
         match reason {
             Reason::MirrorUnavailable | Reason::DecisionTimeout => Severity::Error,
             Reason::StaleRevision => match self.age_seconds {
                 Some(age) if u64::try_from(age).unwrap_or(0) <= max_age.as_secs() => Severity::Ok,
                 _ => Severity::Stale,
             },
-            r if r.allows() => Severity::Ok,
-            _ => Severity::Stale,
+            Reason::OutOfScope | Reason::Fresh | Reason::UnchangedOverlay | Reason::BreakGlass => {
+                Severity::Ok
+            }
+            Reason::MissingRevision
+            | Reason::MalformedRevision
+            | Reason::MissingChecksum
+            | Reason::MalformedChecksum
+            | Reason::UnknownRevision
+            | Reason::RevisionNotOnBranch
+            | Reason::ChecksumMismatch
+            | Reason::OverlayError => Severity::Stale,
         }
     }
 }
