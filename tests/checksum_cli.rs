@@ -980,6 +980,48 @@ transformers:
     cross_check(&r, "p", "HEAD");
 }
 
+/// A generator entry that is a directory: kustomize builds it and takes
+/// every resource of the result as a plugin config, including those of
+/// kustomizations further down. A builtin config found there reads its files
+/// relative to the kustomization that lists the generator.
+#[test]
+fn nested_generator_directories_are_followed() {
+    let r = Repo::new();
+    r.write("app/cm.yaml", configmap_yaml("plain", "1"));
+    r.write(
+        "app/kustomization.yaml",
+        "resources:\n- cm.yaml\ngenerators:\n- gens\n",
+    );
+    r.write("app/gens/kustomization.yaml", "resources:\n- nested\n");
+    r.write(
+        "app/gens/nested/kustomization.yaml",
+        "components:\n- ../part\n",
+    );
+    r.write(
+        "app/gens/part/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources:\n- gen.yaml\n",
+    );
+    r.write(
+        "app/gens/part/gen.yaml",
+        "apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata:\n  name: from-nested\nfiles:\n- data.txt\n",
+    );
+    r.write("app/data.txt", "v1\n");
+    let c0 = r.commit("nested generator");
+    let (sum0, names) = list(&r, "app", None);
+    assert!(
+        names.iter().any(|n| n == "file:app/data.txt"),
+        "the nested generator's file is missing: {names:?}"
+    );
+    cross_check(&r, "app", "HEAD");
+    let before = kustomize_dir(r.checkout(&c0).path(), "app").unwrap();
+    r.write("app/data.txt", "v2\n");
+    let c1 = r.commit("change the generated data");
+    let after = kustomize_dir(r.checkout(&c1).path(), "app").unwrap();
+    assert_ne!(before, after, "kustomize reads app/data.txt");
+    let (sum1, _) = list(&r, "app", None);
+    assert_ne!(sum0, sum1, "a change kustomize sees changes the checksum");
+}
+
 // ---------------------------------------------------------------------------
 // hostile trees
 // ---------------------------------------------------------------------------

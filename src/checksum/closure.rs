@@ -545,25 +545,48 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
-    /// A kustomization directory listed as a plugin: its resource files hold
-    /// the configs (configs it generates itself cannot be seen here).
+    /// A kustomization directory listed as a plugin: kustomize builds it
+    /// and takes every resource of the result as a plugin config, so the
+    /// configs are its resource files and those of every kustomization
+    /// under it (resources and components, recursively). Builtin configs
+    /// among them read their files relative to `base`, the kustomization
+    /// that lists the plugin. Configs it generates itself cannot be seen.
     fn plugin_directory(&mut self, base: &[u8], dir: &[u8]) -> Result<(), ChecksumError> {
-        let Some(blob) = self.kustomization_blobs.get(dir).copied() else {
-            return Ok(());
-        };
-        let parsed = self.objects.kustomization(blob)?;
-        let Ok(inputs) = parsed.as_ref() else {
-            return Ok(());
-        };
-        for r in &inputs.refs {
-            if r.kind == RefKind::FileOrKustomization
-                && let Ok(Resolved {
-                    path,
-                    target: Target::File(file_blob),
-                    ..
-                }) = self.lookup(dir, &r.path)
-            {
-                self.plugin_file(base, &path, file_blob)?;
+        let mut pending = vec![dir.to_vec()];
+        let mut seen = HashSet::new();
+        while let Some(dir) = pending.pop() {
+            if !seen.insert(dir.clone()) {
+                continue;
+            }
+            let Some(blob) = self.kustomization_blobs.get(&dir).copied() else {
+                continue;
+            };
+            let parsed = self.objects.kustomization(blob)?;
+            let Ok(inputs) = parsed.as_ref() else {
+                continue;
+            };
+            for r in &inputs.refs {
+                if !matches!(
+                    r.kind,
+                    RefKind::FileOrKustomization | RefKind::Kustomization
+                ) {
+                    continue;
+                }
+                match self.lookup(&dir, &r.path) {
+                    Ok(Resolved {
+                        path,
+                        target: Target::File(file_blob),
+                        ..
+                    }) if r.kind == RefKind::FileOrKustomization => {
+                        self.plugin_file(base, &path, file_blob)?;
+                    }
+                    Ok(Resolved {
+                        path,
+                        target: Target::Dir(_),
+                        ..
+                    }) => pending.push(path),
+                    _ => {}
+                }
             }
         }
         Ok(())
