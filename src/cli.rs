@@ -385,6 +385,10 @@ fn scan(args: &ScanArgs) -> Result<(), Failure> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
     let options = crate::scan::ScanOptions {
         kubeconfig: args.kubeconfig.clone(),
@@ -415,6 +419,13 @@ fn scan(args: &ScanArgs) -> Result<(), Failure> {
             ),
         }),
     }
+}
+
+/// Whether to colour a stream: only a terminal, and not when `NO_COLOR` is
+/// set to a non-empty value (<https://no-color.org>). Escape codes in a
+/// CronJob's log or a file are noise.
+fn colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn checksum_json(sum: &OverlayChecksum) -> serde_json::Value {
@@ -498,7 +509,17 @@ fn quote_byte(out: &mut Vec<u8>, b: u8) {
 
 #[cfg(test)]
 mod tests {
-    use super::quote_name;
+    use super::{colour, quote_name};
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new(""))));
+    }
 
     #[test]
     fn names_are_quoted_like_git() {

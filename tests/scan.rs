@@ -226,6 +226,16 @@ struct Outcome {
 /// Runs `stale-guard scan` with the fixture's config and `kubeconfig`,
 /// isolated from the user's kubeconfig and git configuration.
 async fn scan(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> Outcome {
+    scan_env(fx, kubeconfig, extra, &[]).await
+}
+
+/// [`scan`] with environment variables added (`NO_COLOR` is removed first).
+async fn scan_env(
+    fx: &Fixture,
+    kubeconfig: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Outcome {
     let mut cmd = tokio::process::Command::new(support::bin());
     cmd.arg("scan")
         .arg("--config")
@@ -237,6 +247,8 @@ async fn scan(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> Outcome {
         .env("HOME", fx.dir.path())
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
@@ -575,5 +587,25 @@ async fn bad_usage_exits_two_with_a_precise_message() {
         out.stdout.contains("CLUSTER east: unreachable"),
         "{}",
         out.stdout
+    );
+}
+
+/// stderr is a pipe here, as in a CronJob's log: no escape codes in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_no_colour_when_stderr_is_not_a_terminal() {
+    let fx = Fixture::new();
+    let west = FakeApiServer::start(fx.west()).await;
+    let kc = fx.write_kubeconfig(&[("west", &west.url)]);
+    let out = scan_env(&fx, &kc, &[], &[("RUST_LOG", "info")]).await;
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("cloning"),
+        "the clone is logged at info:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "escape codes on a pipe:\n{:?}",
+        out.stderr
     );
 }
