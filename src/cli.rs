@@ -70,8 +70,8 @@ pub struct ScanArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Tolerate revisions at most this far behind head by commit time (e.g. 10m, 1h).
-    #[arg(long, default_value = "0s", value_parser = crate::config::parse_duration)]
-    pub max_age: std::time::Duration,
+    #[arg(long, default_value = "0s", value_parser = crate::scan::MaxAge::parse)]
+    pub max_age: crate::scan::MaxAge,
     /// Output on stdout.
     #[arg(long, value_enum, default_value_t = crate::scan::output::Format::Table)]
     pub output: crate::scan::output::Format,
@@ -394,7 +394,7 @@ fn scan(args: &ScanArgs) -> Result<(), Failure> {
         kubeconfig: args.kubeconfig.clone(),
         contexts: args.context.clone(),
         all_contexts: args.all_contexts,
-        max_age: args.max_age,
+        max_age: args.max_age.clone(),
         mirror_dir: args.mirror_dir.clone(),
     };
     let report = runtime()?

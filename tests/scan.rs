@@ -553,6 +553,8 @@ async fn nothing_stale_exits_zero_and_max_age_tolerates_old_revisions() {
     let out = scan(&fx, &kc, &["--max-age", "3h", "--output", "json"]).await;
     assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
     let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["maxAge"], "3h");
+    assert_eq!(report["maxAgeSeconds"], 3 * 3600);
     let east_c = &report["clusters"][0];
     assert_eq!(item(east_c, "ConfigMap", "cm-stale")["severity"], "ok");
     assert_eq!(
@@ -607,5 +609,21 @@ async fn logs_carry_no_colour_when_stderr_is_not_a_terminal() {
         !out.stderr.contains('\u{1b}'),
         "escape codes on a pipe:\n{:?}",
         out.stderr
+    );
+}
+
+/// The summary repeats `--max-age` as it was written, not reformatted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_is_reported_as_given() {
+    let fx = Fixture::new();
+    let west = FakeApiServer::start(fx.west()).await;
+    let kc = fx.write_kubeconfig(&[("west", &west.url)]);
+    let out = scan(&fx, &kc, &["--max-age", "1200h"]).await;
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("0 stale beyond --max-age 1200h, 0 errors"),
+        "{}",
+        out.stdout
     );
 }
