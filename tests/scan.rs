@@ -627,3 +627,61 @@ async fn max_age_is_reported_as_given() {
         out.stdout
     );
 }
+
+/// A fetch that fails while the mirror's last sync is within
+/// `maxMirrorStaleness` (10m by default): the objects are judged against
+/// the mirror's head, the source line carries the failure, and the exit
+/// code is the verdicts' (0 or 1), not 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fetch_within_max_mirror_staleness_judges_from_the_mirror() {
+    let fx = Fixture::new();
+    let west = FakeApiServer::start(fx.west()).await;
+    let east = FakeApiServer::start(fx.east()).await;
+    let kc = fx.write_kubeconfig(&[("west", &west.url), ("east", &east.url)]);
+    let first = scan(&fx, &kc, &["--context", "west"]).await;
+    assert_eq!(first.code, 0, "stderr:\n{}", first.stderr);
+
+    // The remote (a local path) disappears; the mirror from the first scan
+    // stays.
+    let origin = fx._repo.path().to_path_buf();
+    let moved = origin.with_extension("moved");
+    std::fs::rename(&origin, &moved).unwrap();
+    let west_out = scan(&fx, &kc, &["--context", "west", "--output", "json"]).await;
+    let east_out = scan(&fx, &kc, &["--context", "east"]).await;
+    std::fs::rename(&moved, &origin).unwrap();
+
+    assert_eq!(west_out.code, 0, "stderr:\n{}", west_out.stderr);
+    let report: Value = serde_json::from_str(&west_out.stdout).unwrap();
+    let source = &report["sources"][0];
+    assert_eq!(source["head"], fx.vars["REV_C"].as_str(), "{report:#}");
+    assert!(
+        source["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("fetch failed")),
+        "{report:#}"
+    );
+    let west_c = &report["clusters"][0];
+    assert_eq!(
+        item(west_c, "Application", "web")["reason"],
+        "UnchangedOverlay"
+    );
+
+    assert_eq!(
+        east_out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        east_out.stdout, east_out.stderr
+    );
+    let short = &fx.vars["REV_C"][..7];
+    assert!(
+        east_out
+            .stdout
+            .contains(&format!("source gitops: main@{short} (fetch failed")),
+        "{}",
+        east_out.stdout
+    );
+    assert!(
+        !east_out.stdout.contains("MirrorUnavailable"),
+        "{}",
+        east_out.stdout
+    );
+}
