@@ -1,4 +1,4 @@
-//! Overlay checksum benchmark (issue 2), recorded in `docs/benchmarks.md`.
+//! Overlay checksum benchmark, recorded in `docs/benchmarks.md`.
 //!
 //! Generates, once per run, a GitOps repository with the git CLI in a
 //! temporary directory: `overlays/prod/east` -> `overlays/prod/common` ->

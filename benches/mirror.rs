@@ -1,4 +1,4 @@
-//! Git mirror benchmark (issue 3), recorded in `docs/mirror.md`.
+//! Git mirror benchmark, recorded in `docs/benchmarks.md`.
 //!
 //! 1. Revision facts (ancestry + behind count), uncached, on a 10,000-commit
 //!    linear history and on a 10,000-commit merge-heavy history (every

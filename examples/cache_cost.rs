@@ -1,14 +1,14 @@
 //! Live heap bytes per checksum-cache unit, the number behind the default
-//! `limits.caches` (docs/reliability.md, "Memory"). Computes the checksum
+//! `limits.caches` (docs/benchmarks.md, "Checksum cache cost", has the
+//! figures and the commands). Computes the checksum
 //! of OVERLAY at every commit of a repository's `main`, oldest first, with
 //! unbounded caches, and divides the growth of glibc's in-use heap
 //! (`mallinfo2`) by the growth of the caches' weight:
 //!
 //!   cargo run --release --example cache_cost -- REPO OVERLAY
 //!
-//! glibc only (mallinfo2). To make a repository with one new blob per
-//! commit inside the overlay, see the fast-import loop in
-//! docs/reliability.md.
+//! glibc only (mallinfo2). docs/benchmarks.md makes a repository with one
+//! new blob per commit inside the overlay.
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn main() -> Result<(), Box<dyn std::error::Error>> {

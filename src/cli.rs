@@ -70,8 +70,8 @@ pub struct ScanArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Tolerate revisions at most this far behind head by commit time (e.g. 10m, 1h).
-    #[arg(long, default_value = "0s", value_parser = crate::config::parse_duration)]
-    pub max_age: std::time::Duration,
+    #[arg(long, default_value = "0s", value_parser = crate::scan::MaxAge::parse)]
+    pub max_age: crate::scan::MaxAge,
     /// Output on stdout.
     #[arg(long, value_enum, default_value_t = crate::scan::output::Format::Table)]
     pub output: crate::scan::output::Format,
@@ -385,12 +385,16 @@ fn scan(args: &ScanArgs) -> Result<(), Failure> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
     let options = crate::scan::ScanOptions {
         kubeconfig: args.kubeconfig.clone(),
         contexts: args.context.clone(),
         all_contexts: args.all_contexts,
-        max_age: args.max_age,
+        max_age: args.max_age.clone(),
         mirror_dir: args.mirror_dir.clone(),
     };
     let report = runtime()?
@@ -415,6 +419,13 @@ fn scan(args: &ScanArgs) -> Result<(), Failure> {
             ),
         }),
     }
+}
+
+/// Whether to colour a stream: only a terminal, and not when `NO_COLOR` is
+/// set to a non-empty value (<https://no-color.org>). Escape codes in a
+/// CronJob's log or a file are noise.
+fn colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn checksum_json(sum: &OverlayChecksum) -> serde_json::Value {
@@ -498,7 +509,17 @@ fn quote_byte(out: &mut Vec<u8>, b: u8) {
 
 #[cfg(test)]
 mod tests {
-    use super::quote_name;
+    use super::{colour, quote_name};
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new(""))));
+    }
 
     #[test]
     fn names_are_quoted_like_git() {

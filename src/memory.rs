@@ -3,9 +3,9 @@
 //! glibc's malloc keeps the pages of freed chunks in its arenas (one per
 //! thread that allocated, up to eight per core) and returns them only from
 //! the top of an arena. A long-running server whose caches turn over slowly
-//! therefore holds more and more pages that no object uses: the soak in
-//! `docs/reliability.md` measured a live heap under 1.6 MB while resident
-//! anonymous memory crept by about 0.1 MiB a minute. `malloc_trim(0)` walks
+//! therefore holds more and more pages that no object uses: in the soaks
+//! resident anonymous memory creeps while the live heap stays small
+//! (docs/reliability.md, "Memory"). `malloc_trim(0)` walks
 //! every arena and releases whole free pages wherever they are, so the
 //! server calls it on a timer. Other C libraries (musl) have nothing to
 //! trim and the timer is not started.
@@ -35,9 +35,9 @@ pub fn trim() -> bool {
 /// Calls [`trim`] every `every` until `shutdown` completes. Does nothing
 /// when `every` is zero or the C library cannot trim.
 ///
-/// The call runs on the runtime's own thread: a few hundred microseconds
-/// on heaps of this size (median 264 µs, max 1.7 ms over 170 calls in a
-/// soak), and a blocking thread would bring a malloc arena of its own.
+/// The call runs on the runtime's own thread: it takes a few hundred
+/// microseconds on heaps of this size (docs/reliability.md, "Memory"), and
+/// a blocking thread would bring a malloc arena of its own.
 pub fn spawn_trimmer(every: Duration, shutdown: impl Future<Output = ()> + Send + 'static) {
     if every.is_zero() || !CAN_TRIM {
         return;

@@ -51,9 +51,37 @@ pub struct ScanOptions {
     pub all_contexts: bool,
     /// A stale revision at most this far behind head (by commit time) is
     /// tolerated.
-    pub max_age: Duration,
+    pub max_age: MaxAge,
     /// Overrides the configuration's `mirrorDir`.
     pub mirror_dir: Option<PathBuf>,
+}
+
+/// `--max-age`: the tolerance, and the text it was given as. The report
+/// repeats the text: formatted back from the duration, `1200h` would read
+/// `1month 19days 13h 30m`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaxAge {
+    pub duration: Duration,
+    pub text: String,
+}
+
+impl MaxAge {
+    /// `30m`, `1h30m`, `1200h`, `0`: what the configuration's durations take.
+    pub fn parse(text: &str) -> Result<MaxAge, String> {
+        Ok(MaxAge {
+            duration: crate::config::parse_duration(text)?,
+            text: text.trim().to_owned(),
+        })
+    }
+}
+
+impl Default for MaxAge {
+    fn default() -> Self {
+        MaxAge {
+            duration: Duration::ZERO,
+            text: "0s".to_owned(),
+        }
+    }
 }
 
 /// A problem that stops the scan before any cluster is read (exit 2).
@@ -67,6 +95,8 @@ pub struct ScanError(String);
 pub struct Report {
     /// Seconds since the epoch.
     pub generated_at: u64,
+    /// `--max-age` as given.
+    pub max_age: String,
     pub max_age_seconds: u64,
     pub sources: Vec<SourceReport>,
     pub clusters: Vec<ClusterReport>,
@@ -188,7 +218,7 @@ pub async fn run(config: Config, options: &ScanOptions) -> Result<Report, ScanEr
     let shared = Arc::new(Shared {
         config,
         sources,
-        max_age: options.max_age,
+        max_age: options.max_age.duration,
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (index, target) in targets.into_iter().enumerate() {
@@ -207,7 +237,8 @@ pub async fn run(config: Config, options: &ScanOptions) -> Result<Report, ScanEr
         generated_at: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        max_age_seconds: options.max_age.as_secs(),
+        max_age: options.max_age.text.clone(),
+        max_age_seconds: options.max_age.duration.as_secs(),
         sources: source_reports,
         clusters: clusters.into_iter().map(|(_, c)| c).collect(),
     })

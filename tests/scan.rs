@@ -226,6 +226,16 @@ struct Outcome {
 /// Runs `stale-guard scan` with the fixture's config and `kubeconfig`,
 /// isolated from the user's kubeconfig and git configuration.
 async fn scan(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> Outcome {
+    scan_env(fx, kubeconfig, extra, &[]).await
+}
+
+/// [`scan`] with environment variables added (`NO_COLOR` is removed first).
+async fn scan_env(
+    fx: &Fixture,
+    kubeconfig: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Outcome {
     let mut cmd = tokio::process::Command::new(support::bin());
     cmd.arg("scan")
         .arg("--config")
@@ -237,6 +247,8 @@ async fn scan(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> Outcome {
         .env("HOME", fx.dir.path())
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
@@ -541,6 +553,8 @@ async fn nothing_stale_exits_zero_and_max_age_tolerates_old_revisions() {
     let out = scan(&fx, &kc, &["--max-age", "3h", "--output", "json"]).await;
     assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
     let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["maxAge"], "3h");
+    assert_eq!(report["maxAgeSeconds"], 3 * 3600);
     let east_c = &report["clusters"][0];
     assert_eq!(item(east_c, "ConfigMap", "cm-stale")["severity"], "ok");
     assert_eq!(
@@ -575,5 +589,99 @@ async fn bad_usage_exits_two_with_a_precise_message() {
         out.stdout.contains("CLUSTER east: unreachable"),
         "{}",
         out.stdout
+    );
+}
+
+/// stderr is a pipe here, as in a CronJob's log: no escape codes in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_no_colour_when_stderr_is_not_a_terminal() {
+    let fx = Fixture::new();
+    let west = FakeApiServer::start(fx.west()).await;
+    let kc = fx.write_kubeconfig(&[("west", &west.url)]);
+    let out = scan_env(&fx, &kc, &[], &[("RUST_LOG", "info")]).await;
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("cloning"),
+        "the clone is logged at info:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "escape codes on a pipe:\n{:?}",
+        out.stderr
+    );
+}
+
+/// The summary repeats `--max-age` as it was written, not reformatted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_is_reported_as_given() {
+    let fx = Fixture::new();
+    let west = FakeApiServer::start(fx.west()).await;
+    let kc = fx.write_kubeconfig(&[("west", &west.url)]);
+    let out = scan(&fx, &kc, &["--max-age", "1200h"]).await;
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("0 stale beyond --max-age 1200h, 0 errors"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A fetch that fails while the mirror's last sync is within
+/// `maxMirrorStaleness` (10m by default): the objects are judged against
+/// the mirror's head, the source line carries the failure, and the exit
+/// code is the verdicts' (0 or 1), not 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fetch_within_max_mirror_staleness_judges_from_the_mirror() {
+    let fx = Fixture::new();
+    let west = FakeApiServer::start(fx.west()).await;
+    let east = FakeApiServer::start(fx.east()).await;
+    let kc = fx.write_kubeconfig(&[("west", &west.url), ("east", &east.url)]);
+    let first = scan(&fx, &kc, &["--context", "west"]).await;
+    assert_eq!(first.code, 0, "stderr:\n{}", first.stderr);
+
+    // The remote (a local path) disappears; the mirror from the first scan
+    // stays.
+    let origin = fx._repo.path().to_path_buf();
+    let moved = origin.with_extension("moved");
+    std::fs::rename(&origin, &moved).unwrap();
+    let west_out = scan(&fx, &kc, &["--context", "west", "--output", "json"]).await;
+    let east_out = scan(&fx, &kc, &["--context", "east"]).await;
+    std::fs::rename(&moved, &origin).unwrap();
+
+    assert_eq!(west_out.code, 0, "stderr:\n{}", west_out.stderr);
+    let report: Value = serde_json::from_str(&west_out.stdout).unwrap();
+    let source = &report["sources"][0];
+    assert_eq!(source["head"], fx.vars["REV_C"].as_str(), "{report:#}");
+    assert!(
+        source["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("fetch failed")),
+        "{report:#}"
+    );
+    let west_c = &report["clusters"][0];
+    assert_eq!(
+        item(west_c, "Application", "web")["reason"],
+        "UnchangedOverlay"
+    );
+
+    assert_eq!(
+        east_out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        east_out.stdout, east_out.stderr
+    );
+    let short = &fx.vars["REV_C"][..7];
+    assert!(
+        east_out
+            .stdout
+            .contains(&format!("source gitops: main@{short} (fetch failed")),
+        "{}",
+        east_out.stdout
+    );
+    assert!(
+        !east_out.stdout.contains("MirrorUnavailable"),
+        "{}",
+        east_out.stdout
     );
 }

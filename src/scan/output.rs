@@ -93,7 +93,7 @@ pub fn table(report: &Report) -> String {
         "\n{} clusters, {} objects: {stale} stale beyond --max-age {}, {errors} errors",
         report.clusters.len(),
         report.clusters.iter().map(|c| c.items.len()).sum::<usize>(),
-        humantime::format_duration(std::time::Duration::from_secs(report.max_age_seconds)),
+        report.max_age,
     );
     out
 }

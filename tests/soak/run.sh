@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Soak test of `stale-guard serve` (issue 6, item 3). Run by hand, not in
-# CI; record the results in docs/reliability.md.
+# Soak test of `stale-guard serve`. Run by hand, not in CI; record the
+# results in docs/reliability.md.
 #
 #   tests/soak/run.sh
 #
