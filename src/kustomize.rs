@@ -168,7 +168,7 @@ pub fn is_remote_dir(reference: &str) -> bool {
     let r = reference.strip_prefix("git::").unwrap_or(reference);
     if ["ssh://", "https://", "http://", "file://"]
         .iter()
-        .any(|scheme| r.starts_with(scheme))
+        .any(|scheme| has_scheme(r, scheme))
     {
         return true;
     }
@@ -194,7 +194,15 @@ pub fn is_remote_dir(reference: &str) -> bool {
 
 /// A file reference kustomize would fetch over HTTP.
 pub fn is_remote_file(reference: &str) -> bool {
-    reference.starts_with("http://") || reference.starts_with("https://")
+    has_scheme(reference, "http://") || has_scheme(reference, "https://")
+}
+
+/// URL schemes are case-insensitive (RFC 3986), and kustomize reads them
+/// so: `HTTPS://host/x.yaml` is fetched, not looked up as a local path.
+fn has_scheme(reference: &str, scheme: &str) -> bool {
+    reference
+        .get(..scheme.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
 }
 
 /// How a referenced path must resolve.
@@ -752,8 +760,17 @@ secretGenerator: [{name: s, files: [s.txt]}]
             "github.com/org/repo",
             "github.com:org/repo",
             "http://h/r",
+            "HTTPS://h/r",
+            "Ssh://git@h/r",
+            "git::HTTP://x/y",
         ] {
             assert!(is_remote_dir(remote), "{remote}");
+        }
+        for remote in ["https://h/x.yaml", "HTTPS://h/x.yaml", "Http://h/x.yaml"] {
+            assert!(is_remote_file(remote), "{remote}");
+        }
+        for local in ["https/x.yaml", "httpsx://h", "ht"] {
+            assert!(!is_remote_file(local), "{local}");
         }
         for local in [
             "../base",
