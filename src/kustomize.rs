@@ -566,16 +566,13 @@ pub fn kustomization_inputs(doc: &Node) -> Shape<Inputs> {
         }
     }
 
-    let globals = match root.field("helmGlobals") {
-        Some(g) => object(g, "helmGlobals")?,
-        None => &Node::Null,
-    };
+    let globals = helm_globals(root)?;
     for (i, item) in list(root, "helmCharts", "helmCharts")?.iter().enumerate() {
         let f = format!("helmCharts[{i}]");
-        inputs.helm_chart(object(item, &f)?, globals, &f)?;
+        inputs.helm_chart(object(item, &f)?, &globals, &f)?;
     }
-    inputs.helm_config_home(globals)?;
-    legacy_helm(root, globals, &mut inputs)?;
+    legacy_helm(root, &globals, &mut inputs)?;
+    inputs.helm_config_home(&globals)?;
 
     for name in ["generators", "transformers", "validators"] {
         for (f, entry) in string_list(root, name, name)? {
@@ -598,7 +595,44 @@ pub fn kustomization_inputs(doc: &Node) -> Shape<Inputs> {
     Ok(inputs)
 }
 
-/// The deprecated `helmChartInflationGenerator` field, read like `helmCharts`.
+/// The homes every chart of a kustomization uses, as kustomize's
+/// `FixKustomization` sets them: `helmGlobals` when the field is given
+/// (even empty), else the last non-empty `chartHome` and `helmHome` of
+/// the legacy `helmChartInflationGenerator` entries, which then apply to
+/// the `helmCharts` entries too.
+fn helm_globals(root: &Node) -> Shape<Node> {
+    if let Some(g) = root.field("helmGlobals")
+        && *g != Node::Null
+    {
+        return Ok(object(g, "helmGlobals")?.clone());
+    }
+    let name = "helmChartInflationGenerator";
+    let (mut chart_home, mut config_home) = (None, None);
+    for (i, item) in list(root, name, name)?.iter().enumerate() {
+        let f = format!("{name}[{i}]");
+        let item = object(item, &f)?;
+        for (key, slot) in [
+            ("chartHome", &mut chart_home),
+            ("helmHome", &mut config_home),
+        ] {
+            if let Some(v) = opt_string(item, key, &format!("{f}.{key}"))?
+                && !v.is_empty()
+            {
+                *slot = Some(v);
+            }
+        }
+    }
+    let mut homes = Vec::new();
+    for (key, value) in [("chartHome", chart_home), ("configHome", config_home)] {
+        if let Some(v) = value {
+            homes.push((key.to_owned(), Node::String(v)));
+        }
+    }
+    Ok(Node::Map(homes))
+}
+
+/// The deprecated `helmChartInflationGenerator` field: kustomize appends
+/// its entries to `helmCharts`, located by the same globals.
 fn legacy_helm(root: &Node, globals: &Node, inputs: &mut Inputs) -> Shape<()> {
     let name = "helmChartInflationGenerator";
     for (i, item) in list(root, name, name)?.iter().enumerate() {
@@ -616,21 +650,7 @@ fn legacy_helm(root: &Node, globals: &Node, inputs: &mut Inputs) -> Shape<()> {
                 chart.push((modern.to_owned(), Node::String(v)));
             }
         }
-        // kustomize appends legacy entries to `helmCharts`, so an explicit
-        // `helmGlobals` applies to them; their own homes take precedence.
-        let global = |key: &str| opt_string(globals, key, &format!("helmGlobals.{key}"));
-        let mut merged = Vec::new();
-        for (legacy, modern) in [("chartHome", "chartHome"), ("helmHome", "configHome")] {
-            let value = get(legacy)?.filter(|v| !v.is_empty()).or(global(modern)?);
-            if let Some(v) = value {
-                merged.push((modern.to_owned(), Node::String(v)));
-            }
-        }
-        let globals = Node::Map(merged);
-        inputs.helm_chart(&Node::Map(chart), &globals, &f)?;
-        if get("helmHome")?.is_some_and(|h| !h.is_empty()) {
-            inputs.helm_config_home(&globals)?;
-        }
+        inputs.helm_chart(&Node::Map(chart), globals, &f)?;
     }
     Ok(())
 }
@@ -805,11 +825,29 @@ helmCharts:
         assert_eq!(legacy.helm_charts[0].chart_dir(), "charts/x");
         assert_eq!(legacy.helm_charts[0].remote_ref(), "x");
         assert_eq!(paths(&legacy), ["vals.yaml"]);
+        // kustomize's FixKustomization: an explicit helmGlobals wins over
+        // the legacy homes, for every chart ...
         let legacy = inputs(
             "helmGlobals: {chartHome: ../home}\nhelmChartInflationGenerator: [{chartName: api}, {chartName: b, chartHome: own}]",
         );
         assert_eq!(legacy.helm_charts[0].chart_dir(), "../home/api");
-        assert_eq!(legacy.helm_charts[1].chart_dir(), "own/b");
+        assert_eq!(legacy.helm_charts[1].chart_dir(), "../home/b");
+        // ... and without it the last non-empty legacy home applies to
+        // every chart, the modern entries included.
+        let legacy = inputs(
+            "helmCharts: [{name: m}]\nhelmChartInflationGenerator: [{chartName: a, chartHome: one, helmHome: cfg}, {chartName: b, chartHome: two}, {chartName: c, chartHome: ''}]",
+        );
+        let dirs: Vec<String> = legacy
+            .helm_charts
+            .iter()
+            .map(HelmChart::chart_dir)
+            .collect();
+        assert_eq!(dirs, ["two/m", "two/a", "two/b", "two/c"]);
+        assert_eq!(legacy.helm_config_homes, ["cfg"]);
+        let empty_globals = inputs(
+            "helmGlobals: {}\nhelmChartInflationGenerator: [{chartName: a, chartHome: one}]",
+        );
+        assert_eq!(empty_globals.helm_charts[0].chart_dir(), "charts/a");
     }
 
     #[test]
