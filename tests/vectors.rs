@@ -78,6 +78,16 @@ const VECTORS: &[Vector] = &[
         ],
         checksum: "sha256:1b113e37b4cf61735c2c40fbfbb985ffc1a0930b2bfd75aa90e79383ea557b5f",
     },
+    Vector {
+        repo: "helm-repo-slash",
+        overlay: "deploy",
+        revision: "9046b5e83b602cac749475911cbb35de6f5dd1ca",
+        entries: &[
+            "file:deploy/kustomization.yaml",
+            "remote:https://charts.example.com/stable/redis@18.0.0",
+        ],
+        checksum: "sha256:1bb8ee6f175a8055638a483d70faa15d6908f6073224d4bfc31bbbf7f91e421b",
+    },
 ];
 
 fn build(name: &str) -> Repo {

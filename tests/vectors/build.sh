@@ -4,8 +4,8 @@
 #
 #   usage: tests/vectors/build.sh OUTDIR
 #
-# Creates OUTDIR/plain, OUTDIR/symlinked, OUTDIR/generators and OUTDIR/helm,
-# each a git repository with one commit. Checksums depend only on the tree,
+# Creates OUTDIR/plain, OUTDIR/symlinked, OUTDIR/generators, OUTDIR/helm and
+# OUTDIR/helm-repo-slash, each a git repository with one commit. Checksums depend only on the tree,
 # but author, committer and dates are fixed too, so the commits are stable.
 set -euo pipefail
 
@@ -210,3 +210,14 @@ spec:
   replicas: {{ .Values.replicaCount }}
 '
 commit "local helm chart and a chart pull"
+
+# --- 5. helm-repo-slash: a chart repo written with a trailing slash -------
+# The remote entry drops it: remote:https://charts.example.com/stable/redis@18.0.0
+new_repo helm-repo-slash
+put deploy/kustomization.yaml 'helmCharts:
+- name: redis
+  repo: https://charts.example.com/stable/
+  version: 18.0.0
+  releaseName: cache
+'
+commit "a chart repo with a trailing slash"
