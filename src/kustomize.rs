@@ -214,9 +214,6 @@ pub enum RefKind {
     Kustomization,
     /// A regular file.
     File,
-    /// A file that is read when it exists (kept for fields whose file
-    /// semantics are uncertain; a superset never hurts).
-    OptionalFile,
     /// A plugin config: inline YAML was split off already; this is a file of
     /// configs or a kustomization directory producing them.
     PluginConfig,
@@ -256,14 +253,13 @@ impl HelmChart {
         }
     }
 
-    /// The `remote:` name of a chart pull: `<repo>/<name>[@<version>]`
-    /// (without a repo, helm resolves the bare name: `<name>[@<version>]`).
+    /// The `remote:` name of a chart pull: `<repo>/<name>[@<version>]`.
+    /// Trailing slashes of the repo are dropped (helm pulls the same chart
+    /// either way), so `repo: https://h/charts/` names the entry
+    /// `remote:https://h/charts/<name>`. Only called with a repo: kustomize
+    /// pulls nothing without one.
     pub fn remote_ref(&self) -> String {
-        let mut r = if self.repo.is_empty() {
-            self.name.clone()
-        } else {
-            format!("{}/{}", self.repo.trim_end_matches('/'), self.name)
-        };
+        let mut r = format!("{}/{}", self.repo.trim_end_matches('/'), self.name);
         if !self.version.is_empty() {
             r.push('@');
             r.push_str(&self.version);
@@ -371,7 +367,7 @@ impl Inputs {
         let remote = match kind {
             RefKind::FileOrKustomization => is_remote_dir(&path) || is_remote_file(&path),
             RefKind::Kustomization | RefKind::PluginConfig => is_remote_dir(&path),
-            RefKind::File | RefKind::OptionalFile => is_remote_file(&path),
+            RefKind::File => is_remote_file(&path),
         };
         if remote {
             self.remotes.push(path);
@@ -414,16 +410,18 @@ impl Inputs {
         }
         let extra = format!("{field}.additionalValuesFiles");
         self.files(string_list(chart, "additionalValuesFiles", &extra)?);
-        if !name.is_empty() {
-            self.helm_charts.push(HelmChart {
-                field: field.to_owned(),
-                version: opt_string(chart, "version", &format!("{field}.version"))?
-                    .unwrap_or_default(),
-                repo: opt_string(chart, "repo", &format!("{field}.repo"))?.unwrap_or_default(),
-                name,
-                chart_home,
-            });
+        // kustomize's HelmChartInflationGenerator refuses a chart without
+        // a name before anything else.
+        if name.is_empty() {
+            return shape(format!("{field}.name: chart name cannot be empty"));
         }
+        self.helm_charts.push(HelmChart {
+            field: field.to_owned(),
+            version: opt_string(chart, "version", &format!("{field}.version"))?.unwrap_or_default(),
+            repo: opt_string(chart, "repo", &format!("{field}.repo"))?.unwrap_or_default(),
+            name,
+            chart_home,
+        });
         Ok(())
     }
 
@@ -466,7 +464,9 @@ impl Inputs {
                 if let Some(path) = opt_string(config, "targetFilePath", &f)?
                     && !path.is_empty()
                 {
-                    self.push(f, RefKind::OptionalFile, path);
+                    // kustomize loads it while configuring the plugin:
+                    // a missing file fails the build.
+                    self.push(f, RefKind::File, path);
                 }
             }
             _ => {}
@@ -823,7 +823,15 @@ helmCharts:
         assert_eq!(paths(&i), ["v.yaml", "v2.yaml"]);
         let legacy = inputs("helmChartInflationGenerator: [{chartName: x, values: vals.yaml}]");
         assert_eq!(legacy.helm_charts[0].chart_dir(), "charts/x");
-        assert_eq!(legacy.helm_charts[0].remote_ref(), "x");
+        let empty = first_document(b"helmCharts: [{name: '', repo: https://h}]").unwrap();
+        let err = kustomization_inputs(&empty).unwrap_err();
+        assert!(
+            err.0
+                .contains("helmCharts[0].name: chart name cannot be empty"),
+            "{err:?}"
+        );
+        let slash = inputs("helmCharts: [{name: r, repo: https://h/stable//, version: '1'}]");
+        assert_eq!(slash.helm_charts[0].remote_ref(), "https://h/stable/r@1");
         assert_eq!(paths(&legacy), ["vals.yaml"]);
         // kustomize's FixKustomization: an explicit helmGlobals wins over
         // the legacy homes, for every chart ...

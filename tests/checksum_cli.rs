@@ -980,6 +980,54 @@ transformers:
     cross_check(&r, "p", "HEAD");
 }
 
+/// What kustomize refuses to build is an OverlayError, not a checksum: a
+/// chart neither vendored nor pullable (no repo), a chart with an empty
+/// name, a ValueAddTransformer whose targetFilePath is missing.
+#[test]
+fn inputs_kustomize_refuses_are_overlay_errors() {
+    let r = Repo::new();
+    r.write("nochart/kustomization.yaml", "helmCharts:\n- name: ghost\n");
+    r.write(
+        "noname/kustomization.yaml",
+        "helmCharts:\n- name: ''\n  repo: https://charts.example.com\n",
+    );
+    r.write("va/cm.yaml", configmap_yaml("a", "1"));
+    r.write(
+        "va/kustomization.yaml",
+        "resources:\n- cm.yaml\ntransformers:\n- |-\n  apiVersion: builtin\n  kind: ValueAddTransformer\n  metadata:\n    name: v\n  value: hello\n  targetFilePath: nothere.yaml\n",
+    );
+    let c = r.commit("refused inputs");
+    assert_error(
+        &checksum_run(&r, "nochart", None, &[]),
+        &["no chart at nochart/charts/ghost", "no repo"],
+        &["helmCharts[0]"],
+    );
+    assert_error(
+        &checksum_run(&r, "noname", None, &[]),
+        &["chart name cannot be empty"],
+        &["noname/kustomization.yaml"],
+    );
+    assert_error(
+        &checksum_run(&r, "va", None, &[]),
+        &["nothere.yaml"],
+        &["targetFilePath"],
+    );
+    // kustomize (no helm needed for this one) refuses it too.
+    let err = kustomize_dir(r.checkout(&c).path(), "va").unwrap_err();
+    assert!(err.contains("nothere.yaml"), "{err}");
+    // The file present: a checksum that covers it.
+    r.write(
+        "va/nothere.yaml",
+        "- selector: {kind: ConfigMap}\n  fieldPath: metadata/annotations/x\n",
+    );
+    r.commit("target file added");
+    let (_, names) = list(&r, "va", None);
+    assert!(
+        names.iter().any(|n| n == "file:va/nothere.yaml"),
+        "{names:?}"
+    );
+}
+
 /// A generator entry that is a directory: kustomize builds it and takes
 /// every resource of the result as a plugin config, including those of
 /// kustomizations further down. A builtin config found there reads its files

@@ -72,6 +72,8 @@ pub enum OverlayErrorKind {
     MultipleKustomizations { dir: String, names: String },
     #[error("invalid kustomization {file}: {reason}")]
     InvalidKustomization { file: String, reason: String },
+    #[error("{field}: no chart at {dir} and no repo to pull it from (kustomize refuses to build)")]
+    ChartNotFound { field: String, dir: String },
     #[error("invalid plugin config {file}: {reason}")]
     InvalidPluginConfig { file: String, reason: String },
     #[error("cycle detected: {dir} equals or contains {on_chain}, which is already being built")]
@@ -345,14 +347,6 @@ impl Walk<'_, '_> {
                     let resolved = self.resolve(base, &r.field, &r.path)?;
                     self.file(&resolved)?;
                 }
-                RefKind::OptionalFile => {
-                    if let Ok(resolved) = self.lookup(base, &r.path)
-                        && let Target::File(blob) = resolved.target
-                    {
-                        self.record_crossed(&resolved.crossed);
-                        self.insert(EntryKind::File, resolved.path, Content::Blob(blob));
-                    }
-                }
                 RefKind::FileOrKustomization | RefKind::Kustomization | RefKind::PluginConfig => {
                     let resolved = self.resolve(base, &r.field, &r.path)?;
                     match resolved.target {
@@ -379,6 +373,15 @@ impl Walk<'_, '_> {
                 Ok(resolved) => {
                     self.record_crossed(&resolved.crossed);
                     self.whole_directory(&resolved)?;
+                }
+                // Not vendored and nowhere to pull it from: kustomize fails.
+                Err(ResolveError::NotFound { .. }) if chart.repo.is_empty() => {
+                    return Err(self.error(OverlayErrorKind::ChartNotFound {
+                        field: chart.field.clone(),
+                        dir: show(
+                            &tree::join_clean(base, chart_dir.as_bytes()).unwrap_or_default(),
+                        ),
+                    }));
                 }
                 // Not vendored: kustomize pulls it.
                 Err(ResolveError::NotFound { .. }) => {
