@@ -514,12 +514,40 @@ fn file_source_path(source: &str, field: &str) -> Shape<String> {
 }
 
 /// Reads the inputs of a parsed kustomization document.
+/// kustomize's words for a kustomization with nothing to build.
+const EMPTY: &str = "kustomization is empty: kustomize refuses to build it";
+
+/// kustomize's `CheckEmpty`: after `FixKustomization`, every field but
+/// `apiVersion`, `kind` and `metadata` holds its zero value. A null or an
+/// empty string is zero; an empty list or mapping is not (Go decodes it to a
+/// non-nil value), except for the deprecated lists that `FixKustomization`
+/// appends to another field and then drops (`append(nil, empty...)` is nil).
+fn is_empty_kustomization(root: &Node) -> bool {
+    let Node::Map(fields) = root else {
+        return false;
+    };
+    fields
+        .iter()
+        .all(|(key, value)| match (key.as_str(), value) {
+            ("apiVersion" | "kind" | "metadata", _) => true,
+            (_, Node::Null) => true,
+            (_, Node::String(s)) => s.is_empty(),
+            ("bases" | "imageTags" | "helmChartInflationGenerator", Node::Seq(items)) => {
+                items.is_empty()
+            }
+            _ => false,
+        })
+}
+
 pub fn kustomization_inputs(doc: &Node) -> Shape<Inputs> {
     let root = match doc {
-        Node::Null => return Ok(Inputs::default()),
         Node::Map(_) => doc,
+        Node::Null => return shape(EMPTY.to_owned()),
         other => return shape(format!("expected a mapping, found {}", kind_of(other))),
     };
+    if is_empty_kustomization(root) {
+        return shape(EMPTY.to_owned());
+    }
     let mut inputs = Inputs::default();
 
     // `bases` is appended after `resources`, as kustomize does.
@@ -753,9 +781,30 @@ secretGenerator: [{name: s, files: [s.txt]}]
     }
 
     #[test]
-    fn empty_kustomization_reads_nothing() {
-        assert_eq!(inputs(""), Inputs::default());
-        assert_eq!(inputs("# only a comment\n"), Inputs::default());
+    fn empty_kustomizations_are_refused_as_kustomize_does() {
+        for text in [
+            "",
+            "# only a comment\n",
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n",
+            "kind: Component\nmetadata: {name: x}\n",
+            "resources:\nnamePrefix: ''\n",
+            "bases: []\nimageTags: []\n",
+        ] {
+            let doc = first_document(text.as_bytes()).unwrap();
+            let err = kustomization_inputs(&doc).unwrap_err();
+            assert!(
+                err.0.contains("kustomization is empty"),
+                "{text:?}: {err:?}"
+            );
+        }
+        for text in [
+            "resources: []\n",
+            "namePrefix: a-\n",
+            "generatorOptions: {}\n",
+        ] {
+            let doc = first_document(text.as_bytes()).unwrap();
+            assert!(kustomization_inputs(&doc).is_ok(), "{text:?}");
+        }
     }
 
     #[test]

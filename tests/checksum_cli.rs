@@ -1028,6 +1028,29 @@ fn inputs_kustomize_refuses_are_overlay_errors() {
     );
 }
 
+/// kustomize refuses an empty kustomization ("kustomization.yaml is
+/// empty"), as the overlay or as a base: so does the checksum.
+#[test]
+fn empty_kustomizations_are_overlay_errors() {
+    let r = Repo::new();
+    r.write("zero/kustomization.yaml", "");
+    r.write(
+        "typeonly/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n",
+    );
+    r.write("app/kustomization.yaml", "resources:\n- ../zero\n");
+    let c = r.commit("empty kustomizations");
+    for overlay in ["zero", "typeonly", "app"] {
+        assert_error(
+            &checksum_run(&r, overlay, None, &[]),
+            &["kustomization is empty"],
+            &[],
+        );
+        let err = kustomize_dir(r.checkout(&c).path(), overlay).unwrap_err();
+        assert!(err.contains("is empty"), "{overlay}: {err}");
+    }
+}
+
 /// A generator entry that is a directory: kustomize builds it and takes
 /// every resource of the result as a plugin config, including those of
 /// kustomizations further down. A builtin config found there reads its files
