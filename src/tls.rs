@@ -490,9 +490,11 @@ pub struct ServeOptions {
     /// legitimate). Checked per connection, a few times per period, not
     /// with a timer per request. Default 10 s.
     pub header_read_timeout: Duration,
-    /// HTTP/1.1 and HTTP/2: a connection with requests in flight and none
-    /// finished for this long is closed (a client trickling a request
-    /// body). Default 60 s, above any review's deadline.
+    /// HTTP/1.1 and HTTP/2: a connection with a request (an HTTP/2 stream)
+    /// in flight for this long is closed (a client trickling a request
+    /// body). Each request is timed from its own start, so other requests
+    /// finishing on the connection do not keep a stalled one alive.
+    /// Default 60 s, above any review's deadline.
     pub stall_timeout: Duration,
     /// Most connections served at once (0 is treated as 1). When reached,
     /// the server stops accepting: further clients wait in the kernel's
@@ -719,7 +721,7 @@ async fn serve_connection(
     // Without ALPN the protocol is sniffed; such a client is held to the
     // HTTP/1.1 idle limit either way.
     let idle_limit = (alpn_h2 != Some(true)).then_some(limits.header_read_timeout);
-    let activity = activity::Activity::new();
+    let activity = activity::Activity::new(limits.stall_timeout);
     let service = activity::Tracked::new(TowerToHyperService::new(app), Arc::clone(&activity));
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let mut connection = pin!(watcher.watch(connection));
@@ -736,7 +738,7 @@ async fn serve_connection(
                 return;
             }
             _ = ticks.tick() => {
-                if let Some(why) = activity.expired(idle_limit, limits.stall_timeout) {
+                if let Some(why) = activity.expired(idle_limit) {
                     // Dropping the connection closes the socket.
                     tracing::debug!(%peer, reason = why.as_str(), "closing connection");
                     return;

@@ -1067,3 +1067,97 @@ async fn request_body_trickled_is_cut_off_after_stall_timeout() -> TestResult {
     server.shutdown().await?;
     Ok(())
 }
+
+/// An HTTP/2 client connection (the `h2` crate, ALPN h2) trusting `ca`,
+/// driven by its own task: the task ends when the server closes the
+/// connection.
+async fn raw_h2(
+    server: &TestServer,
+    ca: &Ca,
+) -> Result<
+    (
+        h2::client::SendRequest<axum::body::Bytes>,
+        JoinHandle<Result<(), h2::Error>>,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(server.addr).await?;
+    let tls = connector
+        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (send, connection) = h2::client::handshake(tls).await?;
+    Ok((send, tokio::spawn(connection)))
+}
+
+fn h2_request(method: &str, path: &str) -> axum::http::Request<()> {
+    axum::http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// A stalled upload on one HTTP/2 stream closes the connection after
+/// `stall_timeout` even while other streams on the same connection keep
+/// finishing (a `/ping` every 100 ms): progress is counted per stream.
+#[tokio::test]
+async fn http2_stalled_stream_is_cut_off_while_other_streams_finish() -> TestResult {
+    let options = ServeOptions {
+        stall_timeout: Duration::from_millis(600),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    let (send, connection) = raw_h2(&server, &ca).await?;
+    let mut send = send.ready().await?;
+    let mut upload = h2_request("POST", "/echo");
+    upload.headers_mut().insert(
+        "content-length",
+        axum::http::HeaderValue::from_static("1000"),
+    );
+    let (_stalled_response, mut body) = send.send_request(upload, false)?;
+    body.send_data(axum::body::Bytes::from_static(&[b'x'; 10]), false)?;
+    let started = Instant::now();
+
+    let mut pings = 0;
+    let closed_after = loop {
+        if connection.is_finished() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stalled stream kept its connection open for 5 s ({pings} pings answered)"
+        );
+        let ping = async {
+            let mut ready = send.clone().ready().await?;
+            let (response, _) = ready.send_request(h2_request("GET", "/ping"), true)?;
+            response.await
+        };
+        // An error: the connection is going away.
+        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), ping).await {
+            assert_eq!(response.status(), 200);
+            pings += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(pings >= 3, "only {pings} pings answered");
+    assert!(
+        closed_after >= Duration::from_millis(550) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    server.shutdown().await?;
+    Ok(())
+}
