@@ -204,6 +204,13 @@ pub struct Limits {
     /// `malloc_trim`; see `memory`); `0s` turns it off.
     #[serde(default = "default_memory_trim_interval", with = "duration")]
     pub memory_trim_interval: Duration,
+    /// Request body bytes being received at once, all connections together
+    /// (bytes, or `Ki`/`Mi`/`Gi`): a body beyond it is refused with 503.
+    #[serde(default = "default_request_body_budget", with = "byte_size")]
+    pub request_body_budget: usize,
+    /// The part of `requestBodyBudget` one client address may hold.
+    #[serde(default = "default_request_body_budget_per_peer", with = "byte_size")]
+    pub request_body_budget_per_peer: usize,
 }
 
 fn default_checksum_queue() -> usize {
@@ -214,6 +221,14 @@ fn default_memory_trim_interval() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_request_body_budget() -> usize {
+    32 << 20
+}
+
+fn default_request_body_budget_per_peer() -> usize {
+    16 << 20
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -221,6 +236,8 @@ impl Default for Limits {
             checksum_queue: default_checksum_queue(),
             caches: CacheLimits::default(),
             memory_trim_interval: default_memory_trim_interval(),
+            request_body_budget: default_request_body_budget(),
+            request_body_budget_per_peer: default_request_body_budget_per_peer(),
         }
     }
 }
@@ -362,6 +379,24 @@ impl Config {
             if value < 100 {
                 return Err(invalid(field, "must be at least 100"));
             }
+        }
+        let max_body = crate::server::MAX_BODY_BYTES;
+        let limits = &self.limits;
+        if limits.request_body_budget < max_body {
+            return Err(invalid(
+                "limits.requestBodyBudget",
+                format!("must be at least {max_body} bytes (8Mi), the largest review accepted"),
+            ));
+        }
+        if limits.request_body_budget_per_peer < max_body
+            || limits.request_body_budget_per_peer > limits.request_body_budget
+        {
+            return Err(invalid(
+                "limits.requestBodyBudgetPerPeer",
+                format!(
+                    "must be at least {max_body} bytes (8Mi) and at most limits.requestBodyBudget"
+                ),
+            ));
         }
         if self.rules.is_empty() {
             return Err(invalid("rules", "at least one rule is required"));
@@ -541,6 +576,44 @@ mod duration {
     }
 }
 
+/// Byte sizes: an integer, or one with a binary suffix (`512Ki`, `32Mi`,
+/// `1Gi`), as Kubernetes writes quantities.
+mod byte_size {
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(Visitor)
+    }
+
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a size in bytes like 33554432 or 32Mi")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<usize, E> {
+            parse(v).map_err(E::custom)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("{v} bytes is too large")))
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<usize, String> {
+        let text = text.trim();
+        let (digits, shift) = [("Ki", 10), ("Mi", 20), ("Gi", 30)]
+            .into_iter()
+            .find_map(|(suffix, shift)| Some((text.strip_suffix(suffix)?, shift)))
+            .unwrap_or((text, 0));
+        digits
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_mul(1usize.checked_shl(shift)?))
+            .ok_or_else(|| format!("{text:?} is not a size like 33554432, 512Ki or 32Mi"))
+    }
+}
+
 mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -636,6 +709,29 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert_eq!(c.limits.memory_trim_interval, Duration::ZERO);
         let e = with("{ memoryTrimInterval: often }").unwrap_err();
         assert!(e.to_string().contains("memoryTrimInterval"), "{e}");
+
+        let defaults = Limits::default();
+        assert_eq!(defaults.request_body_budget, 32 << 20);
+        assert_eq!(defaults.request_body_budget_per_peer, 16 << 20);
+        let c = with("{ requestBodyBudget: 64Mi, requestBodyBudgetPerPeer: 10485760 }").unwrap();
+        assert_eq!(c.limits.request_body_budget, 64 << 20);
+        assert_eq!(c.limits.request_body_budget_per_peer, 10 << 20);
+        for (limits, field) in [
+            ("{ requestBodyBudget: 1Mi }", "limits.requestBodyBudget"),
+            ("{ requestBodyBudget: lots }", "requestBodyBudget"),
+            ("{ requestBodyBudget: -5 }", "requestBodyBudget"),
+            (
+                "{ requestBodyBudgetPerPeer: 4Mi }",
+                "limits.requestBodyBudgetPerPeer",
+            ),
+            (
+                "{ requestBodyBudgetPerPeer: 33Mi }",
+                "limits.requestBodyBudgetPerPeer",
+            ),
+        ] {
+            let e = with(limits).unwrap_err();
+            assert!(e.field.contains(field), "{limits}: {e}");
+        }
     }
 
     fn error_for(from: &str, to: &str) -> ConfigError {
@@ -703,6 +799,22 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         }
         assert_eq!(duration::parse("500ms"), Ok(Duration::from_millis(500)));
         assert!(duration::parse("ten").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("512Ki", 512 << 10),
+            ("32Mi", 32 << 20),
+        ] {
+            assert_eq!(byte_size::parse(text), Ok(bytes), "{text}");
+        }
+        assert_eq!(byte_size::parse("1Gi"), Ok(1 << 30));
+        for bad in ["", "Mi", "32M", "1.5Mi", "-1", "99999999999999999999Gi"] {
+            assert!(byte_size::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

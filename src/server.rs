@@ -125,6 +125,10 @@ async fn validate(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
+            if let Some(refused) = budget_refusal(&rejection) {
+                st.metrics.body_budget_refusals.inc();
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, refused.to_string());
+            }
             st.metrics.bad_requests.inc();
             let status = rejection.status();
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -153,6 +157,19 @@ async fn validate(
         admission::response_json(&req, &decision),
     )
         .into_response()
+}
+
+/// The transport's refusal of a body beyond the request body budget, if
+/// that is why the body could not be read.
+fn budget_refusal(rejection: &BytesRejection) -> Option<&crate::tls::BodyBudgetExceeded> {
+    let mut source = std::error::Error::source(rejection);
+    while let Some(error) = source {
+        if let Some(refused) = error.downcast_ref::<crate::tls::BodyBudgetExceeded>() {
+            return Some(refused);
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// The part of a rule the decision reads.
@@ -548,8 +565,16 @@ pub struct Running {
 /// Fails on local problems only (unusable mirror directory, unreadable
 /// certificate, address in use); an unreachable remote is a readiness
 /// matter, not a start-up failure.
+///
+/// The limits configured under `limits:` replace the corresponding fields
+/// of `options` (the request body budget and its share per address).
 pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow::Result<Running> {
     use anyhow::Context as _;
+    let options = crate::tls::ServeOptions {
+        body_budget: config.limits.request_body_budget,
+        body_budget_per_peer: config.limits.request_body_budget_per_peer,
+        ..options
+    };
     // One process-wide provider; components also pass ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);

@@ -37,6 +37,9 @@
 //! to every builder; nothing depends on a process-wide default provider.
 
 mod activity;
+mod limits;
+
+pub use limits::BodyBudgetExceeded;
 
 use std::fmt;
 use std::future::Future;
@@ -67,6 +70,17 @@ use tokio_rustls::TlsAcceptor;
 
 /// ALPN protocols offered by the server, in preference order.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// HTTP/2 streams open at once per connection. The API server opens more
+/// connections when it needs more streams.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 64;
+/// HTTP/2 flow-control window of each stream: data a client may send ahead
+/// of what the handler has read (hyper's default is 1 MiB).
+pub const H2_STREAM_WINDOW: u32 = 256 << 10;
+/// HTTP/2 flow-control window of a connection, all streams together.
+pub const H2_CONNECTION_WINDOW: u32 = 512 << 10;
+/// Largest HTTP/2 header list accepted (hyper's default, made explicit).
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
 
 /// The files a [`ReloadingTls`] reads. Paths may be symlinks (they are
 /// followed on every read).
@@ -496,6 +510,14 @@ pub struct ServeOptions {
     /// finishing on the connection do not keep a stalled one alive.
     /// Default 60 s, above any review's deadline.
     pub stall_timeout: Duration,
+    /// Request body bytes being received at once, all connections
+    /// together. Every body frame is charged before the handler sees it and
+    /// released when its request ends; a frame beyond the budget fails the
+    /// body with [`BodyBudgetExceeded`] at once. Default 32 MiB.
+    pub body_budget: usize,
+    /// The part of [`body_budget`](Self::body_budget) one peer address may
+    /// hold, so that one client cannot take all of it. Default 16 MiB.
+    pub body_budget_per_peer: usize,
     /// Most connections served at once (0 is treated as 1). When reached,
     /// the server stops accepting: further clients wait in the kernel's
     /// listen backlog until a connection closes. Default 1024.
@@ -519,6 +541,8 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(60),
+            body_budget: 32 << 20,
+            body_budget_per_peer: 16 << 20,
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(20),
             drain_delay: Duration::ZERO,
@@ -559,6 +583,11 @@ pub async fn serve(
     // Tells connections still in their TLS handshake to give up.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let shared = limits::Shared::new(
+        options.body_budget,
+        options.body_budget_per_peer,
+        usize::MAX,
+    );
     let limits = ConnectionLimits {
         handshake_timeout: options.handshake_timeout,
         header_read_timeout: options.header_read_timeout,
@@ -598,9 +627,14 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = shared.admit(peer.ip().to_canonical()) else {
+            tracing::debug!(%peer, "too many connections from this address; closing");
+            continue;
+        };
         connections.spawn(serve_connection(
             tcp,
             peer,
+            slot,
             tls.current(),
             app.clone(),
             limits,
@@ -662,6 +696,7 @@ struct ConnectionLimits {
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
+    slot: limits::PeerSlot,
     config: Arc<ServerConfig>,
     app: Router,
     limits: ConnectionLimits,
@@ -707,12 +742,19 @@ async fn serve_connection(
     builder.http1().header_read_timeout(None);
     // HTTP/2 connections may idle for long (the API server keeps them);
     // pings find peers that vanished without closing, so they do not hold
-    // a connection slot forever.
+    // a connection slot forever. Streams and flow-control windows are
+    // sized so that what one connection can make the server hold outside
+    // the body budget (data received but not yet read by a handler) stays
+    // small: at most the connection window.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE);
     let builder = match alpn_h2 {
         Some(true) => builder.http2_only(),
         Some(false) => builder.http1_only(),
@@ -722,7 +764,11 @@ async fn serve_connection(
     // HTTP/1.1 idle limit either way.
     let idle_limit = (alpn_h2 != Some(true)).then_some(limits.header_read_timeout);
     let activity = activity::Activity::new(limits.stall_timeout);
-    let service = activity::Tracked::new(TowerToHyperService::new(app), Arc::clone(&activity));
+    let service = activity::Tracked::new(
+        TowerToHyperService::new(app),
+        Arc::clone(&activity),
+        Arc::new(slot),
+    );
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let mut connection = pin!(watcher.watch(connection));
     let period = activity::Activity::check_period(idle_limit, limits.stall_timeout);

@@ -258,6 +258,7 @@ fn quick_options() -> ServeOptions {
         max_connections: 64,
         shutdown_grace: Duration::from_secs(10),
         drain_delay: Duration::ZERO,
+        ..ServeOptions::default()
     }
 }
 

@@ -32,6 +32,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::Request;
+
+use super::limits::{Charge, Charged, PeerSlot};
+
 /// Counters in the ring of start epochs.
 const RING: usize = 8;
 /// Epochs (the current one and this many before it) whose requests are not
@@ -160,42 +164,54 @@ impl Drop for Finish {
     }
 }
 
-/// A hyper service that records its requests in an [`Activity`].
+/// A hyper service that records its requests in an [`Activity`] and
+/// charges their body bytes to the connection's peer (see `limits`).
 #[derive(Debug, Clone)]
 pub(crate) struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    peer: Arc<PeerSlot>,
 }
 
 impl<S> Tracked<S> {
-    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
+    pub(crate) fn new(inner: S, activity: Arc<Activity>, peer: Arc<PeerSlot>) -> Self {
+        Tracked {
+            inner,
+            activity,
+            peer,
+        }
     }
 }
 
-impl<S, R> hyper::service::Service<R> for Tracked<S>
+impl<S, B> hyper::service::Service<Request<B>> for Tracked<S>
 where
-    S: hyper::service::Service<R>,
+    S: hyper::service::Service<Request<Charged<B>>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, req: R) -> Self::Future {
+    fn call(&self, req: Request<B>) -> Self::Future {
         let finish = self.activity.start();
+        let charge = self.peer.charge();
+        let req = req.map(|body| Charged::new(body, Arc::clone(&charge)));
         TrackedFuture {
             inner: self.inner.call(req),
             _finish: finish,
+            _charge: charge,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The service's future, holding the request's [`Finish`] guard.
+    /// The service's future, holding the request's [`Finish`] guard and
+    /// its body bytes' [`Charge`]: both end with the request, however it
+    /// ends.
     pub(crate) struct TrackedFuture<F> {
         #[pin]
         inner: F,
         _finish: Finish,
+        _charge: Arc<Charge>,
     }
 }
 

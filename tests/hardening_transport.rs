@@ -1,0 +1,280 @@
+//! Transport hardening, tried as a client on the pod network would:
+//! request bodies held unfinished on many HTTP/2 streams and HTTP/1.1
+//! connections (the request body budget), and probes while the review
+//! listener is saturated. The server runs as a process (`stale-guard
+//! serve`), so its resident memory (/proc/PID/status) is its own; valid
+//! reviews come from another loopback address than the attacks.
+#![cfg(target_os = "linux")]
+
+mod support;
+mod webhook_support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
+use webhook_support::*;
+
+/// Content-Length of each attacking request: just under the 8 MiB limit.
+const ATTACK_BODY: usize = (8 << 20) - 1;
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// The webhook as a process, with the world it reviews against.
+struct Target {
+    w: World,
+    sg: SgProcess,
+    ca: String,
+}
+
+impl Target {
+    fn start(limits: &str) -> Target {
+        let w = World::build();
+        let dir = w.scratch.path().join("proc");
+        let pki = Pki::write(&dir.join("tls"));
+        let mut config = w.config();
+        config.limits(limits);
+        let sg = SgProcess::spawn(&write_config(&dir, &config, &pki));
+        Target {
+            w,
+            sg,
+            ca: pki.ca.pem(),
+        }
+    }
+
+    /// A client from `from`.
+    fn client(&self, proto: Proto, from: IpAddr) -> reqwest::Client {
+        client_builder(&self.ca, proto)
+            .local_address(from)
+            .build()
+            .unwrap()
+    }
+
+    /// A fresh, stamped review of the head: allowed as `Fresh`.
+    fn valid(&self, tag: &str) -> Review {
+        Review::ingress(tag, "prod-apps").stamped(&self.w.head, &self.w.head_sum)
+    }
+}
+
+/// Requests on one HTTP/2 connection, each sending all but one byte of an
+/// `ATTACK_BODY` body and never ending it.
+struct H2Attack {
+    /// Kept so the streams stay open.
+    _bodies: Vec<h2::SendStream<Bytes>>,
+    responses: Vec<JoinHandle<Option<u16>>>,
+    connection: JoinHandle<Result<(), h2::Error>>,
+}
+
+impl H2Attack {
+    async fn start(t: &Target, from: IpAddr, streams: usize) -> H2Attack {
+        let tls = tls_connect(&t.sg.addr, from, &t.ca, b"h2").await.unwrap();
+        let (send, connection) = h2::client::handshake(tls).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let payload = Bytes::from(vec![b'x'; ATTACK_BODY - 1]);
+        let mut bodies = Vec::new();
+        let mut responses = Vec::new();
+        for _ in 0..streams {
+            let mut ready = send.clone().ready().await.unwrap();
+            let request = axum::http::Request::post("https://localhost/validate")
+                .header("content-type", "application/json")
+                .header("content-length", ATTACK_BODY.to_string())
+                .body(())
+                .unwrap();
+            let (response, mut body) = ready.send_request(request, false).unwrap();
+            // Queued in the client; sent as the server's windows allow.
+            body.send_data(payload.clone(), false).unwrap();
+            bodies.push(body);
+            responses.push(tokio::spawn(async move {
+                response.await.ok().map(|r| r.status().as_u16())
+            }));
+        }
+        H2Attack {
+            _bodies: bodies,
+            responses,
+            connection,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.responses.iter().filter(|r| r.is_finished()).count()
+    }
+
+    /// Statuses of the streams answered so far (the rest are held).
+    async fn statuses(self) -> Vec<u16> {
+        self.connection.abort();
+        let mut statuses = Vec::new();
+        for r in self.responses {
+            if r.is_finished()
+                && let Ok(Some(status)) = r.await
+            {
+                statuses.push(status);
+            }
+        }
+        statuses
+    }
+}
+
+/// HTTP/1.1 connections, each sending all but one byte of an
+/// `ATTACK_BODY` body; a task per connection holds it open afterwards.
+struct H1Attack {
+    writers: Vec<JoinHandle<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
+}
+
+impl H1Attack {
+    async fn start(t: &Target, from: IpAddr, connections: usize) -> H1Attack {
+        let payload = Bytes::from(vec![b'x'; ATTACK_BODY - 1]);
+        let mut writers = Vec::new();
+        for _ in 0..connections {
+            let mut tls = tls_connect(&t.sg.addr, from, &t.ca, b"http/1.1")
+                .await
+                .unwrap();
+            let payload = payload.clone();
+            writers.push(tokio::spawn(async move {
+                let head = format!(
+                    "POST /validate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {ATTACK_BODY}\r\n\r\n"
+                );
+                let write = async {
+                    tls.write_all(head.as_bytes()).await?;
+                    tls.write_all(&payload).await?;
+                    tls.flush().await
+                };
+                // A refused body ends in a write error: the server answered
+                // and closed.
+                let _ = tokio::time::timeout(WAIT, write).await;
+                tls
+            }));
+        }
+        H1Attack { writers }
+    }
+
+    fn done_writing(&self) -> usize {
+        self.writers.iter().filter(|w| w.is_finished()).count()
+    }
+}
+
+/// Polls until `done` or `limit`, sampling the server's RSS; returns the
+/// peak in KiB.
+async fn peak_rss_while(sg: &SgProcess, limit: Duration, mut done: impl FnMut() -> bool) -> u64 {
+    let started = Instant::now();
+    let mut peak = sg.rss_kib();
+    while !done() && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(sg.rss_kib());
+    }
+    peak
+}
+
+/// A valid review from another address, over both protocols: allowed.
+async fn assert_reviews_answered(t: &Target, tag: &str) {
+    for proto in [Proto::H2, Proto::H1] {
+        let review = t.valid(&format!("{tag}-{proto:?}"));
+        let client = t.client(proto, loopback(2));
+        let started = Instant::now();
+        post_review(&client, &t.sg.base(), &review)
+            .await
+            .assert_allowed("Fresh");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{tag}: valid review took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// 24 HTTP/2 streams from one address and 16 HTTP/1.1 connections from
+/// another, each holding an almost 8 MiB unfinished body (320 MiB asked
+/// for in all): each address gets its share of the budget (16 MiB), the
+/// rest is refused with 503, the server's RSS stays bounded, and valid
+/// reviews from a third address are answered meanwhile. When more
+/// addresses fill the whole budget (48 MiB here), reviews are refused
+/// quickly with 503 and a JSON message instead of growing the process;
+/// once the attack ends they are answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unfinished_bodies_stay_within_the_request_body_budget() {
+    let t = Target::start("{ requestBodyBudget: 48Mi, requestBodyBudgetPerPeer: 16Mi }");
+    assert_reviews_answered(&t, "before").await;
+    let baseline = t.sg.rss_kib();
+
+    let h2 = H2Attack::start(&t, loopback(1), 24).await;
+    let h1 = H1Attack::start(&t, loopback(3), 16).await;
+    // Each address keeps two bodies (2 x 8 MiB), the others are answered.
+    let peak = peak_rss_while(&t.sg, Duration::from_secs(20), || {
+        h2.answered() >= 22 && h1.done_writing() == 16
+    })
+    .await;
+    assert_reviews_answered(&t, "during").await;
+    let peak = peak.max(t.sg.rss_kib());
+    let grown_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!(
+        "two addresses: RSS {} MiB -> peak {} MiB (+{grown_mib} MiB)",
+        baseline / 1024,
+        peak / 1024
+    );
+    assert!(
+        grown_mib < 48 + 32,
+        "RSS grew by {grown_mib} MiB under 320 MiB of unfinished bodies (budget 48 MiB)"
+    );
+
+    // Two more addresses: the whole budget is in use.
+    let more = [
+        H2Attack::start(&t, loopback(4), 8).await,
+        H2Attack::start(&t, loopback(5), 8).await,
+    ];
+    let peak = peak_rss_while(&t.sg, Duration::from_secs(20), || {
+        more.iter().all(|a| a.answered() >= 6)
+    })
+    .await;
+    let grown_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!(
+        "four addresses: peak {} MiB (+{grown_mib} MiB)",
+        peak / 1024
+    );
+    assert!(
+        grown_mib < 48 + 32,
+        "RSS grew by {grown_mib} MiB with the whole budget (48 MiB) in use"
+    );
+    // Once the last held bodies are complete, no review fits: each is
+    // refused at once.
+    let client = t.client(Proto::H2, loopback(2));
+    let refused = eventually(WAIT, "a review refused for the budget", || async {
+        let started = Instant::now();
+        let v = post_review(&client, &t.sg.base(), &t.valid("full")).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered after {:?}",
+            started.elapsed()
+        );
+        (v.status == 503).then_some(v)
+    })
+    .await;
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("request body budget")),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(refused.body["status"], 503);
+
+    let mut statuses = h2.statuses().await;
+    for a in more {
+        statuses.extend(a.statuses().await);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 503),
+        "attacking streams answered {statuses:?}"
+    );
+    drop(h1);
+    eventually(WAIT, "reviews answered after the attack", || async {
+        let client = t.client(Proto::H2, loopback(2));
+        let v = post_review(&client, &t.sg.base(), &t.valid("after")).await;
+        (v.status == 200).then_some(v)
+    })
+    .await
+    .assert_allowed("Fresh");
+    assert_reviews_answered(&t, "after").await;
+}
