@@ -30,6 +30,11 @@ pub struct Config {
     pub failure: FailureConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// A plain-HTTP listener for `/healthz`, `/readyz` and `/metrics`,
+    /// apart from the review listener (an extension of the contract's
+    /// configuration). Absent: none; the TLS port answers them too.
+    #[serde(default)]
+    pub probes: Option<ProbesConfig>,
     /// Default grace window for rules that do not set one.
     #[serde(default, with = "duration")]
     pub grace_period: Duration,
@@ -55,6 +60,13 @@ pub struct TlsConfig {
     /// When set, clients must present a certificate signed by this CA (mTLS).
     #[serde(default, rename = "clientCAFile")]
     pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// `address:port` of the plain-HTTP probe listener, e.g. `0.0.0.0:8080`.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -211,6 +223,18 @@ pub struct Limits {
     /// The part of `requestBodyBudget` one client address may hold.
     #[serde(default = "default_request_body_budget_per_peer", with = "byte_size")]
     pub request_body_budget_per_peer: usize,
+    /// Connections the review listener serves at once; more wait in the
+    /// kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one client address may have open on the review
+    /// listener; beyond it, its new connections are closed at once.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+    /// An HTTP/2 connection with no stream open for this long is sent a
+    /// GOAWAY and closed; `0s` keeps idle ones open.
+    #[serde(default = "default_http2_idle_timeout", with = "duration")]
+    pub http2_idle_timeout: Duration,
 }
 
 fn default_checksum_queue() -> usize {
@@ -229,6 +253,18 @@ fn default_request_body_budget_per_peer() -> usize {
     16 << 20
 }
 
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_connections_per_peer() -> usize {
+    128
+}
+
+fn default_http2_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -238,6 +274,9 @@ impl Default for Limits {
             memory_trim_interval: default_memory_trim_interval(),
             request_body_budget: default_request_body_budget(),
             request_body_budget_per_peer: default_request_body_budget_per_peer(),
+            max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
+            http2_idle_timeout: default_http2_idle_timeout(),
         }
     }
 }
@@ -292,6 +331,19 @@ impl Config {
             invalid(
                 "listen",
                 format!("{:?} is not an address:port: {e}", self.listen),
+            )
+        })
+    }
+
+    /// The probe listener's address, when `probes` is set.
+    pub fn probes_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        probes.listen.parse().map(Some).map_err(|e| {
+            invalid(
+                "probes.listen",
+                format!("{:?} is not an address:port: {e}", probes.listen),
             )
         })
     }
@@ -397,6 +449,26 @@ impl Config {
                     "must be at least {max_body} bytes (8Mi) and at most limits.requestBodyBudget"
                 ),
             ));
+        }
+        if limits.max_connections == 0 {
+            return Err(invalid("limits.maxConnections", "must be at least 1"));
+        }
+        if limits.max_connections_per_peer == 0
+            || limits.max_connections_per_peer > limits.max_connections
+        {
+            return Err(invalid(
+                "limits.maxConnectionsPerPeer",
+                "must be at least 1 and at most limits.maxConnections",
+            ));
+        }
+        if let Some(addr) = self.probes_addr()? {
+            // Port 0 (any free port, in tests) cannot collide.
+            if addr == self.listen_addr()? && addr.port() != 0 {
+                return Err(invalid(
+                    "probes.listen",
+                    "must differ from listen (the probe port is plain HTTP)",
+                ));
+            }
         }
         if self.rules.is_empty() {
             return Err(invalid("rules", "at least one rule is required"));
@@ -716,7 +788,26 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         let c = with("{ requestBodyBudget: 64Mi, requestBodyBudgetPerPeer: 10485760 }").unwrap();
         assert_eq!(c.limits.request_body_budget, 64 << 20);
         assert_eq!(c.limits.request_body_budget_per_peer, 10 << 20);
+        assert_eq!(defaults.max_connections, 1024);
+        assert_eq!(defaults.max_connections_per_peer, 128);
+        assert_eq!(defaults.http2_idle_timeout, Duration::from_secs(120));
+        let c = with("{ maxConnections: 64, maxConnectionsPerPeer: 8, http2IdleTimeout: 30s }")
+            .unwrap();
+        let l = &c.limits;
+        assert_eq!(l.max_connections, 64);
+        assert_eq!(l.max_connections_per_peer, 8);
+        assert_eq!(l.http2_idle_timeout, Duration::from_secs(30));
         for (limits, field) in [
+            ("{ maxConnections: 0 }", "limits.maxConnections"),
+            (
+                "{ maxConnectionsPerPeer: 0 }",
+                "limits.maxConnectionsPerPeer",
+            ),
+            (
+                "{ maxConnectionsPerPeer: 2000 }",
+                "limits.maxConnectionsPerPeer",
+            ),
+            ("{ http2IdleTimeout: never }", "http2IdleTimeout"),
             ("{ requestBodyBudget: 1Mi }", "limits.requestBodyBudget"),
             ("{ requestBodyBudget: lots }", "requestBodyBudget"),
             ("{ requestBodyBudget: -5 }", "requestBodyBudget"),
@@ -731,6 +822,26 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         ] {
             let e = with(limits).unwrap_err();
             assert!(e.field.contains(field), "{limits}: {e}");
+        }
+    }
+
+    #[test]
+    fn probes_listener() {
+        assert_eq!(Config::parse(EXAMPLE).unwrap().probes_addr(), Ok(None));
+        let with = |probes: &str| Config::parse(&format!("{EXAMPLE}probes: {probes}\n"));
+        let c = with("{ listen: \"0.0.0.0:8080\" }").unwrap();
+        assert_eq!(
+            c.probes_addr().unwrap().map(|a| a.port()),
+            Some(8080),
+            "{c:?}"
+        );
+        for (probes, field) in [
+            ("{ listen: nowhere }", "probes.listen"),
+            ("{ listen: \"0.0.0.0:8443\" }", "probes.listen"),
+            ("{ port: 8080 }", "probes"),
+        ] {
+            let e = with(probes).unwrap_err();
+            assert!(e.field.starts_with(field), "{probes}: {e}");
         }
     }
 

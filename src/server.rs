@@ -100,14 +100,39 @@ impl AppState {
     }
 }
 
+/// The review listener's routes: `/validate`, and the probe routes too
+/// (for configurations without a probe listener).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    probe_routes()
         .route("/validate", post(validate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The probe listener's routes: `/healthz`, `/readyz`, `/metrics`.
+pub fn probe_router(state: Arc<AppState>) -> Router {
+    probe_routes().with_state(state)
+}
+
+fn probe_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+}
+
+/// Limits of the plain-HTTP probe listener: a few short requests at a time
+/// from kubelet and Prometheus, no bodies.
+fn probe_options(review: &crate::tls::ServeOptions) -> crate::tls::ServeOptions {
+    crate::tls::ServeOptions {
+        header_read_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(10),
+        body_budget: 1 << 20,
+        body_budget_per_peer: 1 << 20,
+        max_connections: 64,
+        max_connections_per_peer: 16,
+        ..review.clone()
+    }
 }
 
 /// A JSON error body: `{"status": 400, "message": "..."}`.
@@ -555,6 +580,8 @@ impl Shutdown {
 /// A server started by [`start`].
 pub struct Running {
     pub local_addr: std::net::SocketAddr,
+    /// The plain-HTTP probe listener's address, when `probes` is set.
+    pub probe_addr: Option<std::net::SocketAddr>,
     pub state: Arc<AppState>,
     pub shutdown: Shutdown,
     /// Resolves when the server has stopped (after a graceful drain).
@@ -570,9 +597,13 @@ pub struct Running {
 /// of `options` (the request body budget and its share per address).
 pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow::Result<Running> {
     use anyhow::Context as _;
+    let limits = &config.limits;
     let options = crate::tls::ServeOptions {
-        body_budget: config.limits.request_body_budget,
-        body_budget_per_peer: config.limits.request_body_budget_per_peer,
+        body_budget: limits.request_body_budget,
+        body_budget_per_peer: limits.request_body_budget_per_peer,
+        max_connections: limits.max_connections,
+        max_connections_per_peer: limits.max_connections_per_peer,
+        http2_idle_timeout: limits.http2_idle_timeout,
         ..options
     };
     // One process-wide provider; components also pass ring explicitly.
@@ -602,19 +633,50 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         .await
         .with_context(|| format!("listen: cannot bind {addr}"))?;
     let local_addr = listener.local_addr()?;
+    let probes = match config.probes_addr()? {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("probes.listen: cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(AppState::new(config, sources));
     state.tls_ready.store(true, Ordering::Relaxed);
-    let app = router(state.clone());
-    let task = tokio::spawn(crate::tls::serve(
+    let probe_addr = probes.as_ref().map(|l| l.local_addr()).transpose()?;
+    let probes = match (probes, probe_addr) {
+        (Some(listener), Some(probe_addr)) => {
+            let serving = crate::tls::serve_plain(
+                listener,
+                probe_router(state.clone()),
+                probe_options(&options),
+                shutdown.wait(),
+            );
+            tracing::info!(local_addr = %probe_addr, "stale-guard probes serving");
+            Some(serving)
+        }
+        _ => None,
+    };
+    let reviews = crate::tls::serve(
         listener,
         tls,
-        app,
+        router(state.clone()),
         options,
         shutdown.wait(),
-    ));
+    );
+    let task = tokio::spawn(async move {
+        match probes {
+            Some(probes) => {
+                let (reviews, probes) = tokio::join!(reviews, probes);
+                reviews.and(probes)
+            }
+            None => reviews.await,
+        }
+    });
     tracing::info!(%local_addr, "stale-guard webhook serving");
     Ok(Running {
         local_addr,
+        probe_addr,
         state,
         shutdown,
         task,

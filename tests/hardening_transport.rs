@@ -38,6 +38,7 @@ impl Target {
         let pki = Pki::write(&dir.join("tls"));
         let mut config = w.config();
         config.limits(limits);
+        config.probes = Some("127.0.0.1:0".into());
         let sg = SgProcess::spawn(&write_config(&dir, &config, &pki));
         Target {
             w,
@@ -52,6 +53,15 @@ impl Target {
             .local_address(from)
             .build()
             .unwrap()
+    }
+
+    /// `http://ADDR` of the plain-HTTP probe listener.
+    fn probes(&self) -> String {
+        let addr = self
+            .sg
+            .logged_addr("stale-guard probes serving")
+            .expect("a \"stale-guard probes serving\" line");
+        format!("http://{addr}")
     }
 
     /// A fresh, stamped review of the head: allowed as `Fresh`.
@@ -276,5 +286,103 @@ async fn unfinished_bodies_stay_within_the_request_body_budget() {
     })
     .await
     .assert_allowed("Fresh");
+    assert_reviews_answered(&t, "after").await;
+}
+
+/// Idle HTTP/2 connections that answer pings, opened from `from`: the
+/// client tasks, or the number the server closed at once.
+async fn idle_h2(t: &Target, from: IpAddr, n: usize) -> Vec<IdleH2> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let Ok(tls) = tls_connect(&t.sg.addr, from, &t.ca, b"h2").await else {
+            continue;
+        };
+        let Ok((send, connection)) = h2::client::handshake(tls).await else {
+            continue;
+        };
+        out.push(IdleH2 {
+            _send: send,
+            connection: tokio::spawn(connection),
+        });
+    }
+    out
+}
+
+struct IdleH2 {
+    _send: h2::client::SendRequest<Bytes>,
+    connection: JoinHandle<Result<(), h2::Error>>,
+}
+
+/// GET on the probe port within 2 s.
+async fn probe(base: &str, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on the probe port: {e:?}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// Idle HTTP/2 connections that answer pings: one address gets at most
+/// `maxConnectionsPerPeer` of them (others are served meanwhile); when
+/// several addresses fill the review listener, the plain-HTTP probe port
+/// still answers `/healthz`, `/readyz` and `/metrics` (and not
+/// `/validate`); and the idle connections are closed after
+/// `http2IdleTimeout`, so reviews are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_cannot_lock_out_reviews_or_probes() {
+    let t = Target::start("{ maxConnections: 16, maxConnectionsPerPeer: 4, http2IdleTimeout: 2s }");
+    let probes = t.probes();
+    assert_reviews_answered(&t, "before").await;
+    assert_eq!(probe(&probes, "/healthz").await, (200, "ok\n".into()));
+
+    // One address: four connections held, the rest closed at once.
+    let mut held = idle_h2(&t, loopback(1), 16).await;
+    let open = held.iter().filter(|c| !c.connection.is_finished()).count();
+    assert!(open <= 4, "{open} connections held by one address");
+    assert_reviews_answered(&t, "one-address").await;
+
+    // Three more addresses: the review listener is full.
+    for last in [3, 4, 5] {
+        held.extend(idle_h2(&t, loopback(last), 4).await);
+    }
+    let started = Instant::now();
+    let review = t.valid("full");
+    let body = serde_json::to_vec(&review.to_json()).unwrap();
+    let blocked = t
+        .client(Proto::H2, loopback(2))
+        .post(format!("{}/validate", t.sg.base()))
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    // Not answered while 16 idle connections hold every slot (it may be
+    // served once the idle timeout frees them).
+    if blocked.is_ok() {
+        assert!(started.elapsed() >= Duration::from_millis(400));
+    }
+    // Probes are served all the same, on their own port.
+    assert_eq!(probe(&probes, "/healthz").await, (200, "ok\n".into()));
+    let (status, ready) = probe(&probes, "/readyz").await;
+    assert_eq!((status, ready.as_str()), (200, "ready\n"));
+    let (status, metrics) = probe(&probes, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("stale_guard_reviews_total"), "{metrics}");
+    let (status, _) = probe(&probes, "/validate").await;
+    assert_eq!(status, 404, "the probe port must not review");
+
+    // http2IdleTimeout (2 s) closes them; reviews are answered again.
+    eventually(WAIT, "idle connections closed", || async {
+        held.iter()
+            .all(|c| c.connection.is_finished())
+            .then_some(())
+    })
+    .await;
     assert_reviews_answered(&t, "after").await;
 }

@@ -795,6 +795,8 @@ pub struct ConfigBuilder {
     pub failure: String,
     /// The `limits:` flow mapping, when set.
     pub limits: Option<String>,
+    /// `probes.listen`, when set.
+    pub probes: Option<String>,
     pub client_ca: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -818,6 +820,7 @@ impl ConfigBuilder {
             failure: "{ mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s }"
                 .into(),
             limits: None,
+            probes: None,
             client_ca: None,
             cert_file: None,
             key_file: None,
@@ -910,6 +913,9 @@ impl ConfigBuilder {
         y.push_str(&format!("failure: {}\n", self.failure));
         if let Some(limits) = &self.limits {
             y.push_str(&format!("limits: {limits}\n"));
+        }
+        if let Some(listen) = &self.probes {
+            y.push_str(&format!("probes: {{ listen: {} }}\n", q(listen)));
         }
         y
     }
