@@ -220,9 +220,11 @@ pub struct Limits {
     /// (bytes, or `Ki`/`Mi`/`Gi`): a body beyond it is refused with 503.
     #[serde(default = "default_request_body_budget", with = "byte_size")]
     pub request_body_budget: usize,
-    /// The part of `requestBodyBudget` one client address may hold.
-    #[serde(default = "default_request_body_budget_per_peer", with = "byte_size")]
-    pub request_body_budget_per_peer: usize,
+    /// The part of `requestBodyBudget` one client address may hold; unset,
+    /// 16 MiB or the whole budget if smaller (see
+    /// [`Limits::body_budget_per_peer`]).
+    #[serde(default, with = "opt_byte_size")]
+    pub request_body_budget_per_peer: Option<usize>,
     /// Connections the review listener serves at once; more wait in the
     /// kernel's backlog.
     #[serde(default = "default_max_connections")]
@@ -249,10 +251,6 @@ fn default_request_body_budget() -> usize {
     32 << 20
 }
 
-fn default_request_body_budget_per_peer() -> usize {
-    16 << 20
-}
-
 fn default_max_connections() -> usize {
     1024
 }
@@ -273,7 +271,7 @@ impl Default for Limits {
             caches: CacheLimits::default(),
             memory_trim_interval: default_memory_trim_interval(),
             request_body_budget: default_request_body_budget(),
-            request_body_budget_per_peer: default_request_body_budget_per_peer(),
+            request_body_budget_per_peer: None,
             max_connections: default_max_connections(),
             max_connections_per_peer: default_max_connections_per_peer(),
             http2_idle_timeout: default_http2_idle_timeout(),
@@ -282,6 +280,12 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// `requestBodyBudgetPerPeer`, or when unset 16 MiB, at most the budget.
+    pub fn body_budget_per_peer(&self) -> usize {
+        self.request_body_budget_per_peer
+            .unwrap_or_else(|| self.request_body_budget.min(16 << 20))
+    }
+
     /// `checksumConcurrency` with 0 resolved to the number of cores.
     pub fn checksum_threads(&self) -> usize {
         match self.checksum_concurrency {
@@ -440,9 +444,8 @@ impl Config {
                 format!("must be at least {max_body} bytes (8Mi), the largest review accepted"),
             ));
         }
-        if limits.request_body_budget_per_peer < max_body
-            || limits.request_body_budget_per_peer > limits.request_body_budget
-        {
+        let per_peer = limits.body_budget_per_peer();
+        if per_peer < max_body || per_peer > limits.request_body_budget {
             return Err(invalid(
                 "limits.requestBodyBudgetPerPeer",
                 format!(
@@ -686,6 +689,20 @@ mod byte_size {
     }
 }
 
+mod opt_byte_size {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        struct Wrapped(usize);
+        impl<'de> Deserialize<'de> for Wrapped {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                super::byte_size::deserialize(d).map(Wrapped)
+            }
+        }
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -784,10 +801,13 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
 
         let defaults = Limits::default();
         assert_eq!(defaults.request_body_budget, 32 << 20);
-        assert_eq!(defaults.request_body_budget_per_peer, 16 << 20);
+        assert_eq!(defaults.body_budget_per_peer(), 16 << 20);
+        // Unset, the share is never more than the budget.
+        let c = with("{ requestBodyBudget: 12Mi }").unwrap();
+        assert_eq!(c.limits.body_budget_per_peer(), 12 << 20);
         let c = with("{ requestBodyBudget: 64Mi, requestBodyBudgetPerPeer: 10485760 }").unwrap();
         assert_eq!(c.limits.request_body_budget, 64 << 20);
-        assert_eq!(c.limits.request_body_budget_per_peer, 10 << 20);
+        assert_eq!(c.limits.body_budget_per_peer(), 10 << 20);
         assert_eq!(defaults.max_connections, 1024);
         assert_eq!(defaults.max_connections_per_peer, 128);
         assert_eq!(defaults.http2_idle_timeout, Duration::from_secs(120));

@@ -600,7 +600,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     let limits = &config.limits;
     let options = crate::tls::ServeOptions {
         body_budget: limits.request_body_budget,
-        body_budget_per_peer: limits.request_body_budget_per_peer,
+        body_budget_per_peer: limits.body_budget_per_peer(),
         max_connections: limits.max_connections,
         max_connections_per_peer: limits.max_connections_per_peer,
         http2_idle_timeout: limits.http2_idle_timeout,
