@@ -593,8 +593,10 @@ pub struct Running {
 /// certificate, address in use); an unreachable remote is a readiness
 /// matter, not a start-up failure.
 ///
-/// The limits configured under `limits:` replace the corresponding fields
-/// of `options` (the request body budget and its share per address).
+/// The transport limits configured under `limits:` (request body budget,
+/// connection caps, HTTP/2 idle timeout) replace the corresponding fields
+/// of `options`. With `probes` set, a plain-HTTP listener serves the probe
+/// routes too; `task` ends when both listeners have stopped.
 pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow::Result<Running> {
     use anyhow::Context as _;
     let limits = &config.limits;
@@ -643,19 +645,20 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     };
     let state = Arc::new(AppState::new(config, sources));
     state.tls_ready.store(true, Ordering::Relaxed);
-    let probe_addr = probes.as_ref().map(|l| l.local_addr()).transpose()?;
-    let probes = match (probes, probe_addr) {
-        (Some(listener), Some(probe_addr)) => {
-            let serving = crate::tls::serve_plain(
+    let mut probe_addr = None;
+    let probes = match probes {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            probe_addr = Some(addr);
+            tracing::info!(local_addr = %addr, "stale-guard probes serving");
+            Some(crate::tls::serve_plain(
                 listener,
                 probe_router(state.clone()),
                 probe_options(&options),
                 shutdown.wait(),
-            );
-            tracing::info!(local_addr = %probe_addr, "stale-guard probes serving");
-            Some(serving)
+            ))
         }
-        _ => None,
+        None => None,
     };
     let reviews = crate::tls::serve(
         listener,
