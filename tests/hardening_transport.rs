@@ -75,7 +75,8 @@ impl Target {
 struct H2Attack {
     /// Kept so the streams stay open.
     _bodies: Vec<h2::SendStream<Bytes>>,
-    responses: Vec<JoinHandle<Option<u16>>>,
+    /// Status and body of each stream's answer.
+    responses: Vec<JoinHandle<Option<(u16, String)>>>,
     connection: JoinHandle<Result<(), h2::Error>>,
 }
 
@@ -99,7 +100,14 @@ impl H2Attack {
             body.send_data(payload.clone(), false).unwrap();
             bodies.push(body);
             responses.push(tokio::spawn(async move {
-                response.await.ok().map(|r| r.status().as_u16())
+                let response = response.await.ok()?;
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                let mut text = Vec::new();
+                while let Some(Ok(chunk)) = body.data().await {
+                    text.extend_from_slice(&chunk);
+                }
+                Some((status, String::from_utf8_lossy(&text).into_owned()))
             }));
         }
         H2Attack {
@@ -113,15 +121,15 @@ impl H2Attack {
         self.responses.iter().filter(|r| r.is_finished()).count()
     }
 
-    /// Statuses of the streams answered so far (the rest are held).
-    async fn statuses(self) -> Vec<u16> {
+    /// Answers of the streams answered so far (the rest are held).
+    async fn answers(self) -> Vec<(u16, String)> {
         self.connection.abort();
         let mut statuses = Vec::new();
         for r in self.responses {
             if r.is_finished()
-                && let Ok(Some(status)) = r.await
+                && let Ok(Some(answer)) = r.await
             {
-                statuses.push(status);
+                statuses.push(answer);
             }
         }
         statuses
@@ -178,6 +186,17 @@ async fn peak_rss_while(sg: &SgProcess, limit: Duration, mut done: impl FnMut() 
     peak
 }
 
+/// A 503 body of the request body budget: `{"status": 503, "message"}`.
+fn assert_budget_refusal(body: &serde_json::Value) {
+    assert_eq!(body["status"], 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("request body budget") && m.contains("in use")),
+        "{body}"
+    );
+}
+
 /// A valid review from another address, over both protocols: allowed.
 async fn assert_reviews_answered(t: &Target, tag: &str) {
     for proto in [Proto::H2, Proto::H1] {
@@ -198,11 +217,12 @@ async fn assert_reviews_answered(t: &Target, tag: &str) {
 /// 24 HTTP/2 streams from one address and 16 HTTP/1.1 connections from
 /// another, each holding an almost 8 MiB unfinished body (320 MiB asked
 /// for in all): each address gets its share of the budget (16 MiB), the
-/// rest is refused with 503, the server's RSS stays bounded, and valid
-/// reviews from a third address are answered meanwhile. When more
-/// addresses fill the whole budget (48 MiB here), reviews are refused
-/// quickly with 503 and a JSON message instead of growing the process;
-/// once the attack ends they are answered again.
+/// rest is refused at once with 503 and a JSON message, the server's RSS
+/// stays bounded, and valid reviews from a third address are answered
+/// meanwhile. When more addresses fill the whole budget (48 MiB here), the
+/// process still does not grow, and reviews are answered at once (with a
+/// verdict, or 503 if no room is left); once the attack ends they are
+/// answered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unfinished_bodies_stay_within_the_request_body_budget() {
     let t = Target::start("{ requestBodyBudget: 48Mi, requestBodyBudgetPerPeer: 16Mi }");
@@ -247,37 +267,35 @@ async fn unfinished_bodies_stay_within_the_request_body_budget() {
         grown_mib < 48 + 32,
         "RSS grew by {grown_mib} MiB with the whole budget (48 MiB) in use"
     );
-    // Once the last held bodies are complete, no review fits: each is
-    // refused at once.
+    // Whether a review still fits depends on the room the last refused
+    // bodies left; either way it is answered at once, with a verdict or a
+    // clear refusal, never left waiting.
     let client = t.client(Proto::H2, loopback(2));
-    let refused = eventually(WAIT, "a review refused for the budget", || async {
+    for i in 0..3 {
         let started = Instant::now();
-        let v = post_review(&client, &t.sg.base(), &t.valid("full")).await;
+        let v = post_review(&client, &t.sg.base(), &t.valid(&format!("full-{i}"))).await;
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "answered after {:?}",
             started.elapsed()
         );
-        (v.status == 503).then_some(v)
-    })
-    .await;
-    assert!(
-        refused.body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("request body budget")),
-        "{:?}",
-        refused.body
-    );
-    assert_eq!(refused.body["status"], 503);
-
-    let mut statuses = h2.statuses().await;
-    for a in more {
-        statuses.extend(a.statuses().await);
+        match v.status {
+            200 => v.assert_allowed("Fresh"),
+            503 => assert_budget_refusal(&v.body),
+            other => panic!("review answered {other}: {}", v.body),
+        }
     }
-    assert!(
-        statuses.iter().all(|s| *s == 503),
-        "attacking streams answered {statuses:?}"
-    );
+
+    // Every attacking stream answered was refused with the JSON message.
+    let mut answers = h2.answers().await;
+    for a in more {
+        answers.extend(a.answers().await);
+    }
+    assert!(answers.len() >= 22 + 2 * 6, "{} answers", answers.len());
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert_budget_refusal(&serde_json::from_str(body).expect("a JSON body"));
+    }
     drop(h1);
     eventually(WAIT, "reviews answered after the attack", || async {
         let client = t.client(Proto::H2, loopback(2));
