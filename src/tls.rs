@@ -637,6 +637,7 @@ async fn accept_loop(
         stall_timeout: options.stall_timeout,
         http2_idle_timeout: options.http2_idle_timeout,
     };
+    let mut over_cap = OverCapLog::default();
 
     loop {
         // Reap finished connection tasks (their results carry nothing).
@@ -673,7 +674,7 @@ async fn accept_loop(
         };
         // Counted from the accept, before any TLS work.
         let Some(slot) = shared.admit(peer.ip().to_canonical()) else {
-            tracing::debug!(%peer, "too many connections from this address; closing");
+            over_cap.refused(peer);
             continue;
         };
         connections.spawn(serve_connection(
@@ -724,6 +725,34 @@ async fn accept_loop(
         tracing::info!("all connections closed");
     }
     Ok(())
+}
+
+/// Connections closed for their address's cap: logged at warn at most once
+/// a minute, with a count, so that an attack is visible without flooding
+/// the log.
+#[derive(Debug, Default)]
+struct OverCapLog {
+    since_last: u64,
+    last: Option<tokio::time::Instant>,
+}
+
+impl OverCapLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn refused(&mut self, peer: SocketAddr) {
+        self.since_last += 1;
+        tracing::debug!(%peer, "too many connections from this address; closing");
+        let now = tokio::time::Instant::now();
+        if self.last.is_none_or(|last| now >= last + Self::EVERY) {
+            tracing::warn!(
+                %peer,
+                refused = self.since_last,
+                "closing connections from addresses over the per-address connection limit (limits.maxConnectionsPerPeer)"
+            );
+            self.since_last = 0;
+            self.last = Some(now);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

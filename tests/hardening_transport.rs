@@ -363,6 +363,19 @@ async fn idle_connections_cannot_lock_out_reviews_or_probes() {
     let mut held = idle_h2(&t, loopback(1), 16).await;
     let open = held.iter().filter(|c| !c.connection.is_finished()).count();
     assert!(open <= 4, "{open} connections held by one address");
+    // Visible in the log (once a minute at most).
+    eventually(WAIT, "a warning about the per-address limit", || async {
+        t.sg.json_lines()
+            .into_iter()
+            .any(|line| {
+                line["level"] == "WARN"
+                    && fields(&line)["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("limits.maxConnectionsPerPeer"))
+            })
+            .then_some(())
+    })
+    .await;
     assert_reviews_answered(&t, "one-address").await;
 
     // Three more addresses: the review listener is full.
