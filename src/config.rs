@@ -30,6 +30,11 @@ pub struct Config {
     pub failure: FailureConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// A plain-HTTP listener for `/healthz`, `/readyz` and `/metrics`,
+    /// apart from the review listener (an extension of the contract's
+    /// configuration). Absent: none; the TLS port answers them too.
+    #[serde(default)]
+    pub probes: Option<ProbesConfig>,
     /// Default grace window for rules that do not set one.
     #[serde(default, with = "duration")]
     pub grace_period: Duration,
@@ -55,6 +60,13 @@ pub struct TlsConfig {
     /// When set, clients must present a certificate signed by this CA (mTLS).
     #[serde(default, rename = "clientCAFile")]
     pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// `address:port` of the plain-HTTP probe listener, e.g. `0.0.0.0:8080`.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -297,6 +309,27 @@ pub struct Limits {
     /// `malloc_trim`; see `memory`); `0s` turns it off.
     #[serde(default = "default_memory_trim_interval", with = "duration")]
     pub memory_trim_interval: Duration,
+    /// Request body bytes being received at once, all connections together
+    /// (bytes, or `Ki`/`Mi`/`Gi`): a body beyond it is refused with 503.
+    #[serde(default = "default_request_body_budget", with = "byte_size")]
+    pub request_body_budget: usize,
+    /// The part of `requestBodyBudget` one client address may hold; unset,
+    /// 16 MiB or the whole budget if smaller (see
+    /// [`Limits::body_budget_per_peer`]).
+    #[serde(default, with = "opt_byte_size")]
+    pub request_body_budget_per_peer: Option<usize>,
+    /// Connections the review listener serves at once; more wait in the
+    /// kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one client address may have open on the review
+    /// listener; beyond it, its new connections are closed at once.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+    /// An HTTP/2 connection with no stream open for this long is sent a
+    /// GOAWAY and closed; `0s` keeps idle ones open.
+    #[serde(default = "default_http2_idle_timeout", with = "duration")]
+    pub http2_idle_timeout: Duration,
 }
 
 fn default_checksum_queue() -> usize {
@@ -307,6 +340,22 @@ fn default_memory_trim_interval() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_request_body_budget() -> usize {
+    32 << 20
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_connections_per_peer() -> usize {
+    128
+}
+
+fn default_http2_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -314,11 +363,22 @@ impl Default for Limits {
             checksum_queue: default_checksum_queue(),
             caches: CacheLimits::default(),
             memory_trim_interval: default_memory_trim_interval(),
+            request_body_budget: default_request_body_budget(),
+            request_body_budget_per_peer: None,
+            max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
+            http2_idle_timeout: default_http2_idle_timeout(),
         }
     }
 }
 
 impl Limits {
+    /// `requestBodyBudgetPerPeer`, or when unset 16 MiB, at most the budget.
+    pub fn body_budget_per_peer(&self) -> usize {
+        self.request_body_budget_per_peer
+            .unwrap_or_else(|| self.request_body_budget.min(16 << 20))
+    }
+
     /// `checksumConcurrency` with 0 resolved to the number of cores.
     pub fn checksum_threads(&self) -> usize {
         match self.checksum_concurrency {
@@ -368,6 +428,19 @@ impl Config {
             invalid(
                 "listen",
                 format!("{:?} is not an address:port: {e}", self.listen),
+            )
+        })
+    }
+
+    /// The probe listener's address, when `probes` is set.
+    pub fn probes_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        probes.listen.parse().map(Some).map_err(|e| {
+            invalid(
+                "probes.listen",
+                format!("{:?} is not an address:port: {e}", probes.listen),
             )
         })
     }
@@ -432,6 +505,43 @@ impl Config {
             // a cold one.
             if value < 100 {
                 return Err(invalid(field, "must be at least 100"));
+            }
+        }
+        let max_body = crate::server::MAX_BODY_BYTES;
+        let limits = &self.limits;
+        if limits.request_body_budget < max_body {
+            return Err(invalid(
+                "limits.requestBodyBudget",
+                format!("must be at least {max_body} bytes (8Mi), the largest review accepted"),
+            ));
+        }
+        let per_peer = limits.body_budget_per_peer();
+        if per_peer < max_body || per_peer > limits.request_body_budget {
+            return Err(invalid(
+                "limits.requestBodyBudgetPerPeer",
+                format!(
+                    "must be at least {max_body} bytes (8Mi) and at most limits.requestBodyBudget"
+                ),
+            ));
+        }
+        if limits.max_connections == 0 {
+            return Err(invalid("limits.maxConnections", "must be at least 1"));
+        }
+        if limits.max_connections_per_peer == 0
+            || limits.max_connections_per_peer > limits.max_connections
+        {
+            return Err(invalid(
+                "limits.maxConnectionsPerPeer",
+                "must be at least 1 and at most limits.maxConnections",
+            ));
+        }
+        if let Some(addr) = self.probes_addr()? {
+            // Port 0 (any free port, in tests) cannot collide.
+            if addr == self.listen_addr()? && addr.port() != 0 {
+                return Err(invalid(
+                    "probes.listen",
+                    "must differ from listen (the probe port is plain HTTP)",
+                ));
             }
         }
         if self.rules.is_empty() {
@@ -610,6 +720,58 @@ mod duration {
     }
 }
 
+/// Byte sizes: an integer, or one with a binary suffix (`512Ki`, `32Mi`,
+/// `1Gi`), as Kubernetes writes quantities.
+mod byte_size {
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(Visitor)
+    }
+
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a size in bytes like 33554432 or 32Mi")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<usize, E> {
+            parse(v).map_err(E::custom)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom(format!("{v} bytes is too large")))
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<usize, String> {
+        let text = text.trim();
+        let (digits, shift) = [("Ki", 10), ("Mi", 20), ("Gi", 30)]
+            .into_iter()
+            .find_map(|(suffix, shift)| Some((text.strip_suffix(suffix)?, shift)))
+            .unwrap_or((text, 0));
+        digits
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_mul(1usize.checked_shl(shift)?))
+            .ok_or_else(|| format!("{text:?} is not a size like 33554432, 512Ki or 32Mi"))
+    }
+}
+
+mod opt_byte_size {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        struct Wrapped(usize);
+        impl<'de> Deserialize<'de> for Wrapped {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                super::byte_size::deserialize(d).map(Wrapped)
+            }
+        }
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -757,6 +919,71 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert_eq!(c.limits.memory_trim_interval, Duration::ZERO);
         let e = with("{ memoryTrimInterval: often }").unwrap_err();
         assert!(e.to_string().contains("memoryTrimInterval"), "{e}");
+
+        let defaults = Limits::default();
+        assert_eq!(defaults.request_body_budget, 32 << 20);
+        assert_eq!(defaults.body_budget_per_peer(), 16 << 20);
+        // Unset, the share is never more than the budget.
+        let c = with("{ requestBodyBudget: 12Mi }").unwrap();
+        assert_eq!(c.limits.body_budget_per_peer(), 12 << 20);
+        let c = with("{ requestBodyBudget: 64Mi, requestBodyBudgetPerPeer: 10485760 }").unwrap();
+        assert_eq!(c.limits.request_body_budget, 64 << 20);
+        assert_eq!(c.limits.body_budget_per_peer(), 10 << 20);
+        assert_eq!(defaults.max_connections, 1024);
+        assert_eq!(defaults.max_connections_per_peer, 128);
+        assert_eq!(defaults.http2_idle_timeout, Duration::from_secs(120));
+        let c = with("{ maxConnections: 64, maxConnectionsPerPeer: 8, http2IdleTimeout: 30s }")
+            .unwrap();
+        let l = &c.limits;
+        assert_eq!(l.max_connections, 64);
+        assert_eq!(l.max_connections_per_peer, 8);
+        assert_eq!(l.http2_idle_timeout, Duration::from_secs(30));
+        for (limits, field) in [
+            ("{ maxConnections: 0 }", "limits.maxConnections"),
+            (
+                "{ maxConnectionsPerPeer: 0 }",
+                "limits.maxConnectionsPerPeer",
+            ),
+            (
+                "{ maxConnectionsPerPeer: 2000 }",
+                "limits.maxConnectionsPerPeer",
+            ),
+            ("{ http2IdleTimeout: never }", "http2IdleTimeout"),
+            ("{ requestBodyBudget: 1Mi }", "limits.requestBodyBudget"),
+            ("{ requestBodyBudget: lots }", "requestBodyBudget"),
+            ("{ requestBodyBudget: -5 }", "requestBodyBudget"),
+            (
+                "{ requestBodyBudgetPerPeer: 4Mi }",
+                "limits.requestBodyBudgetPerPeer",
+            ),
+            (
+                "{ requestBodyBudgetPerPeer: 33Mi }",
+                "limits.requestBodyBudgetPerPeer",
+            ),
+        ] {
+            let e = with(limits).unwrap_err();
+            assert!(e.field.contains(field), "{limits}: {e}");
+        }
+    }
+
+    #[test]
+    fn probes_listener() {
+        assert_eq!(Config::parse(EXAMPLE).unwrap().probes_addr(), Ok(None));
+        let with = |probes: &str| Config::parse(&format!("{EXAMPLE}probes: {probes}\n"));
+        let c = with("{ listen: \"0.0.0.0:8080\" }").unwrap();
+        assert_eq!(
+            c.probes_addr().unwrap().map(|a| a.port()),
+            Some(8080),
+            "{c:?}"
+        );
+        for (probes, field) in [
+            ("{ listen: nowhere }", "probes.listen"),
+            ("{ listen: \"0.0.0.0:8443\" }", "probes.listen"),
+            ("{ port: 8080 }", "probes"),
+        ] {
+            let e = with(probes).unwrap_err();
+            assert!(e.field.starts_with(field), "{probes}: {e}");
+        }
     }
 
     fn error_for(from: &str, to: &str) -> ConfigError {
@@ -824,6 +1051,22 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         }
         assert_eq!(duration::parse("500ms"), Ok(Duration::from_millis(500)));
         assert!(duration::parse("ten").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("512Ki", 512 << 10),
+            ("32Mi", 32 << 20),
+        ] {
+            assert_eq!(byte_size::parse(text), Ok(bytes), "{text}");
+        }
+        assert_eq!(byte_size::parse("1Gi"), Ok(1 << 30));
+        for bad in ["", "Mi", "32M", "1.5Mi", "-1", "99999999999999999999Gi"] {
+            assert!(byte_size::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub struct Metrics {
     review_counters: [[OnceLock<Counter>; Reason::ALL.len()]; ReviewDecision::ALL.len()],
     pub review_duration: Histogram,
     pub bad_requests: Counter,
+    pub body_budget_refusals: Counter,
     pub mirror_head_age: Family<SourceLabels, FloatGauge>,
     pub mirror_last_success: Family<SourceLabels, FloatGauge>,
     pub mirror_fetches: Family<SourceLabels, Gauge>,
@@ -118,6 +119,12 @@ impl Metrics {
             "bad_requests",
             "Bodies refused with a 4xx (malformed, oversized, wrong version)",
             bad_requests.clone(),
+        );
+        let body_budget_refusals = Counter::default();
+        registry.register(
+            "body_budget_refusals",
+            "Reviews refused with 503 because the request body budget (limits.requestBodyBudget, or one address's share) was in use",
+            body_budget_refusals.clone(),
         );
         let mirror_head_age = Family::<SourceLabels, FloatGauge>::default();
         registry.register(
@@ -197,6 +204,7 @@ impl Metrics {
             review_counters: Default::default(),
             review_duration,
             bad_requests,
+            body_budget_refusals,
             mirror_head_age,
             mirror_last_success,
             mirror_fetches,

@@ -100,14 +100,39 @@ impl AppState {
     }
 }
 
+/// The review listener's routes: `/validate`, and the probe routes too
+/// (for configurations without a probe listener).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    probe_routes()
         .route("/validate", post(validate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The probe listener's routes: `/healthz`, `/readyz`, `/metrics`.
+pub fn probe_router(state: Arc<AppState>) -> Router {
+    probe_routes().with_state(state)
+}
+
+fn probe_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+}
+
+/// Limits of the plain-HTTP probe listener: a few short requests at a time
+/// from kubelet and Prometheus, no bodies.
+fn probe_options(review: &crate::tls::ServeOptions) -> crate::tls::ServeOptions {
+    crate::tls::ServeOptions {
+        header_read_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(10),
+        body_budget: 1 << 20,
+        body_budget_per_peer: 1 << 20,
+        max_connections: 64,
+        max_connections_per_peer: 16,
+        ..review.clone()
+    }
 }
 
 /// A JSON error body: `{"status": 400, "message": "..."}`.
@@ -125,6 +150,10 @@ async fn validate(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
+            if let Some(refused) = budget_refusal(&rejection) {
+                st.metrics.body_budget_refusals.inc();
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, refused.to_string());
+            }
             st.metrics.bad_requests.inc();
             let status = rejection.status();
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -153,6 +182,19 @@ async fn validate(
         admission::response_json(&req, &decision),
     )
         .into_response()
+}
+
+/// The transport's refusal of a body beyond the request body budget, if
+/// that is why the body could not be read.
+fn budget_refusal(rejection: &BytesRejection) -> Option<&crate::tls::BodyBudgetExceeded> {
+    let mut source = std::error::Error::source(rejection);
+    while let Some(error) = source {
+        if let Some(refused) = error.downcast_ref::<crate::tls::BodyBudgetExceeded>() {
+            return Some(refused);
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// The part of a rule the decision reads.
@@ -538,6 +580,8 @@ impl Shutdown {
 /// A server started by [`start`].
 pub struct Running {
     pub local_addr: std::net::SocketAddr,
+    /// The plain-HTTP probe listener's address, when `probes` is set.
+    pub probe_addr: Option<std::net::SocketAddr>,
     pub state: Arc<AppState>,
     pub shutdown: Shutdown,
     /// Resolves when the server has stopped (after a graceful drain).
@@ -548,8 +592,22 @@ pub struct Running {
 /// Fails on local problems only (unusable mirror directory, unreadable
 /// certificate, address in use); an unreachable remote is a readiness
 /// matter, not a start-up failure.
+///
+/// The transport limits configured under `limits:` (request body budget,
+/// connection caps, HTTP/2 idle timeout) replace the corresponding fields
+/// of `options`. With `probes` set, a plain-HTTP listener serves the probe
+/// routes too; `task` ends when both listeners have stopped.
 pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow::Result<Running> {
     use anyhow::Context as _;
+    let limits = &config.limits;
+    let options = crate::tls::ServeOptions {
+        body_budget: limits.request_body_budget,
+        body_budget_per_peer: limits.body_budget_per_peer(),
+        max_connections: limits.max_connections,
+        max_connections_per_peer: limits.max_connections_per_peer,
+        http2_idle_timeout: limits.http2_idle_timeout,
+        ..options
+    };
     // One process-wide provider; components also pass ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
@@ -577,19 +635,51 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         .await
         .with_context(|| format!("listen: cannot bind {addr}"))?;
     let local_addr = listener.local_addr()?;
+    let probes = match config.probes_addr()? {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("probes.listen: cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(AppState::new(config, sources));
     state.tls_ready.store(true, Ordering::Relaxed);
-    let app = router(state.clone());
-    let task = tokio::spawn(crate::tls::serve(
+    let mut probe_addr = None;
+    let probes = match probes {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            probe_addr = Some(addr);
+            tracing::info!(local_addr = %addr, "stale-guard probes serving");
+            Some(crate::tls::serve_plain(
+                listener,
+                probe_router(state.clone()),
+                probe_options(&options),
+                shutdown.wait(),
+            ))
+        }
+        None => None,
+    };
+    let reviews = crate::tls::serve(
         listener,
         tls,
-        app,
+        router(state.clone()),
         options,
         shutdown.wait(),
-    ));
+    );
+    let task = tokio::spawn(async move {
+        match probes {
+            Some(probes) => {
+                let (reviews, probes) = tokio::join!(reviews, probes);
+                reviews.and(probes)
+            }
+            None => reviews.await,
+        }
+    });
     tracing::info!(%local_addr, "stale-guard webhook serving");
     Ok(Running {
         local_addr,
+        probe_addr,
         state,
         shutdown,
         task,

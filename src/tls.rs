@@ -32,11 +32,22 @@
 //! auto connection builder, forced to HTTP/2 or HTTP/1.1 by the negotiated
 //! ALPN protocol. Shutdown is graceful: stop accepting, let in-flight
 //! requests finish, give up after [`ServeOptions::shutdown_grace`].
+//! [`serve_plain`] runs the same loop without TLS, HTTP/1.1 only, for a
+//! probe port.
+//!
+//! Limits that hold whatever clients do: connections at once, in all and
+//! per client address; a budget of request body bytes being received,
+//! shared by all connections (`tls/limits.rs`); idle, slowloris and stall
+//! checks per connection (`tls/activity.rs`); HTTP/2 streams and windows
+//! per connection.
 //!
 //! The crypto provider is always rustls' `ring` provider, passed explicitly
 //! to every builder; nothing depends on a process-wide default provider.
 
 mod activity;
+mod limits;
+
+pub use limits::BodyBudgetExceeded;
 
 use std::fmt;
 use std::future::Future;
@@ -50,7 +61,6 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -67,6 +77,17 @@ use tokio_rustls::TlsAcceptor;
 
 /// ALPN protocols offered by the server, in preference order.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// HTTP/2 streams open at once per connection. The API server opens more
+/// connections when it needs more streams.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 64;
+/// HTTP/2 flow-control window of each stream: data a client may send ahead
+/// of what the handler has read (hyper's default is 1 MiB).
+pub const H2_STREAM_WINDOW: u32 = 256 << 10;
+/// HTTP/2 flow-control window of a connection, all streams together.
+pub const H2_CONNECTION_WINDOW: u32 = 512 << 10;
+/// Largest HTTP/2 header list accepted (hyper's default, made explicit).
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
 
 /// The files a [`ReloadingTls`] reads. Paths may be symlinks (they are
 /// followed on every read).
@@ -485,15 +506,35 @@ pub struct ServeOptions {
     /// HTTP/1.1: longest time a connection may go without a request in
     /// flight: from the accept or the previous response to the end of the
     /// next request's headers. It bounds both slowly sent headers
-    /// (slowloris) and idle keep-alive connections. HTTP/2 has no
-    /// equivalent (idle h2 connections, as kept by kube-apiserver, are
-    /// legitimate). Checked per connection, a few times per period, not
-    /// with a timer per request. Default 10 s.
+    /// (slowloris) and idle keep-alive connections. HTTP/2 connections,
+    /// which kube-apiserver keeps open between reviews, have the longer
+    /// [`http2_idle_timeout`](Self::http2_idle_timeout) instead. Checked
+    /// per connection, a few times per period, not with a timer per
+    /// request. Default 10 s.
     pub header_read_timeout: Duration,
-    /// HTTP/1.1 and HTTP/2: a connection with requests in flight and none
-    /// finished for this long is closed (a client trickling a request
-    /// body). Default 60 s, above any review's deadline.
+    /// HTTP/1.1 and HTTP/2: a connection with a request (an HTTP/2 stream)
+    /// in flight for this long is closed (a client trickling a request
+    /// body). Each request is timed from its own start, so other requests
+    /// finishing on the connection do not keep a stalled one alive.
+    /// Default 60 s, above any review's deadline.
     pub stall_timeout: Duration,
+    /// Request body bytes being received at once, all connections
+    /// together. Every body frame is charged before the handler sees it and
+    /// released when its request ends; a frame beyond the budget fails the
+    /// body with [`BodyBudgetExceeded`] at once. Default 32 MiB.
+    pub body_budget: usize,
+    /// The part of [`body_budget`](Self::body_budget) one peer address may
+    /// hold, so that one client cannot take all of it. Default 16 MiB.
+    pub body_budget_per_peer: usize,
+    /// HTTP/2: a connection with no stream open for this long is sent a
+    /// GOAWAY and closed (it is dropped if it has not closed 5 s later).
+    /// Zero keeps idle HTTP/2 connections open, found dead by pings only.
+    /// Default 2 min.
+    pub http2_idle_timeout: Duration,
+    /// Most connections one client address may have open at once (0 is
+    /// treated as 1); beyond it, its new connections are closed at once.
+    /// Default 128.
+    pub max_connections_per_peer: usize,
     /// Most connections served at once (0 is treated as 1). When reached,
     /// the server stops accepting: further clients wait in the kernel's
     /// listen backlog until a connection closes. Default 1024.
@@ -517,6 +558,10 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(60),
+            body_budget: 32 << 20,
+            body_budget_per_peer: 16 << 20,
+            http2_idle_timeout: Duration::from_secs(120),
+            max_connections_per_peer: 128,
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(20),
             drain_delay: Duration::ZERO,
@@ -532,7 +577,9 @@ impl Default for ServeOptions {
 /// at debug and never stop the loop. At most
 /// [`ServeOptions::max_connections`] connections are served at once;
 /// further clients wait in the listen backlog (they are not accepted, so not
-/// closed either).
+/// closed either). A client address over
+/// [`ServeOptions::max_connections_per_peer`] has its new connections
+/// closed at once.
 ///
 /// When `shutdown` resolves: the listener is closed (new connections are
 /// refused), handshakes in progress are abandoned, idle connections are
@@ -551,17 +598,46 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    accept_loop(listener, Some(tls), app, options, shutdown).await
+}
+
+/// Like [`serve`], in plain HTTP/1.1 (no TLS): for kubelet probes and
+/// Prometheus on a port of their own, which a saturated TLS listener does
+/// not block. The same limits apply; HTTP/2 is not offered.
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    accept_loop(listener, None, app, options, shutdown).await
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<ReloadingTls>>,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let mut shutdown = pin!(shutdown);
     let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    // Tells connections still in their TLS handshake to give up.
+    // Tells connections to give up their TLS handshake, close when idle
+    // and send HTTP/2 a GOAWAY.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let shared = limits::Shared::new(
+        options.body_budget,
+        options.body_budget_per_peer,
+        options.max_connections_per_peer,
+    );
     let limits = ConnectionLimits {
         handshake_timeout: options.handshake_timeout,
         header_read_timeout: options.header_read_timeout,
         stall_timeout: options.stall_timeout,
+        http2_idle_timeout: options.http2_idle_timeout,
     };
+    let mut over_cap = OverCapLog::default();
 
     loop {
         // Reap finished connection tasks (their results carry nothing).
@@ -596,14 +672,19 @@ pub async fn serve(
                 }
             },
         };
+        // Counted from the accept, before any TLS work.
+        let Some(slot) = shared.admit(peer.ip().to_canonical()) else {
+            over_cap.refused(peer);
+            continue;
+        };
         connections.spawn(serve_connection(
             tcp,
             peer,
-            tls.current(),
+            slot,
+            tls.as_ref().map(|tls| tls.current()),
             app.clone(),
             limits,
             stop_rx.clone(),
-            graceful.watcher(),
             permit,
         ));
     }
@@ -629,7 +710,6 @@ pub async fn serve(
         "shutting down: waiting for in-flight requests"
     );
     let drained = tokio::time::timeout(options.shutdown_grace, async {
-        graceful.shutdown().await;
         while let Some(result) = connections.join_next().await {
             log_join_error(result);
         }
@@ -647,29 +727,67 @@ pub async fn serve(
     Ok(())
 }
 
+/// Connections closed for their address's cap: logged at warn at most once
+/// a minute, with a count, so that an attack is visible without flooding
+/// the log.
+#[derive(Debug, Default)]
+struct OverCapLog {
+    since_last: u64,
+    last: Option<tokio::time::Instant>,
+}
+
+impl OverCapLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn refused(&mut self, peer: SocketAddr) {
+        self.since_last += 1;
+        tracing::debug!(%peer, "too many connections from this address; closing");
+        let now = tokio::time::Instant::now();
+        if self.last.is_none_or(|last| now >= last + Self::EVERY) {
+            tracing::warn!(
+                %peer,
+                refused = self.since_last,
+                "closing connections from addresses over the per-address connection limit (limits.maxConnectionsPerPeer)"
+            );
+            self.since_last = 0;
+            self.last = Some(now);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct ConnectionLimits {
     handshake_timeout: Duration,
     header_read_timeout: Duration,
     stall_timeout: Duration,
+    http2_idle_timeout: Duration,
 }
 
-/// One connection: TLS handshake, then HTTP until the peer closes or a
+/// How long an HTTP/2 connection told to go away (GOAWAY) because it was
+/// idle may take to close before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
+
+/// One connection: TLS handshake (unless `config` is `None`: plain
+/// HTTP/1.1), then HTTP until the peer closes, the connection expires or a
 /// graceful shutdown completes. Never panics; errors are logged at debug.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    config: Arc<ServerConfig>,
+    slot: limits::PeerSlot,
+    config: Option<Arc<ServerConfig>>,
     app: Router,
     limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
-    watcher: Watcher,
     _permit: OwnedSemaphorePermit,
 ) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
+    let Some(config) = config else {
+        let io = TokioIo::new(tcp);
+        return serve_http(io, Some(false), peer, slot, app, limits, stop).await;
+    };
     let handshake = tokio::time::timeout(
         limits.handshake_timeout,
         TlsAcceptor::from(config).accept(tcp),
@@ -699,33 +817,68 @@ async fn serve_connection(
         Some(_) => Some(false),
         None => None,
     };
+    serve_http(TokioIo::new(stream), alpn_h2, peer, slot, app, limits, stop).await;
+}
+
+/// HTTP on an established stream: `h2` says whether the client chose
+/// HTTP/2 (`None`: sniff the protocol).
+async fn serve_http<I>(
+    io: I,
+    h2: Option<bool>,
+    peer: SocketAddr,
+    slot: limits::PeerSlot,
+    app: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No hyper timer for HTTP/1.1: its header-read timeout resets a timer
     // per request; the connection's Activity does that job (see activity.rs).
     builder.http1().header_read_timeout(None);
-    // HTTP/2 connections may idle for long (the API server keeps them);
-    // pings find peers that vanished without closing, so they do not hold
-    // a connection slot forever.
+    // HTTP/2 connections may idle for a while (the API server keeps them);
+    // pings find peers that vanished without closing, and the idle limit
+    // closes the ones that stay but send nothing. Streams and flow-control
+    // windows are sized so that what one connection can make the server
+    // hold outside the body budget (data received but not yet read by a
+    // handler) stays small: at most the connection window.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let builder = match alpn_h2 {
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE);
+    let builder = match h2 {
         Some(true) => builder.http2_only(),
         Some(false) => builder.http1_only(),
         None => builder,
     };
     // Without ALPN the protocol is sniffed; such a client is held to the
     // HTTP/1.1 idle limit either way.
-    let idle_limit = (alpn_h2 != Some(true)).then_some(limits.header_read_timeout);
-    let activity = activity::Activity::new();
-    let service = activity::Tracked::new(TowerToHyperService::new(app), Arc::clone(&activity));
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    let mut connection = pin!(watcher.watch(connection));
+    let is_h2 = h2 == Some(true);
+    let idle_limit = if is_h2 {
+        Some(limits.http2_idle_timeout).filter(|limit| !limit.is_zero())
+    } else {
+        Some(limits.header_read_timeout)
+    };
+    let activity = activity::Activity::new(limits.stall_timeout);
+    let service = activity::Tracked::new(
+        TowerToHyperService::new(app),
+        Arc::clone(&activity),
+        Arc::new(slot),
+    );
+    let mut connection = pin!(builder.serve_connection(io, service));
     let period = activity::Activity::check_period(idle_limit, limits.stall_timeout);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once the connection was asked to go away: it is dropped if it
+    // has not closed by then.
+    let mut going_away: Option<tokio::time::Instant> = None;
+    let mut stopping = false;
     loop {
         tokio::select! {
             biased;
@@ -735,11 +888,35 @@ async fn serve_connection(
                 }
                 return;
             }
+            // Resolves at once, and for good, once stopping: hence the guard.
+            _ = stop.wait_for(|stopping| *stopping), if !stopping => {
+                stopping = true;
+                // Idle HTTP/1.1 connections close; HTTP/2 gets a GOAWAY.
+                // In-flight requests finish (the caller bounds the wait).
+                connection.as_mut().graceful_shutdown();
+            }
             _ = ticks.tick() => {
-                if let Some(why) = activity.expired(idle_limit, limits.stall_timeout) {
-                    // Dropping the connection closes the socket.
-                    tracing::debug!(%peer, reason = why.as_str(), "closing connection");
+                if going_away.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                    tracing::debug!(%peer, "closing connection: GOAWAY not honoured");
                     return;
+                }
+                match activity.expired(idle_limit) {
+                    // An idle HTTP/2 connection is told to go away, so a
+                    // client about to send a request retries it on a new
+                    // connection instead of seeing it fail.
+                    Some(activity::Expired::Idle) if is_h2 && going_away.is_none() => {
+                        tracing::debug!(%peer, "HTTP/2 connection idle; sending GOAWAY");
+                        connection.as_mut().graceful_shutdown();
+                        going_away = Some(tokio::time::Instant::now() + GOAWAY_GRACE);
+                    }
+                    // Told already: the deadline above ends it.
+                    Some(activity::Expired::Idle) if is_h2 => {}
+                    Some(why) => {
+                        // Dropping the connection closes the socket.
+                        tracing::debug!(%peer, reason = why.as_str(), "closing connection");
+                        return;
+                    }
+                    None => {}
                 }
             }
         }

@@ -553,6 +553,17 @@ fn deployment_is_hardened_and_rolls_without_gaps() {
             Some("RuntimeDefault")
         );
 
+        // Probes go to the plain-HTTP probe port, not the review port:
+        // clients filling the review port's slots must not fail them.
+        let probe_port = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("probes"))
+            .expect("a container port named probes")
+            .container_port;
+        assert_ne!(probe_port, 8443);
         for (probe, path) in [
             (
                 c.readiness_probe.as_ref().expect("readinessProbe"),
@@ -565,10 +576,10 @@ fn deployment_is_hardened_and_rolls_without_gaps() {
         ] {
             let get = probe.http_get.as_ref().expect("httpGet probe");
             assert_eq!(get.path.as_deref(), Some(path));
-            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+            assert_eq!(get.scheme.as_deref(), Some("HTTP"));
             assert!(
-                get.port == IntOrString::Int(8443)
-                    || get.port == IntOrString::String(port_name.clone()),
+                get.port == IntOrString::Int(probe_port)
+                    || get.port == IntOrString::String("probes".into()),
                 "{path} probe port {:?}",
                 get.port
             );
@@ -664,6 +675,8 @@ fn deployment_is_hardened_and_rolls_without_gaps() {
         }
         let listen_port = config.listen_addr().unwrap().port();
         assert_eq!(listen_port, 8443);
+        let probes = config.probes_addr().unwrap().expect("probes.listen");
+        assert_eq!(i32::from(probes.port()), probe_port);
         let grace = pod
             .termination_grace_period_seconds
             .expect("terminationGracePeriodSeconds");
@@ -741,18 +754,53 @@ fn monitoring_objects_watch_the_server_metrics() {
     let docs = docs("deploy/overlays/cert-manager-monitoring");
     let sm = find(docs, "ServiceMonitor", "stale-guard");
     let ep = &sm["spec"]["endpoints"][0];
-    assert_eq!(ep["scheme"], "https");
+    // Plain HTTP on the probe port, through a Service of its own.
+    assert_eq!(ep["scheme"], "http");
     assert_eq!(ep["path"], "/metrics");
-    let svc: Service = one(docs, "Service", "stale-guard");
-    let port_names: Vec<String> = svc
+    let svc: Service = one(docs, "Service", "stale-guard-metrics");
+    let labels = svc.metadata.labels.clone().unwrap();
+    let selector = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    for (k, v) in selector {
+        assert_eq!(labels.get(k).map(String::as_str), v.as_str(), "{k}");
+    }
+    // The job label the alerts use (job="stale-guard") comes from a label
+    // of the Service, not its name.
+    let job_label = sm["spec"]["jobLabel"].as_str().expect("jobLabel");
+    assert_eq!(
+        labels.get(job_label).map(String::as_str),
+        Some("stale-guard")
+    );
+    let rule = find(docs, "PrometheusRule", "stale-guard");
+    assert!(
+        rule.to_string().contains("job=\\\"stale-guard\\\""),
+        "{rule}"
+    );
+    // The webhook's own Service is not scraped.
+    let webhook: Service = one(docs, "Service", "stale-guard");
+    let webhook_labels = webhook.metadata.labels.unwrap();
+    assert!(
+        selector
+            .iter()
+            .any(|(k, v)| webhook_labels.get(k).map(String::as_str) != v.as_str())
+    );
+    let ports = svc.spec.unwrap().ports.unwrap();
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == ep["port"].as_str())
+        .expect("the ServiceMonitor's port on stale-guard-metrics");
+    assert_eq!(port.target_port, Some(IntOrString::String("probes".into())));
+    // And Prometheus may reach it.
+    let np: NetworkPolicy = one(docs, "NetworkPolicy", "stale-guard-metrics");
+    let open: Vec<IntOrString> = np
         .spec
         .unwrap()
-        .ports
+        .ingress
         .unwrap()
-        .into_iter()
-        .filter_map(|p| p.name)
+        .iter()
+        .flat_map(|r| r.ports.iter().flatten())
+        .filter_map(|p| p.port.clone())
         .collect();
-    assert!(port_names.contains(&ep["port"].as_str().unwrap().to_owned()));
+    assert!(open.contains(&IntOrString::Int(8080)), "{open:?}");
 
     let rule = find(docs, "PrometheusRule", "stale-guard");
     let exprs: Vec<&str> = rule["spec"]["groups"]

@@ -258,6 +258,7 @@ fn quick_options() -> ServeOptions {
         max_connections: 64,
         shutdown_grace: Duration::from_secs(10),
         drain_delay: Duration::ZERO,
+        ..ServeOptions::default()
     }
 }
 
@@ -884,11 +885,13 @@ fn load_errors_name_the_file() {
     assert!(message.contains("client CA"), "{message}");
 }
 
-/// A raw HTTP/1.1-over-TLS connection (ALPN http/1.1) trusting `ca`, for
-/// tests that need to control every byte and its timing.
-async fn raw_http1(
+/// A raw TLS connection to `server` trusting `ca`, offering one ALPN
+/// protocol, from the local address `from`.
+async fn tls_connect(
     server: &TestServer,
     ca: &Ca,
+    alpn: &[u8],
+    from: std::net::IpAddr,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Box<dyn std::error::Error + Send + Sync>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
@@ -900,12 +903,25 @@ async fn raw_http1(
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(server.addr).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(server.addr).await?;
     Ok(connector
         .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
         .await?)
+}
+
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// A raw HTTP/1.1-over-TLS connection (ALPN http/1.1) trusting `ca`, for
+/// tests that need to control every byte and its timing.
+async fn raw_http1(
+    server: &TestServer,
+    ca: &Ca,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Box<dyn std::error::Error + Send + Sync>> {
+    tls_connect(server, ca, b"http/1.1", LOOPBACK).await
 }
 
 /// Reads until the server closes (EOF or an unclean close), at most 5 s;
@@ -1064,6 +1080,168 @@ async fn request_body_trickled_is_cut_off_after_stall_timeout() -> TestResult {
         "trickled body cut off after {cut_after:?}"
     );
 
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// An HTTP/2 client connection (the `h2` crate, ALPN h2) trusting `ca`,
+/// driven by its own task (which also answers the server's pings): the
+/// task ends when the server closes the connection.
+async fn raw_h2(
+    server: &TestServer,
+    ca: &Ca,
+) -> Result<
+    (
+        h2::client::SendRequest<axum::body::Bytes>,
+        JoinHandle<Result<(), h2::Error>>,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let tls = tls_connect(server, ca, b"h2", LOOPBACK).await?;
+    let (send, connection) = h2::client::handshake(tls).await?;
+    Ok((send, tokio::spawn(connection)))
+}
+
+fn h2_request(method: &str, path: &str) -> axum::http::Request<()> {
+    axum::http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// A stalled upload on one HTTP/2 stream closes the connection after
+/// `stall_timeout` even while other streams on the same connection keep
+/// finishing (a `/ping` every 100 ms): progress is counted per stream.
+#[tokio::test]
+async fn http2_stalled_stream_is_cut_off_while_other_streams_finish() -> TestResult {
+    let options = ServeOptions {
+        stall_timeout: Duration::from_millis(600),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    let (send, connection) = raw_h2(&server, &ca).await?;
+    let mut send = send.ready().await?;
+    let mut upload = h2_request("POST", "/echo");
+    upload.headers_mut().insert(
+        "content-length",
+        axum::http::HeaderValue::from_static("1000"),
+    );
+    let (_stalled_response, mut body) = send.send_request(upload, false)?;
+    body.send_data(axum::body::Bytes::from_static(&[b'x'; 10]), false)?;
+    let started = Instant::now();
+
+    let mut pings = 0;
+    let closed_after = loop {
+        if connection.is_finished() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stalled stream kept its connection open for 5 s ({pings} pings answered)"
+        );
+        let ping = async {
+            let mut ready = send.clone().ready().await?;
+            let (response, _) = ready.send_request(h2_request("GET", "/ping"), true)?;
+            response.await
+        };
+        // An error: the connection is going away.
+        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), ping).await {
+            assert_eq!(response.status(), 200);
+            pings += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(pings >= 3, "only {pings} pings answered");
+    assert!(
+        closed_after >= Duration::from_millis(550) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// An HTTP/2 connection that answers pings but opens no stream is sent a
+/// GOAWAY and closed after `http2_idle_timeout`; one in use stays open.
+#[tokio::test]
+async fn http2_idle_connection_is_closed_after_the_idle_timeout() -> TestResult {
+    let options = ServeOptions {
+        http2_idle_timeout: Duration::from_millis(500),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    // In use: a request every 200 ms for 1.5 s keeps it open.
+    let (send, busy) = raw_h2(&server, &ca).await?;
+    let started = Instant::now();
+    let mut idle_since = started;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let mut ready = send.clone().ready().await?;
+        let (response, _) = ready.send_request(h2_request("GET", "/ping"), true)?;
+        assert_eq!(response.await?.status(), 200);
+        idle_since = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!busy.is_finished(), "a connection in use was closed");
+
+    // Then idle: closed near the limit, cleanly (GOAWAY, then EOF).
+    let closed = tokio::time::timeout(Duration::from_secs(5), busy).await;
+    let waited = idle_since.elapsed();
+    let result =
+        closed.map_err(|_| format!("idle HTTP/2 connection still open after {waited:?}"))?;
+    assert!(result?.is_ok(), "connection ended with an error");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        "closed after {waited:?} idle"
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// Beyond `max_connections_per_peer`, an address's new connections are
+/// closed at once, while another address is served.
+#[tokio::test]
+async fn connections_beyond_the_per_peer_cap_are_closed() -> TestResult {
+    let options = ServeOptions {
+        max_connections_per_peer: 2,
+        header_read_timeout: Duration::from_secs(10),
+        ..quick_options()
+    };
+    let (ca, tls, _secret) = test_pki();
+    let server = TestServer::start(tls, options).await;
+
+    let held = [
+        raw_http1(&server, &ca).await?,
+        raw_http1(&server, &ca).await?,
+    ];
+    let started = Instant::now();
+    let third = tls_connect(&server, &ca, b"http/1.1", LOOPBACK).await;
+    assert!(
+        third.is_err(),
+        "a third connection from the same address was served"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let other = client_builder(&ca.pem())
+        .local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)))
+        .build()?;
+    let response = other.get(server.url("/ping")).send().await?;
+    assert_eq!(response.text().await?, "pong");
+
+    // A slot freed is a slot for the same address again.
+    drop(held);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(stream) = tls_connect(&server, &ca, b"http/1.1", LOOPBACK).await {
+            again = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the address's slots were not released");
     server.shutdown().await?;
     Ok(())
 }

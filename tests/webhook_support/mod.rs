@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -169,6 +169,41 @@ pub fn client_builder(ca_pem: &str, proto: Proto) -> reqwest::ClientBuilder {
 
 pub fn client(ca_pem: &str, proto: Proto) -> reqwest::Client {
     client_builder(ca_pem, proto).build().unwrap()
+}
+
+/// A TLS connection to `addr` from the local address `from`, trusting only
+/// `ca_pem` and offering one ALPN protocol (`h2` or `http/1.1`): for
+/// clients that control every byte (HTTP/2 streams left open, bodies left
+/// unfinished), from a chosen loopback address (all of 127.0.0.0/8 is
+/// local on Linux).
+pub async fn tls_connect(
+    addr: &str,
+    from: std::net::IpAddr,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let tcp = socket.connect(addr.parse().unwrap()).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
 }
 
 /// The answer to one POST /validate.
@@ -760,6 +795,8 @@ pub struct ConfigBuilder {
     pub failure: String,
     /// The `limits:` flow mapping, when set.
     pub limits: Option<String>,
+    /// `probes.listen`, when set.
+    pub probes: Option<String>,
     pub client_ca: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -783,6 +820,7 @@ impl ConfigBuilder {
             failure: "{ mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s }"
                 .into(),
             limits: None,
+            probes: None,
             client_ca: None,
             cert_file: None,
             key_file: None,
@@ -876,6 +914,9 @@ impl ConfigBuilder {
         if let Some(limits) = &self.limits {
             y.push_str(&format!("limits: {limits}\n"));
         }
+        if let Some(listen) = &self.probes {
+            y.push_str(&format!("probes: {{ listen: {} }}\n", q(listen)));
+        }
         y
     }
 }
@@ -948,6 +989,177 @@ impl Drop for Server {
             running.shutdown.trigger();
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// the server as a process
+// ---------------------------------------------------------------------------
+
+/// A running `stale-guard serve`.
+pub struct SgProcess {
+    pub child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    pub addr: String,
+}
+
+impl SgProcess {
+    /// Spawns the binary and waits (bounded) for its "serving" log line.
+    pub fn spawn(config_file: &Path) -> SgProcess {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stale-guard"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config_file)
+            .env("RUST_LOG", "info,stale_guard::audit=debug")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stale-guard serve");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        for (pipe, sink) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                stdout.clone(),
+            ),
+            (Box::new(child.stderr.take().unwrap()), stderr.clone()),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut p = SgProcess {
+            child,
+            stdout,
+            stderr,
+            addr: String::new(),
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(addr) = p.serving_addr() {
+                p.addr = addr;
+                return p;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!(
+                    "stale-guard serve exited ({status}) before serving\nstdout:\n{}\nstderr:\n{}",
+                    p.stdout_text(),
+                    p.stderr_text()
+                );
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "no \"stale-guard webhook serving\" line within {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
+                p.stdout_text(),
+                p.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    pub fn serving_addr(&self) -> Option<String> {
+        self.logged_addr("stale-guard webhook serving")
+    }
+
+    /// The `local_addr` of the first log line with this message.
+    pub fn logged_addr(&self, message: &str) -> Option<String> {
+        self.json_lines().iter().find_map(|v| {
+            let f = fields(v);
+            (f["message"] == message).then(|| {
+                f["local_addr"]
+                    .as_str()
+                    .expect("local_addr field")
+                    .to_string()
+            })
+        })
+    }
+
+    /// Resident memory of the server process, from /proc/PID/status.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    pub fn base(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// `kill -TERM <pid>` (this process only).
+    pub fn sigterm(&self) {
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM failed");
+    }
+
+    /// Waits at most `limit` for the exit; kills it (and fails) otherwise.
+    pub fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "stale-guard did not exit within {limit:?} of SIGTERM\nstdout:\n{}",
+                    self.stdout_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SgProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes the configuration and a fresh PKI (or uses the given cert/key).
+pub fn write_config(dir: &Path, config: &ConfigBuilder, pki: &Pki) -> PathBuf {
+    let yaml = config.yaml(&pki.cert_file, &pki.key_file);
+    stale_guard::config::Config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let path = dir.join("stale-guard.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
 }
 
 // ---------------------------------------------------------------------------
