@@ -589,8 +589,10 @@ impl<'a> RepoObjects<'a> {
             return Ok(parsed);
         }
         let bytes = self.blob(oid)?;
+        // The error is cached: capped before it is kept.
         let parsed = crate::kustomize::first_document(&bytes)
-            .and_then(|doc| crate::kustomize::kustomization_inputs(&doc).map_err(|e| e.0));
+            .and_then(|doc| crate::kustomize::kustomization_inputs(&doc).map_err(|e| e.0))
+            .map_err(|e| crate::echo::value(&e));
         let parsed = Arc::new(parsed);
         self.caches.kustomizations.insert(oid, parsed.clone());
         Ok(parsed)

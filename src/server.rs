@@ -361,7 +361,7 @@ impl AppState {
             self.metrics.cache.get_or_create(&cache("hit")).inc();
             return Ok(match cached.as_ref() {
                 Ok(sum) => Ok(sum.checksum),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(crate::echo::message(e.to_string())),
             });
         }
         let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone());
@@ -384,7 +384,7 @@ impl AppState {
             }
             result
                 .map(|sum| sum.checksum)
-                .map_err(|e: ChecksumError| e.to_string())
+                .map_err(|e: ChecksumError| crate::echo::message(e.to_string()))
         });
         match computed.await {
             Ok(fact) => Ok(fact),

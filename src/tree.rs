@@ -130,12 +130,23 @@ pub enum ResolveError {
     Git(#[from] GitError),
 }
 
-/// Renders a repository path for messages.
+/// Renders a repository path for messages, capped ([`crate::echo`]).
 pub fn show(path: &[u8]) -> String {
     if path.is_empty() {
         ".".to_owned()
     } else {
-        String::from_utf8_lossy(path).into_owned()
+        crate::echo::bytes(path)
+    }
+}
+
+/// A path or symlink target as an error keeps it: capped, so that a cached
+/// error never holds a multi-megabyte name (showing it again keeps it as
+/// is).
+fn kept(path: &[u8]) -> Vec<u8> {
+    if path.len() <= crate::echo::CUT_ABOVE {
+        path.to_vec()
+    } else {
+        crate::echo::bytes(path).into_bytes()
     }
 }
 
@@ -155,7 +166,7 @@ pub fn join_clean(base: &[u8], rel: &[u8]) -> Result<Vec<u8>, ResolveError> {
                         path.push(b'/');
                     }
                     path.extend_from_slice(rel);
-                    return Err(ResolveError::Escapes { path });
+                    return Err(ResolveError::Escapes { path: kept(&path) });
                 }
             }
             name => parts.push(name),
@@ -210,9 +221,7 @@ pub fn resolve(
             b"" | b"." => continue,
             b".." => {
                 let Some((_, len)) = stack.pop() else {
-                    return Err(ResolveError::Escapes {
-                        path: path.to_vec(),
-                    });
+                    return Err(ResolveError::Escapes { path: kept(path) });
                 };
                 here.truncate(len);
                 continue;
@@ -224,8 +233,8 @@ pub fn resolve(
         let full = child(&here, &part);
         let Some(entry) = dir.get(&part) else {
             return Err(ResolveError::NotFound {
-                path: path.to_vec(),
-                real: full,
+                path: kept(path),
+                real: kept(&full),
             });
         };
         match entry.kind {
@@ -236,7 +245,7 @@ pub fn resolve(
             EntryKind::File => {
                 // `file/` or `file/x`: the kernel says ENOTDIR.
                 if !pending.is_empty() {
-                    return Err(ResolveError::NotADirectory { path: full });
+                    return Err(ResolveError::NotADirectory { path: kept(&full) });
                 }
                 return Ok(Resolved {
                     path: full,
@@ -258,18 +267,16 @@ pub fn resolve(
             EntryKind::Link => {
                 hops += 1;
                 if hops > MAX_SYMLINK_HOPS {
-                    return Err(ResolveError::Loop {
-                        path: path.to_vec(),
-                    });
+                    return Err(ResolveError::Loop { path: kept(path) });
                 }
                 let target = objects.blob(entry.oid)?;
                 if target.is_empty() {
-                    return Err(ResolveError::EmptyLink { link: full });
+                    return Err(ResolveError::EmptyLink { link: kept(&full) });
                 }
                 if target.starts_with(b"/") {
                     return Err(ResolveError::AbsoluteLink {
-                        link: full,
-                        target: target.to_vec(),
+                        link: kept(&full),
+                        target: kept(&target),
                     });
                 }
                 for comp in target.split(|&b| b == b'/').rev() {

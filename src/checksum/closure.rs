@@ -40,11 +40,14 @@ pub struct OverlayError {
 
 impl fmt::Display for OverlayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
+        let mut text = self.kind.to_string();
         if !self.chain.is_empty() {
-            write!(f, " (via {})", self.chain.join(" -> "))?;
+            text.push_str(" (via ");
+            text.push_str(&self.chain.join(" -> "));
+            text.push(')');
         }
-        Ok(())
+        // 64 nested kustomizations of long names: still one bounded message.
+        f.write_str(&crate::echo::message(text))
     }
 }
 
@@ -162,8 +165,8 @@ impl Walk<'_, '_> {
         match error {
             ResolveError::Git(e) => e.into(),
             error => self.error(OverlayErrorKind::Reference {
-                field: field.to_owned(),
-                reference: reference.to_owned(),
+                field: crate::echo::value(field),
+                reference: crate::echo::value(reference),
                 error,
             }),
         }
@@ -193,7 +196,7 @@ impl Walk<'_, '_> {
     fn lookup(&self, base: &[u8], reference: &str) -> Result<Resolved, ResolveError> {
         if reference.starts_with('/') {
             return Err(ResolveError::Absolute {
-                path: reference.as_bytes().to_vec(),
+                path: crate::echo::value(reference).into_bytes(),
             });
         }
         let path = tree::join_clean(base, reference.as_bytes())?;
@@ -253,7 +256,7 @@ impl Walk<'_, '_> {
             Err(reason) => {
                 return Err(self.error(OverlayErrorKind::InvalidKustomization {
                     file: show(&file),
-                    reason: reason.clone(),
+                    reason: crate::echo::value(reason),
                 }));
             }
         };
@@ -496,7 +499,7 @@ impl Walk<'_, '_> {
                 let docs = kustomize::all_documents(text.as_bytes()).map_err(|reason| {
                     self.error(OverlayErrorKind::InvalidPluginConfig {
                         file: show(&count.file),
-                        reason,
+                        reason: crate::echo::value(&reason),
                     })
                 })?;
                 for doc in docs.iter().filter(|d| **d != Node::Null) {
@@ -536,7 +539,7 @@ impl Walk<'_, '_> {
         let docs = kustomize::all_documents(&bytes).map_err(|reason| {
             self.error(OverlayErrorKind::InvalidPluginConfig {
                 file: show(file),
-                reason,
+                reason: crate::echo::value(&reason),
             })
         })?;
         for (n, doc) in docs.iter().filter(|d| **d != Node::Null).enumerate() {
@@ -588,7 +591,7 @@ impl Walk<'_, '_> {
                 .map_err(|e| {
                     self.error(OverlayErrorKind::InvalidPluginConfig {
                         file: show(file),
-                        reason: e.0,
+                        reason: crate::echo::value(&e.0),
                     })
                 })?;
             // Builtin configs name no plugins, so these stay unused.

@@ -223,6 +223,35 @@ impl Repo {
     /// Returns the new commit's full sha.
     pub fn commit(&self, msg: &str) -> String {
         self.git(&["add", "-A"]);
+        self.commit_staged(msg)
+    }
+
+    /// Like [`commit`](Self::commit), with a symlink `rel -> target` that
+    /// exists only in git: targets no filesystem can hold (megabytes long,
+    /// empty) are stored with `git hash-object` and `update-index`.
+    pub fn commit_with_raw_symlink(&self, rel: &str, target: &[u8], msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        let mut child = git_command(&self.root)
+            .args(["hash-object", "-w", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(target).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "git hash-object failed");
+        let oid = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        self.git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("120000,{oid},{rel}"),
+        ]);
+        self.commit_staged(msg)
+    }
+
+    /// Commits the index as it is.
+    fn commit_staged(&self, msg: &str) -> String {
         let t = self.tick.get() + 1;
         self.tick.set(t);
         let date = format!("{} +0000", 1_700_000_000 + t * 3600);
