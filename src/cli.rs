@@ -130,6 +130,11 @@ pub struct ChecksumArgs {
     /// Print a JSON object (checksum, full revision, entries) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Largest file or symlink target the closure may hold, in bytes (the
+    /// webhook's `limits.maxBlobBytes`); a bigger one fails the check.
+    #[arg(long, default_value_t = crate::checksum::DEFAULT_MAX_BLOB_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MAX_BLOB_BYTES))]
+    pub max_blob_bytes: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -270,7 +275,9 @@ fn init_logging() {
 }
 
 fn checksum(args: &ChecksumArgs) -> Result<(), Failure> {
-    let engine = ChecksumEngine::open(&args.repo).map_err(Failure::usage)?;
+    let engine = ChecksumEngine::open(&args.repo)
+        .map_err(Failure::usage)?
+        .with_max_blob_bytes(args.max_blob_bytes);
     let commit = engine.resolve_commit(&args.rev).map_err(Failure::usage)?;
     let sum = engine
         .checksum(commit, &args.overlay)

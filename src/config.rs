@@ -204,7 +204,20 @@ pub struct Limits {
     /// `malloc_trim`; see `memory`); `0s` turns it off.
     #[serde(default = "default_memory_trim_interval", with = "duration")]
     pub memory_trim_interval: Duration,
+    /// Largest file (or symlink target) an overlay's closure may hold, in
+    /// bytes: a bigger one is an `OverlayError` naming it and its size,
+    /// refused from the object's header before it is read.
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
 }
+
+fn default_max_blob_bytes() -> u64 {
+    crate::checksum::DEFAULT_MAX_BLOB_BYTES
+}
+
+/// Largest `limits.maxBlobBytes` accepted: a blob that passes is read into
+/// memory whole.
+pub const MAX_MAX_BLOB_BYTES: u64 = 1 << 30;
 
 fn default_checksum_queue() -> usize {
     64
@@ -221,6 +234,7 @@ impl Default for Limits {
             checksum_queue: default_checksum_queue(),
             caches: CacheLimits::default(),
             memory_trim_interval: default_memory_trim_interval(),
+            max_blob_bytes: default_max_blob_bytes(),
         }
     }
 }
@@ -348,6 +362,12 @@ impl Config {
             return Err(invalid(
                 "limits.checksumConcurrency",
                 "must be at most 1024 (0 means one per core)",
+            ));
+        }
+        if !(1..=MAX_MAX_BLOB_BYTES).contains(&self.limits.max_blob_bytes) {
+            return Err(invalid(
+                "limits.maxBlobBytes",
+                format!("must be between 1 and {MAX_MAX_BLOB_BYTES} (1 GiB)"),
             ));
         }
         let c = &self.limits.caches;
@@ -636,6 +656,13 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert_eq!(c.limits.memory_trim_interval, Duration::ZERO);
         let e = with("{ memoryTrimInterval: often }").unwrap_err();
         assert!(e.to_string().contains("memoryTrimInterval"), "{e}");
+        assert_eq!(Limits::default().max_blob_bytes, 16 << 20);
+        let c = with("{ maxBlobBytes: 1048576 }").unwrap();
+        assert_eq!(c.limits.max_blob_bytes, 1 << 20);
+        for bad in ["0", "1073741825", "-1", "16Mi"] {
+            let e = with(&format!("{{ maxBlobBytes: {bad} }}")).unwrap_err();
+            assert!(e.to_string().contains("maxBlobBytes"), "{bad}: {e}");
+        }
     }
 
     fn error_for(from: &str, to: &str) -> ConfigError {

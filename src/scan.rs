@@ -142,6 +142,8 @@ impl Report {
 struct ScanSource {
     mirror: Option<Arc<Mirror>>,
     caches: Arc<Caches>,
+    /// `limits.maxBlobBytes`, as the webhook applies it.
+    max_blob_bytes: u64,
     error: Option<String>,
 }
 
@@ -313,12 +315,14 @@ async fn open_sources(
                 ScanSource {
                     mirror: Some(mirror),
                     caches,
+                    max_blob_bytes: config.limits.max_blob_bytes,
                     error,
                 }
             }
             Err(e) => ScanSource {
                 mirror: None,
                 caches,
+                max_blob_bytes: config.limits.max_blob_bytes,
                 error: Some(e.to_string()),
             },
         };
@@ -865,7 +869,8 @@ async fn checksum(
     commit: ObjectId,
     overlay: &str,
 ) -> ChecksumFact {
-    let engine = ChecksumEngine::with_caches(mirror.repository(), Arc::clone(&source.caches));
+    let engine = ChecksumEngine::with_caches(mirror.repository(), Arc::clone(&source.caches))
+        .with_max_blob_bytes(source.max_blob_bytes);
     let overlay = overlay.to_owned();
     match tokio::task::spawn_blocking(move || engine.checksum(commit, &overlay)).await {
         Ok(Ok(sum)) => Ok(sum.checksum),

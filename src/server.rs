@@ -364,7 +364,8 @@ impl AppState {
                 Err(e) => Err(crate::echo::message(e.to_string())),
             });
         }
-        let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone());
+        let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone())
+            .with_max_blob_bytes(self.config.limits.max_blob_bytes);
         let owned = overlay.to_owned();
         // Counted by whichever request runs the computation, once.
         let (cache_counts, computations, files) = (

@@ -76,11 +76,31 @@ impl Dir {
 #[error("git object database: {0}")]
 pub struct GitError(pub String);
 
+/// A blob over a size limit: refused from its object header, never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{size} bytes, over the {limit}-byte limit ({setting})")]
+pub struct TooLarge {
+    pub size: u64,
+    pub limit: u64,
+    /// Which limit: the setting that raises it, or what it protects.
+    pub setting: &'static str,
+}
+
+/// Why a blob's bytes were not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    TooLarge(TooLarge),
+}
+
 /// Where tree and blob objects come from. Implementations cache by object id:
 /// objects are immutable, so a cache entry never goes stale.
 pub trait ObjectSource {
     fn dir(&self, oid: ObjectId) -> Result<Arc<Dir>, GitError>;
-    fn blob(&self, oid: ObjectId) -> Result<Arc<[u8]>, GitError>;
+    /// A blob's bytes; one over the size limit is refused unread.
+    fn blob(&self, oid: ObjectId) -> Result<Arc<[u8]>, BlobError>;
 }
 
 /// A symlink or gitlink met on the way to a path.
@@ -126,6 +146,8 @@ pub enum ResolveError {
     EmptyLink { link: Vec<u8> },
     #[error("symlink loop: more than {MAX_SYMLINK_HOPS} symlinks while resolving {}", show(.path))]
     Loop { path: Vec<u8> },
+    #[error("symlink {} has a target of {too_large}", show(.link))]
+    LinkTooLarge { link: Vec<u8>, too_large: TooLarge },
     #[error(transparent)]
     Git(#[from] GitError),
 }
@@ -269,7 +291,16 @@ pub fn resolve(
                 if hops > MAX_SYMLINK_HOPS {
                     return Err(ResolveError::Loop { path: kept(path) });
                 }
-                let target = objects.blob(entry.oid)?;
+                let target = match objects.blob(entry.oid) {
+                    Ok(target) => target,
+                    Err(BlobError::Git(e)) => return Err(e.into()),
+                    Err(BlobError::TooLarge(too_large)) => {
+                        return Err(ResolveError::LinkTooLarge {
+                            link: kept(&full),
+                            too_large,
+                        });
+                    }
+                };
                 if target.is_empty() {
                     return Err(ResolveError::EmptyLink { link: kept(&full) });
                 }

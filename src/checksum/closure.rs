@@ -4,7 +4,7 @@
 
 use super::{ChecksumError, EntryKind, RepoObjects};
 use crate::kustomize::{self, Inputs, Node, PluginEntry, RefKind};
-use crate::tree::{self, Crossed, ObjectSource, ResolveError, Resolved, Target, show};
+use crate::tree::{self, BlobError, Crossed, ObjectSource, ResolveError, Resolved, Target, show};
 use gix::ObjectId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -87,6 +87,12 @@ pub enum OverlayErrorKind {
         "overlay {path} is inside submodule {submodule}; its content is not in this repository"
     )]
     InSubmodule { path: String, submodule: String },
+    #[error("{what} {path} is {too_large}")]
+    TooLarge {
+        what: &'static str,
+        path: String,
+        too_large: tree::TooLarge,
+    },
 }
 
 /// A kustomization being built: the chain kustomize uses for cycle checks.
@@ -172,6 +178,18 @@ impl Walk<'_, '_> {
         }
     }
 
+    /// A blob that was not read: too large (naming the file) or unreadable.
+    fn blob_error(&self, error: BlobError, what: &'static str, path: &[u8]) -> ChecksumError {
+        match error {
+            BlobError::Git(e) => e.into(),
+            BlobError::TooLarge(too_large) => self.error(OverlayErrorKind::TooLarge {
+                what,
+                path: show(path),
+                too_large,
+            }),
+        }
+    }
+
     fn insert(&mut self, kind: EntryKind, target: Vec<u8>, content: Content) {
         self.closure.insert((kind, target), content);
     }
@@ -250,7 +268,10 @@ impl Walk<'_, '_> {
         }
         let (file, blob) = self.kustomization_file(dir, tree)?;
         self.insert(EntryKind::File, file.clone(), Content::Blob(blob));
-        let parsed = self.objects.kustomization(blob)?;
+        let parsed = self
+            .objects
+            .kustomization(blob)
+            .map_err(|e| self.blob_error(e, "kustomization", &file))?;
         let inputs = match parsed.as_ref() {
             Ok(inputs) => inputs,
             Err(reason) => {
@@ -535,7 +556,10 @@ impl Walk<'_, '_> {
         file: &[u8],
         blob: ObjectId,
     ) -> Result<(), ChecksumError> {
-        let bytes = self.objects.blob(blob)?;
+        let bytes = self
+            .objects
+            .yaml(blob)
+            .map_err(|e| self.blob_error(e, "plugin config", file))?;
         let docs = kustomize::all_documents(&bytes).map_err(|reason| {
             self.error(OverlayErrorKind::InvalidPluginConfig {
                 file: show(file),
@@ -554,7 +578,10 @@ impl Walk<'_, '_> {
         let Some(blob) = self.kustomization_blobs.get(dir).copied() else {
             return Ok(());
         };
-        let parsed = self.objects.kustomization(blob)?;
+        let parsed = self
+            .objects
+            .kustomization(blob)
+            .map_err(|e| self.blob_error(e, "kustomization", dir))?;
         let Ok(inputs) = parsed.as_ref() else {
             return Ok(());
         };

@@ -436,6 +436,8 @@ pub struct Run {
     pub stderr: String,
     pub elapsed: Duration,
     pub args: Vec<String>,
+    /// The process's peak resident set size in KiB (its `ru_maxrss`).
+    pub peak_rss_kib: u64,
 }
 
 impl Run {
@@ -471,6 +473,8 @@ pub fn run_sg(args: &[&str]) -> Run {
 
 /// Runs the binary; kills it and fails the test when `deadline` passes;
 /// fails the test on a panic or a death by signal.
+// The child is reaped by wait4, which clippy does not see.
+#[allow(clippy::zombie_processes)]
 pub fn run_sg_deadline(args: &[&str], deadline: Duration) -> Run {
     let start = Instant::now();
     let mut cmd = Command::new(bin());
@@ -493,10 +497,21 @@ pub fn run_sg_deadline(args: &[&str], deadline: Duration) -> Run {
         err_pipe.read_to_end(&mut v).ok();
         v
     });
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
+    // wait4 rather than try_wait: it also says how much memory this very
+    // child peaked at.
+    let pid = child.id() as libc::pid_t;
+    let (status, peak_rss_kib) = loop {
+        let mut raw = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our unreaped child; the pointers are valid.
+        let reaped = unsafe { libc::wait4(pid, &mut raw, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            use std::os::unix::process::ExitStatusExt;
+            let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0);
+            break (std::process::ExitStatus::from_raw(raw), peak);
         }
+        assert!(reaped == 0, "wait4: {}", std::io::Error::last_os_error());
         if start.elapsed() > deadline {
             child.kill().ok();
             child.wait().ok();
@@ -521,6 +536,7 @@ pub fn run_sg_deadline(args: &[&str], deadline: Duration) -> Run {
         stderr,
         elapsed,
         args: args_v,
+        peak_rss_kib,
     }
 }
 
