@@ -216,6 +216,71 @@ mod tests {
         );
     }
 
+    /// The decision table quotes request values and checksum errors: each
+    /// verdict's message and warning stay bounded whatever they quote.
+    #[test]
+    fn verdicts_quoting_hostile_text_are_bounded() {
+        use crate::checksum::Checksum;
+        use crate::policy::*;
+        let rule = RulePolicy {
+            name: "r".into(),
+            branch: "main".into(),
+            mode: Mode::Warn,
+            staleness: Staleness::Strict,
+            grace_period: std::time::Duration::ZERO,
+        };
+        let key = "stale-guard.io/revision";
+        let huge = "7".repeat(7 << 20);
+        let keys: Vec<String> = (0..50_000)
+            .map(|i| format!("team{i}.example.com/revision"))
+            .collect();
+        let head = Revision([0x9b; 20]);
+        let valid = RequestFacts {
+            revision: Annotation::Valid(head),
+            checksum: Annotation::Valid(Checksum([1; 32])),
+            break_glass: false,
+        };
+        let cases = [
+            RequestFacts {
+                revision: read_annotation([(key, huge.as_str())], key, Revision::parse),
+                ..valid.clone()
+            },
+            RequestFacts {
+                revision: read_annotation(
+                    keys.iter().map(|k| (k.as_str(), "x")),
+                    key,
+                    Revision::parse,
+                ),
+                ..valid.clone()
+            },
+            valid.clone(),
+        ];
+        let facts = MirrorFacts::Available {
+            head: HeadFacts {
+                commit: head,
+                commit_time: 0,
+                previous: None,
+            },
+            position: Position::Head,
+            at_revision: Some(Err(format!("not found: {}", "p".repeat(5 << 20)))),
+            at_head: None,
+        };
+        for (request, says) in cases
+            .iter()
+            .zip(["(7340032 bytes)", "and 49995 more", "…("])
+        {
+            let d = decide(&rule, request, &facts, FailureAction::Deny);
+            assert!(d.message.contains(says), "{}", d.message);
+            assert!(
+                d.message.len() <= MESSAGE_BYTES,
+                "{} bytes",
+                d.message.len()
+            );
+            assert_eq!(d.warnings.len(), 1);
+            assert!(d.warnings[0].len() <= MESSAGE_BYTES + 32);
+        }
+    }
+
     #[test]
     fn lists_show_five_and_count_the_rest() {
         assert_eq!(list(["a", "b"].iter()), "a, b");

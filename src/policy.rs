@@ -530,10 +530,10 @@ fn finish(
         Mode::Enforce => {}
         Mode::Warn => {
             decision.allowed = true;
-            decision.warnings.push(crate::echo::message(format!(
-                "stale-guard (warn mode): {}",
-                decision.message
-            )));
+            // The message is bounded already; the warning keeps it whole.
+            decision
+                .warnings
+                .push(format!("stale-guard (warn mode): {}", decision.message));
         }
         Mode::Audit => decision.allowed = true,
     }
