@@ -32,7 +32,19 @@ pub const DEFAULT_MAX_BLOB_BYTES: u64 = 16 << 20;
 /// process: however many computations and hashing threads run, at most
 /// one large blob (up to the cap) is in memory at once.
 const LARGE_BLOB_BYTES: u64 = 1 << 20;
+
+/// Blobs a computation keeps after reading them (symlink targets, read at
+/// every crossing) are at most this big; bigger ones are read again if
+/// needed rather than held for the whole walk.
+const MEMO_BLOB_BYTES: usize = 64 << 10;
 static LARGE_BLOB: Mutex<()> = Mutex::new(());
+
+/// Default largest kustomization or plugin config parsed, in bytes
+/// (`limits.maxKustomizationBytes`). Parsing costs far more memory than
+/// the file (about 60 bytes per byte for a long list of short entries: a
+/// 1 MiB list of `- a` peaks at 88 MiB, a 15 MiB one at 946 MiB); real
+/// kustomizations are a few KiB.
+pub const DEFAULT_MAX_KUSTOMIZATION_BYTES: u64 = 512 << 10;
 
 /// A SHA-256 checksum, written `sha256:<64 lower-case hex>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -343,6 +355,7 @@ pub struct ChecksumEngine {
     repo: gix::ThreadSafeRepository,
     caches: Arc<Caches>,
     max_blob_bytes: u64,
+    max_kustomization_bytes: u64,
 }
 
 impl ChecksumEngine {
@@ -362,6 +375,7 @@ impl ChecksumEngine {
             repo,
             caches,
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            max_kustomization_bytes: DEFAULT_MAX_KUSTOMIZATION_BYTES,
         }
     }
 
@@ -370,6 +384,14 @@ impl ChecksumEngine {
     /// checked again.
     pub fn with_max_blob_bytes(mut self, max: u64) -> Self {
         self.max_blob_bytes = max;
+        self
+    }
+
+    /// Sets the largest kustomization or plugin config parsed
+    /// (`limits.maxKustomizationBytes`, at most 16 MiB); the same caveat
+    /// about shared caches holds.
+    pub fn with_max_kustomization_bytes(mut self, max: u64) -> Self {
+        self.max_kustomization_bytes = max;
         self
     }
 
@@ -455,7 +477,12 @@ impl ChecksumEngine {
             .find_commit(commit)
             .and_then(|c| c.tree_id().map(|id| id.detach()))
             .map_err(|e| GitError(format!("cannot read commit {commit}: {e}")))?;
-        let objects = RepoObjects::new(&repo, &self.caches, self.max_blob_bytes);
+        let objects = RepoObjects::new(
+            &repo,
+            &self.caches,
+            self.max_blob_bytes,
+            self.max_kustomization_bytes,
+        );
         let closure = closure::walk(&objects, root, overlay.as_bytes())?;
         drop(objects);
         let entries = self.digest_entries(&repo, closure, stats)?;
@@ -615,16 +642,23 @@ pub(crate) struct RepoObjects<'a> {
     repo: &'a gix::Repository,
     caches: &'a Caches,
     max_blob_bytes: u64,
+    max_kustomization_bytes: u64,
     trees: RefCell<HashMap<ObjectId, Arc<Dir>>>,
     blobs: RefCell<HashMap<ObjectId, Arc<[u8]>>>,
 }
 
 impl<'a> RepoObjects<'a> {
-    fn new(repo: &'a gix::Repository, caches: &'a Caches, max_blob_bytes: u64) -> Self {
+    fn new(
+        repo: &'a gix::Repository,
+        caches: &'a Caches,
+        max_blob_bytes: u64,
+        max_kustomization_bytes: u64,
+    ) -> Self {
         RepoObjects {
             repo,
             caches,
             max_blob_bytes,
+            max_kustomization_bytes,
             trees: RefCell::default(),
             blobs: RefCell::default(),
         }
@@ -649,11 +683,13 @@ impl<'a> RepoObjects<'a> {
     }
 
     /// A YAML file to parse (kustomization, plugin config): within the
-    /// blob cap and the parser's own limit, both checked before reading.
+    /// parse limit and the blob cap, both checked before reading.
     pub(crate) fn yaml(&self, oid: ObjectId) -> Result<Arc<[u8]>, BlobError> {
-        let yaml_limit = crate::kustomize::MAX_YAML_BYTES as u64;
-        if yaml_limit < self.max_blob_bytes {
-            self.check_size(oid, yaml_limit, "the largest YAML file parsed")?;
+        let limit = self
+            .max_kustomization_bytes
+            .min(crate::kustomize::MAX_YAML_BYTES as u64);
+        if limit < self.max_blob_bytes {
+            self.check_size(oid, limit, "limits.maxKustomizationBytes")?;
         }
         self.blob(oid)
     }
@@ -713,7 +749,9 @@ impl ObjectSource for RepoObjects<'_> {
         let _one_at_a_time = (size > LARGE_BLOB_BYTES)
             .then(|| LARGE_BLOB.lock().unwrap_or_else(PoisonError::into_inner));
         let blob: Arc<[u8]> = self.read(oid, gix::object::Kind::Blob)?.into();
-        self.blobs.borrow_mut().insert(oid, blob.clone());
+        if blob.len() <= MEMO_BLOB_BYTES {
+            self.blobs.borrow_mut().insert(oid, blob.clone());
+        }
         Ok(blob)
     }
 }

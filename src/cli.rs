@@ -135,6 +135,11 @@ pub struct ChecksumArgs {
     #[arg(long, default_value_t = crate::checksum::DEFAULT_MAX_BLOB_BYTES,
           value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MAX_BLOB_BYTES))]
     pub max_blob_bytes: u64,
+    /// Largest kustomization or plugin config parsed, in bytes (the
+    /// webhook's `limits.maxKustomizationBytes`).
+    #[arg(long, default_value_t = crate::checksum::DEFAULT_MAX_KUSTOMIZATION_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=crate::kustomize::MAX_YAML_BYTES as u64))]
+    pub max_kustomization_bytes: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -277,7 +282,8 @@ fn init_logging() {
 fn checksum(args: &ChecksumArgs) -> Result<(), Failure> {
     let engine = ChecksumEngine::open(&args.repo)
         .map_err(Failure::usage)?
-        .with_max_blob_bytes(args.max_blob_bytes);
+        .with_max_blob_bytes(args.max_blob_bytes)
+        .with_max_kustomization_bytes(args.max_kustomization_bytes);
     let commit = engine.resolve_commit(&args.rev).map_err(Failure::usage)?;
     let sum = engine
         .checksum(commit, &args.overlay)

@@ -209,6 +209,14 @@ pub struct Limits {
     /// refused from the object's header before it is read.
     #[serde(default = "default_max_blob_bytes")]
     pub max_blob_bytes: u64,
+    /// Largest kustomization or plugin config parsed, in bytes (at most
+    /// 16 MiB): parsing costs tens of times the file's size in memory.
+    #[serde(default = "default_max_kustomization_bytes")]
+    pub max_kustomization_bytes: u64,
+}
+
+fn default_max_kustomization_bytes() -> u64 {
+    crate::checksum::DEFAULT_MAX_KUSTOMIZATION_BYTES
 }
 
 fn default_max_blob_bytes() -> u64 {
@@ -235,6 +243,7 @@ impl Default for Limits {
             caches: CacheLimits::default(),
             memory_trim_interval: default_memory_trim_interval(),
             max_blob_bytes: default_max_blob_bytes(),
+            max_kustomization_bytes: default_max_kustomization_bytes(),
         }
     }
 }
@@ -368,6 +377,13 @@ impl Config {
             return Err(invalid(
                 "limits.maxBlobBytes",
                 format!("must be between 1 and {MAX_MAX_BLOB_BYTES} (1 GiB)"),
+            ));
+        }
+        let yaml_max = crate::kustomize::MAX_YAML_BYTES as u64;
+        if !(1..=yaml_max).contains(&self.limits.max_kustomization_bytes) {
+            return Err(invalid(
+                "limits.maxKustomizationBytes",
+                format!("must be between 1 and {yaml_max} (16 MiB)"),
             ));
         }
         let c = &self.limits.caches;
@@ -662,6 +678,16 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         for bad in ["0", "1073741825", "-1", "16Mi"] {
             let e = with(&format!("{{ maxBlobBytes: {bad} }}")).unwrap_err();
             assert!(e.to_string().contains("maxBlobBytes"), "{bad}: {e}");
+        }
+        assert_eq!(Limits::default().max_kustomization_bytes, 512 << 10);
+        let c = with("{ maxKustomizationBytes: 2097152 }").unwrap();
+        assert_eq!(c.limits.max_kustomization_bytes, 2 << 20);
+        for bad in ["0", "16777217"] {
+            let e = with(&format!("{{ maxKustomizationBytes: {bad} }}")).unwrap_err();
+            assert!(
+                e.to_string().contains("limits.maxKustomizationBytes"),
+                "{bad}: {e}"
+            );
         }
     }
 

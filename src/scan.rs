@@ -142,8 +142,10 @@ impl Report {
 struct ScanSource {
     mirror: Option<Arc<Mirror>>,
     caches: Arc<Caches>,
-    /// `limits.maxBlobBytes`, as the webhook applies it.
+    /// `limits.maxBlobBytes` and `maxKustomizationBytes`, as the webhook
+    /// applies them.
     max_blob_bytes: u64,
+    max_kustomization_bytes: u64,
     error: Option<String>,
 }
 
@@ -316,6 +318,7 @@ async fn open_sources(
                     mirror: Some(mirror),
                     caches,
                     max_blob_bytes: config.limits.max_blob_bytes,
+                    max_kustomization_bytes: config.limits.max_kustomization_bytes,
                     error,
                 }
             }
@@ -323,6 +326,7 @@ async fn open_sources(
                 mirror: None,
                 caches,
                 max_blob_bytes: config.limits.max_blob_bytes,
+                max_kustomization_bytes: config.limits.max_kustomization_bytes,
                 error: Some(e.to_string()),
             },
         };
@@ -870,7 +874,8 @@ async fn checksum(
     overlay: &str,
 ) -> ChecksumFact {
     let engine = ChecksumEngine::with_caches(mirror.repository(), Arc::clone(&source.caches))
-        .with_max_blob_bytes(source.max_blob_bytes);
+        .with_max_blob_bytes(source.max_blob_bytes)
+        .with_max_kustomization_bytes(source.max_kustomization_bytes);
     let overlay = overlay.to_owned();
     match tokio::task::spawn_blocking(move || engine.checksum(commit, &overlay)).await {
         Ok(Ok(sum)) => Ok(sum.checksum),
