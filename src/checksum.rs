@@ -46,6 +46,23 @@ static LARGE_BLOB: Mutex<()> = Mutex::new(());
 /// kustomizations are a few KiB.
 pub const DEFAULT_MAX_KUSTOMIZATION_BYTES: u64 = 512 << 10;
 
+/// The size limits of one computation (`limits.maxBlobBytes` and
+/// `limits.maxKustomizationBytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    pub max_blob_bytes: u64,
+    pub max_kustomization_bytes: u64,
+}
+
+impl Default for SizeLimits {
+    fn default() -> Self {
+        SizeLimits {
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            max_kustomization_bytes: DEFAULT_MAX_KUSTOMIZATION_BYTES,
+        }
+    }
+}
+
 /// A SHA-256 checksum, written `sha256:<64 lower-case hex>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Checksum(pub [u8; 32]);
@@ -354,8 +371,7 @@ const GIT_RETRY_PAUSES: [std::time::Duration; 2] = [
 pub struct ChecksumEngine {
     repo: gix::ThreadSafeRepository,
     caches: Arc<Caches>,
-    max_blob_bytes: u64,
-    max_kustomization_bytes: u64,
+    limits: SizeLimits,
 }
 
 impl ChecksumEngine {
@@ -374,24 +390,15 @@ impl ChecksumEngine {
         ChecksumEngine {
             repo,
             caches,
-            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
-            max_kustomization_bytes: DEFAULT_MAX_KUSTOMIZATION_BYTES,
+            limits: SizeLimits::default(),
         }
     }
 
-    /// Sets the largest closure blob (`limits.maxBlobBytes`). Results of
-    /// engines sharing caches must use one limit: a cached result is not
-    /// checked again.
-    pub fn with_max_blob_bytes(mut self, max: u64) -> Self {
-        self.max_blob_bytes = max;
-        self
-    }
-
-    /// Sets the largest kustomization or plugin config parsed
-    /// (`limits.maxKustomizationBytes`, at most 16 MiB); the same caveat
-    /// about shared caches holds.
-    pub fn with_max_kustomization_bytes(mut self, max: u64) -> Self {
-        self.max_kustomization_bytes = max;
+    /// Sets the largest closure blob and the largest kustomization parsed.
+    /// Engines sharing caches must use the same limits: a cached result
+    /// (or parse) is not checked again.
+    pub fn with_size_limits(mut self, limits: SizeLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -477,12 +484,7 @@ impl ChecksumEngine {
             .find_commit(commit)
             .and_then(|c| c.tree_id().map(|id| id.detach()))
             .map_err(|e| GitError(format!("cannot read commit {commit}: {e}")))?;
-        let objects = RepoObjects::new(
-            &repo,
-            &self.caches,
-            self.max_blob_bytes,
-            self.max_kustomization_bytes,
-        );
+        let objects = RepoObjects::new(&repo, &self.caches, self.limits);
         let closure = closure::walk(&objects, root, overlay.as_bytes())?;
         drop(objects);
         let entries = self.digest_entries(&repo, closure, stats)?;
@@ -513,7 +515,7 @@ impl ChecksumEngine {
                 && seen.insert(*oid)
             {
                 let size = blob_size(repo, *oid)?;
-                if size > self.max_blob_bytes {
+                if size > self.limits.max_blob_bytes {
                     return Err(OverlayError {
                         kind: OverlayErrorKind::TooLarge {
                             what: if *kind == EntryKind::Link {
@@ -524,7 +526,7 @@ impl ChecksumEngine {
                             path: tree::show(target),
                             too_large: tree::TooLarge {
                                 size,
-                                limit: self.max_blob_bytes,
+                                limit: self.limits.max_blob_bytes,
                                 setting: "limits.maxBlobBytes",
                             },
                         },
@@ -641,24 +643,17 @@ fn blob_digest(repo: &gix::Repository, id: ObjectId, size: u64) -> Result<[u8; 3
 pub(crate) struct RepoObjects<'a> {
     repo: &'a gix::Repository,
     caches: &'a Caches,
-    max_blob_bytes: u64,
-    max_kustomization_bytes: u64,
+    limits: SizeLimits,
     trees: RefCell<HashMap<ObjectId, Arc<Dir>>>,
     blobs: RefCell<HashMap<ObjectId, Arc<[u8]>>>,
 }
 
 impl<'a> RepoObjects<'a> {
-    fn new(
-        repo: &'a gix::Repository,
-        caches: &'a Caches,
-        max_blob_bytes: u64,
-        max_kustomization_bytes: u64,
-    ) -> Self {
+    fn new(repo: &'a gix::Repository, caches: &'a Caches, limits: SizeLimits) -> Self {
         RepoObjects {
             repo,
             caches,
-            max_blob_bytes,
-            max_kustomization_bytes,
+            limits,
             trees: RefCell::default(),
             blobs: RefCell::default(),
         }
@@ -686,9 +681,10 @@ impl<'a> RepoObjects<'a> {
     /// parse limit and the blob cap, both checked before reading.
     pub(crate) fn yaml(&self, oid: ObjectId) -> Result<Arc<[u8]>, BlobError> {
         let limit = self
+            .limits
             .max_kustomization_bytes
             .min(crate::kustomize::MAX_YAML_BYTES as u64);
-        if limit < self.max_blob_bytes {
+        if limit < self.limits.max_blob_bytes {
             self.check_size(oid, limit, "limits.maxKustomizationBytes")?;
         }
         self.blob(oid)
@@ -745,7 +741,7 @@ impl ObjectSource for RepoObjects<'_> {
         if let Some(blob) = self.blobs.borrow().get(&oid) {
             return Ok(blob.clone());
         }
-        let size = self.check_size(oid, self.max_blob_bytes, "limits.maxBlobBytes")?;
+        let size = self.check_size(oid, self.limits.max_blob_bytes, "limits.maxBlobBytes")?;
         let _one_at_a_time = (size > LARGE_BLOB_BYTES)
             .then(|| LARGE_BLOB.lock().unwrap_or_else(PoisonError::into_inner));
         let blob: Arc<[u8]> = self.read(oid, gix::object::Kind::Blob)?.into();

@@ -249,6 +249,14 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The checksum's size limits.
+    pub fn size_limits(&self) -> crate::checksum::SizeLimits {
+        crate::checksum::SizeLimits {
+            max_blob_bytes: self.max_blob_bytes,
+            max_kustomization_bytes: self.max_kustomization_bytes,
+        }
+    }
+
     /// `checksumConcurrency` with 0 resolved to the number of cores.
     pub fn checksum_threads(&self) -> usize {
         match self.checksum_concurrency {

@@ -17,7 +17,7 @@ pub mod output;
 pub mod sources;
 pub mod verdict;
 
-use crate::checksum::{Caches, ChecksumEngine};
+use crate::checksum::{Caches, ChecksumEngine, SizeLimits};
 use crate::config::{Config, RuleConfig};
 use crate::mirror::{Lookup, Mirror};
 use crate::policy::{ChecksumFact, HeadFacts, MirrorFacts, Position, Revision};
@@ -142,10 +142,8 @@ impl Report {
 struct ScanSource {
     mirror: Option<Arc<Mirror>>,
     caches: Arc<Caches>,
-    /// `limits.maxBlobBytes` and `maxKustomizationBytes`, as the webhook
-    /// applies them.
-    max_blob_bytes: u64,
-    max_kustomization_bytes: u64,
+    /// The size limits, as the webhook applies them.
+    size_limits: SizeLimits,
     error: Option<String>,
 }
 
@@ -317,16 +315,14 @@ async fn open_sources(
                 ScanSource {
                     mirror: Some(mirror),
                     caches,
-                    max_blob_bytes: config.limits.max_blob_bytes,
-                    max_kustomization_bytes: config.limits.max_kustomization_bytes,
+                    size_limits: config.limits.size_limits(),
                     error,
                 }
             }
             Err(e) => ScanSource {
                 mirror: None,
                 caches,
-                max_blob_bytes: config.limits.max_blob_bytes,
-                max_kustomization_bytes: config.limits.max_kustomization_bytes,
+                size_limits: config.limits.size_limits(),
                 error: Some(e.to_string()),
             },
         };
@@ -874,8 +870,7 @@ async fn checksum(
     overlay: &str,
 ) -> ChecksumFact {
     let engine = ChecksumEngine::with_caches(mirror.repository(), Arc::clone(&source.caches))
-        .with_max_blob_bytes(source.max_blob_bytes)
-        .with_max_kustomization_bytes(source.max_kustomization_bytes);
+        .with_size_limits(source.size_limits);
     let overlay = overlay.to_owned();
     match tokio::task::spawn_blocking(move || engine.checksum(commit, &overlay)).await {
         Ok(Ok(sum)) => Ok(sum.checksum),

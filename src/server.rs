@@ -365,8 +365,7 @@ impl AppState {
             });
         }
         let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone())
-            .with_max_blob_bytes(self.config.limits.max_blob_bytes)
-            .with_max_kustomization_bytes(self.config.limits.max_kustomization_bytes);
+            .with_size_limits(self.config.limits.size_limits());
         let owned = overlay.to_owned();
         // Counted by whichever request runs the computation, once.
         let (cache_counts, computations, files) = (

@@ -149,6 +149,29 @@ fn the_cap_is_configurable_and_covers_links_and_plugin_configs() {
         assert!(err.contains(says), "{overlay}: {err}");
         assert!(err.contains("limits.maxBlobBytes"), "{overlay}: {err}");
     }
+    // `verify` (and `stamp`) take the same limits as `checksum`.
+    let manifests = repo.scratch().join("rendered.yaml");
+    std::fs::write(
+        &manifests,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+    )
+    .unwrap();
+    let args = [
+        "verify",
+        "--repo",
+        repo.path_str(),
+        "--overlay",
+        "app",
+        "--max-blob-bytes",
+        "1999",
+    ];
+    let run = support::run_sg(&[&args[..], &[manifests.to_str().unwrap()]].concat());
+    assert!(
+        run.stderr
+            .contains("file app/cm.yaml is 2000 bytes, over the 1999-byte limit"),
+        "{}",
+        run.stderr
+    );
     let bad = checksum_run(&repo, "app", None, &["--max-blob-bytes", "0"]);
     assert!(
         bad.fails_with(2).contains("max-blob-bytes"),
