@@ -204,8 +204,11 @@ pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
             if let Ok(types) = serde_json::from_slice::<Types<'_>>(body) {
                 check_types(&types.api_version, &types.kind)?;
             }
+            // serde quotes what it could not read (an unknown variant of
+            // any length): capped, keeping where it stopped.
             return Err(BadReview(format!(
-                "body is not a valid AdmissionReview: {e}"
+                "body is not a valid AdmissionReview: {}",
+                crate::echo::Capped(&e.to_string())
             )));
         }
     };
@@ -231,7 +234,7 @@ fn check_types(api_version: &str, kind: &str) -> Result<(), BadReview> {
         if s.is_empty() {
             none.to_owned()
         } else {
-            s.to_owned()
+            crate::echo::value(s)
         }
     };
     Err(BadReview(format!(

@@ -2,6 +2,7 @@
 //! allow (warn level), and per allow at debug level. Never the object body,
 //! never credentials.
 
+use crate::echo::Capped;
 use crate::policy::Decision;
 use kube::core::admission::Operation;
 use std::time::Duration;
@@ -26,13 +27,15 @@ pub fn record(req: &crate::admission::Request<'_>, decision: &Decision, latency:
         ($level:ident) => {
             tracing::$level!(
                 target: TARGET,
-                uid = %req.uid,
+                // Request fields are capped like every echoed value (the
+                // detail is a decision message, bounded where it is made).
+                uid = %Capped(&req.uid),
                 operation = operation(&req.operation),
-                kind = %req.kind.kind,
-                group = %req.kind.group,
-                namespace = req.namespace.as_deref().unwrap_or(""),
-                name = %req.name,
-                user = req.user_info.username.as_deref().unwrap_or(""),
+                kind = %Capped(&req.kind.kind),
+                group = %Capped(&req.kind.group),
+                namespace = %Capped(req.namespace.as_deref().unwrap_or("")),
+                name = %Capped(&req.name),
+                user = %Capped(req.user_info.username.as_deref().unwrap_or("")),
                 dry_run = req.dry_run,
                 rule = decision.rule.as_deref().unwrap_or(""),
                 reason = decision.reason.as_str(),

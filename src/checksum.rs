@@ -9,19 +9,59 @@
 mod closure;
 
 use crate::kustomize::Inputs;
-use crate::tree::{self, Dir, GitError, ObjectSource};
+use crate::tree::{self, BlobError, Dir, GitError, ObjectSource};
 use gix::ObjectId;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use closure::{OverlayError, OverlayErrorKind};
 
 /// Domain separation prefix of version 1.
 pub const DOMAIN: &[u8] = b"stale-guard/overlay/v1";
+
+/// Default largest closure file or symlink target, in bytes
+/// (`limits.maxBlobBytes`): real manifests are KiB; a bigger blob is an
+/// `OverlayError`, refused from its object header without being read.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 16 << 20;
+
+/// Blobs bigger than this are read and hashed one at a time in the whole
+/// process: however many computations and hashing threads run, at most
+/// one large blob (up to the cap) is in memory at once.
+const LARGE_BLOB_BYTES: u64 = 1 << 20;
+
+/// Blobs a computation keeps after reading them (symlink targets, read at
+/// every crossing) are at most this big; bigger ones are read again if
+/// needed rather than held for the whole walk.
+const MEMO_BLOB_BYTES: usize = 64 << 10;
+static LARGE_BLOB: Mutex<()> = Mutex::new(());
+
+/// Default largest kustomization or plugin config parsed, in bytes
+/// (`limits.maxKustomizationBytes`). Parsing costs far more memory than
+/// the file (about 60 bytes per byte for a long list of short entries: a
+/// 1 MiB list of `- a` peaks at 88 MiB, a 15 MiB one at 946 MiB); real
+/// kustomizations are a few KiB.
+pub const DEFAULT_MAX_KUSTOMIZATION_BYTES: u64 = 512 << 10;
+
+/// The size limits of one computation (`limits.maxBlobBytes` and
+/// `limits.maxKustomizationBytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    pub max_blob_bytes: u64,
+    pub max_kustomization_bytes: u64,
+}
+
+impl Default for SizeLimits {
+    fn default() -> Self {
+        SizeLimits {
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            max_kustomization_bytes: DEFAULT_MAX_KUSTOMIZATION_BYTES,
+        }
+    }
+}
 
 /// A SHA-256 checksum, written `sha256:<64 lower-case hex>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -331,6 +371,7 @@ const GIT_RETRY_PAUSES: [std::time::Duration; 2] = [
 pub struct ChecksumEngine {
     repo: gix::ThreadSafeRepository,
     caches: Arc<Caches>,
+    limits: SizeLimits,
 }
 
 impl ChecksumEngine {
@@ -346,7 +387,19 @@ impl ChecksumEngine {
     }
 
     pub fn with_caches(repo: gix::ThreadSafeRepository, caches: Arc<Caches>) -> Self {
-        ChecksumEngine { repo, caches }
+        ChecksumEngine {
+            repo,
+            caches,
+            limits: SizeLimits::default(),
+        }
+    }
+
+    /// Sets the largest closure blob and the largest kustomization parsed.
+    /// Engines sharing caches must use the same limits: a cached result
+    /// (or parse) is not checked again.
+    pub fn with_size_limits(mut self, limits: SizeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The caches this engine fills (shared with every engine built from them).
@@ -431,7 +484,7 @@ impl ChecksumEngine {
             .find_commit(commit)
             .and_then(|c| c.tree_id().map(|id| id.detach()))
             .map_err(|e| GitError(format!("cannot read commit {commit}: {e}")))?;
-        let objects = RepoObjects::new(&repo, &self.caches);
+        let objects = RepoObjects::new(&repo, &self.caches, self.limits);
         let closure = closure::walk(&objects, root, overlay.as_bytes())?;
         drop(objects);
         let entries = self.digest_entries(&repo, closure, stats)?;
@@ -445,23 +498,46 @@ impl ChecksumEngine {
     }
 
     /// Turns closure contents into digests: blobs through the digest cache,
-    /// the misses hashed on all cores (a cold overlay is mostly this).
+    /// the misses hashed on all cores (a cold overlay is mostly this). A
+    /// blob not hashed before is sized from its object header first: one
+    /// over the cap is an `OverlayError` and is never read.
     fn digest_entries(
         &self,
         repo: &gix::Repository,
         closure: closure::Closure,
         stats: &mut WorkStats,
-    ) -> Result<Vec<Entry>, GitError> {
-        let mut missing: Vec<ObjectId> = Vec::new();
-        for content in closure.values() {
+    ) -> Result<Vec<Entry>, ChecksumError> {
+        let mut missing: Vec<(ObjectId, u64)> = Vec::new();
+        let mut seen = HashSet::new();
+        for ((kind, target), content) in &closure {
             if let closure::Content::Blob(oid) = content
                 && !self.caches.blob_digests.contains_key(oid)
+                && seen.insert(*oid)
             {
-                missing.push(*oid);
+                let size = blob_size(repo, *oid)?;
+                if size > self.limits.max_blob_bytes {
+                    return Err(OverlayError {
+                        kind: OverlayErrorKind::TooLarge {
+                            what: if *kind == EntryKind::Link {
+                                "symlink"
+                            } else {
+                                "file"
+                            },
+                            path: tree::show(target),
+                            too_large: tree::TooLarge {
+                                size,
+                                limit: self.limits.max_blob_bytes,
+                                setting: "limits.maxBlobBytes",
+                            },
+                        },
+                        chain: Vec::new(),
+                    }
+                    .into());
+                }
+                missing.push((*oid, size));
             }
         }
         missing.sort_unstable();
-        missing.dedup();
         stats.blobs_hashed = missing.len();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -500,7 +576,7 @@ impl ChecksumEngine {
                     None => match self.caches.blob_digests.get(&oid) {
                         Some(d) => d,
                         // Evicted between the two looks: hash it again.
-                        None => blob_digest(repo, oid)?,
+                        None => blob_digest(repo, oid, blob_size(repo, oid)?)?,
                     },
                 },
                 closure::Content::Text(bytes) => Sha256::digest(&bytes).into(),
@@ -536,17 +612,29 @@ fn clean_overlay(overlay: &str) -> Result<String, ChecksumError> {
 
 type Digests = Vec<(ObjectId, [u8; 32])>;
 
-fn hash_blobs(repo: &gix::Repository, ids: &[ObjectId]) -> Result<Digests, GitError> {
+fn hash_blobs(repo: &gix::Repository, ids: &[(ObjectId, u64)]) -> Result<Digests, GitError> {
     ids.iter()
-        .map(|id| Ok((*id, blob_digest(repo, *id)?)))
+        .map(|(id, size)| Ok((*id, blob_digest(repo, *id, *size)?)))
         .collect()
 }
 
-fn blob_digest(repo: &gix::Repository, id: ObjectId) -> Result<[u8; 32], GitError> {
-    let object = repo
+/// The size of a blob from its object header, without reading its data.
+fn blob_size(repo: &gix::Repository, id: ObjectId) -> Result<u64, GitError> {
+    repo.find_header(id)
+        .map(|h| h.size())
+        .map_err(|e| GitError(format!("cannot read the header of object {id}: {e}")))
+}
+
+fn blob_digest(repo: &gix::Repository, id: ObjectId, size: u64) -> Result<[u8; 32], GitError> {
+    let _one_at_a_time = (size > LARGE_BLOB_BYTES)
+        .then(|| LARGE_BLOB.lock().unwrap_or_else(PoisonError::into_inner));
+    // Detached: the buffer is freed here, not kept for reuse by `repo`.
+    let data = repo
         .find_object(id)
-        .map_err(|e| GitError(format!("cannot read blob {id}: {e}")))?;
-    Ok(Sha256::digest(&object.data).into())
+        .map_err(|e| GitError(format!("cannot read blob {id}: {e}")))?
+        .detach()
+        .data;
+    Ok(Sha256::digest(&data).into())
 }
 
 /// [`ObjectSource`] over a thread-local repository handle: trees through the
@@ -555,18 +643,51 @@ fn blob_digest(repo: &gix::Repository, id: ObjectId) -> Result<[u8; 32], GitErro
 pub(crate) struct RepoObjects<'a> {
     repo: &'a gix::Repository,
     caches: &'a Caches,
+    limits: SizeLimits,
     trees: RefCell<HashMap<ObjectId, Arc<Dir>>>,
     blobs: RefCell<HashMap<ObjectId, Arc<[u8]>>>,
 }
 
 impl<'a> RepoObjects<'a> {
-    fn new(repo: &'a gix::Repository, caches: &'a Caches) -> Self {
+    fn new(repo: &'a gix::Repository, caches: &'a Caches, limits: SizeLimits) -> Self {
         RepoObjects {
             repo,
             caches,
+            limits,
             trees: RefCell::default(),
             blobs: RefCell::default(),
         }
+    }
+
+    /// Refuses a blob over `limit` from its header, before reading it.
+    fn check_size(
+        &self,
+        oid: ObjectId,
+        limit: u64,
+        setting: &'static str,
+    ) -> Result<u64, BlobError> {
+        let size = blob_size(self.repo, oid)?;
+        if size > limit {
+            return Err(BlobError::TooLarge(tree::TooLarge {
+                size,
+                limit,
+                setting,
+            }));
+        }
+        Ok(size)
+    }
+
+    /// A YAML file to parse (kustomization, plugin config): within the
+    /// parse limit and the blob cap, both checked before reading.
+    pub(crate) fn yaml(&self, oid: ObjectId) -> Result<Arc<[u8]>, BlobError> {
+        let limit = self
+            .limits
+            .max_kustomization_bytes
+            .min(crate::kustomize::MAX_YAML_BYTES as u64);
+        if limit < self.limits.max_blob_bytes {
+            self.check_size(oid, limit, "limits.maxKustomizationBytes")?;
+        }
+        self.blob(oid)
     }
 
     fn read(&self, oid: ObjectId, want: gix::object::Kind) -> Result<Vec<u8>, GitError> {
@@ -584,13 +705,15 @@ impl<'a> RepoObjects<'a> {
     }
 
     /// Parsed inputs of a kustomization blob, shared across computations.
-    pub(crate) fn kustomization(&self, oid: ObjectId) -> Result<ParsedInputs, GitError> {
+    pub(crate) fn kustomization(&self, oid: ObjectId) -> Result<ParsedInputs, BlobError> {
         if let Some(parsed) = self.caches.kustomizations.get(&oid) {
             return Ok(parsed);
         }
-        let bytes = self.blob(oid)?;
+        let bytes = self.yaml(oid)?;
+        // The error is cached: capped before it is kept.
         let parsed = crate::kustomize::first_document(&bytes)
-            .and_then(|doc| crate::kustomize::kustomization_inputs(&doc).map_err(|e| e.0));
+            .and_then(|doc| crate::kustomize::kustomization_inputs(&doc).map_err(|e| e.0))
+            .map_err(|e| crate::echo::value(&e));
         let parsed = Arc::new(parsed);
         self.caches.kustomizations.insert(oid, parsed.clone());
         Ok(parsed)
@@ -614,12 +737,17 @@ impl ObjectSource for RepoObjects<'_> {
         Ok(dir)
     }
 
-    fn blob(&self, oid: ObjectId) -> Result<Arc<[u8]>, GitError> {
+    fn blob(&self, oid: ObjectId) -> Result<Arc<[u8]>, BlobError> {
         if let Some(blob) = self.blobs.borrow().get(&oid) {
             return Ok(blob.clone());
         }
+        let size = self.check_size(oid, self.limits.max_blob_bytes, "limits.maxBlobBytes")?;
+        let _one_at_a_time = (size > LARGE_BLOB_BYTES)
+            .then(|| LARGE_BLOB.lock().unwrap_or_else(PoisonError::into_inner));
         let blob: Arc<[u8]> = self.read(oid, gix::object::Kind::Blob)?.into();
-        self.blobs.borrow_mut().insert(oid, blob.clone());
+        if blob.len() <= MEMO_BLOB_BYTES {
+            self.blobs.borrow_mut().insert(oid, blob.clone());
+        }
         Ok(blob)
     }
 }

@@ -130,6 +130,33 @@ pub struct ChecksumArgs {
     /// Print a JSON object (checksum, full revision, entries) instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub sizes: SizeArgs,
+}
+
+/// The checksum's size limits, as the webhook's `limits` sets them: give
+/// the same values as the server's configuration.
+#[derive(Debug, clap::Args)]
+pub struct SizeArgs {
+    /// Largest file or symlink target an overlay's closure may hold, in
+    /// bytes (`limits.maxBlobBytes`); a bigger one fails the check.
+    #[arg(long, default_value_t = crate::checksum::DEFAULT_MAX_BLOB_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_MAX_BLOB_BYTES))]
+    pub max_blob_bytes: u64,
+    /// Largest kustomization or plugin config parsed, in bytes
+    /// (`limits.maxKustomizationBytes`).
+    #[arg(long, default_value_t = crate::checksum::DEFAULT_MAX_KUSTOMIZATION_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=crate::kustomize::MAX_YAML_BYTES as u64))]
+    pub max_kustomization_bytes: u64,
+}
+
+impl SizeArgs {
+    pub fn limits(&self) -> crate::checksum::SizeLimits {
+        crate::checksum::SizeLimits {
+            max_blob_bytes: self.max_blob_bytes,
+            max_kustomization_bytes: self.max_kustomization_bytes,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +179,8 @@ pub struct StampArgs {
     /// The checksum annotation key.
     #[arg(long, default_value = crate::stamp::DEFAULT_CHECKSUM_KEY)]
     pub checksum_key: String,
+    #[command(flatten)]
+    pub sizes: SizeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,6 +202,8 @@ pub struct VerifyArgs {
     pub checksum_key: String,
     /// The rendered, stamped manifests (`-` for stdin).
     pub file: PathBuf,
+    #[command(flatten)]
+    pub sizes: SizeArgs,
 }
 
 /// A failure with its exit code.
@@ -270,7 +301,9 @@ fn init_logging() {
 }
 
 fn checksum(args: &ChecksumArgs) -> Result<(), Failure> {
-    let engine = ChecksumEngine::open(&args.repo).map_err(Failure::usage)?;
+    let engine = ChecksumEngine::open(&args.repo)
+        .map_err(Failure::usage)?
+        .with_size_limits(args.sizes.limits());
     let commit = engine.resolve_commit(&args.rev).map_err(Failure::usage)?;
     let sum = engine
         .checksum(commit, &args.overlay)
@@ -334,6 +367,7 @@ fn stamp(args: &StampArgs) -> Result<(), Failure> {
             rev: &args.rev,
             allow_dirty: args.allow_dirty,
             keys,
+            limits: args.sizes.limits(),
         },
         &input,
     )?;
@@ -358,7 +392,14 @@ fn stamp(args: &StampArgs) -> Result<(), Failure> {
 fn verify(args: &VerifyArgs) -> Result<(), Failure> {
     let keys = crate::stamp::Keys::new(&args.revision_key, &args.checksum_key)?;
     let input = read_input(&args.file)?;
-    let v = crate::stamp::verify(&args.repo, &args.overlay, &args.rev, &keys, &input)?;
+    let v = crate::stamp::verify(
+        &args.repo,
+        &args.overlay,
+        &args.rev,
+        &keys,
+        args.sizes.limits(),
+        &input,
+    )?;
     std::io::stdout()
         .lock()
         .write_all(v.report().as_bytes())

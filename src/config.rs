@@ -330,7 +330,28 @@ pub struct Limits {
     /// GOAWAY and closed; `0s` keeps idle ones open.
     #[serde(default = "default_http2_idle_timeout", with = "duration")]
     pub http2_idle_timeout: Duration,
+    /// Largest file (or symlink target) an overlay's closure may hold, in
+    /// bytes: a bigger one is an `OverlayError` naming it and its size,
+    /// refused from the object's header before it is read.
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
+    /// Largest kustomization or plugin config parsed, in bytes (at most
+    /// 16 MiB): parsing costs tens of times the file's size in memory.
+    #[serde(default = "default_max_kustomization_bytes")]
+    pub max_kustomization_bytes: u64,
 }
+
+fn default_max_kustomization_bytes() -> u64 {
+    crate::checksum::DEFAULT_MAX_KUSTOMIZATION_BYTES
+}
+
+fn default_max_blob_bytes() -> u64 {
+    crate::checksum::DEFAULT_MAX_BLOB_BYTES
+}
+
+/// Largest `limits.maxBlobBytes` accepted: a blob that passes is read into
+/// memory whole.
+pub const MAX_MAX_BLOB_BYTES: u64 = 1 << 30;
 
 fn default_checksum_queue() -> usize {
     64
@@ -368,6 +389,8 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_connections_per_peer: default_max_connections_per_peer(),
             http2_idle_timeout: default_http2_idle_timeout(),
+            max_blob_bytes: default_max_blob_bytes(),
+            max_kustomization_bytes: default_max_kustomization_bytes(),
         }
     }
 }
@@ -377,6 +400,14 @@ impl Limits {
     pub fn body_budget_per_peer(&self) -> usize {
         self.request_body_budget_per_peer
             .unwrap_or_else(|| self.request_body_budget.min(16 << 20))
+    }
+
+    /// The checksum's size limits.
+    pub fn size_limits(&self) -> crate::checksum::SizeLimits {
+        crate::checksum::SizeLimits {
+            max_blob_bytes: self.max_blob_bytes,
+            max_kustomization_bytes: self.max_kustomization_bytes,
+        }
     }
 
     /// `checksumConcurrency` with 0 resolved to the number of cores.
@@ -492,6 +523,19 @@ impl Config {
             return Err(invalid(
                 "limits.checksumConcurrency",
                 "must be at most 1024 (0 means one per core)",
+            ));
+        }
+        if !(1..=MAX_MAX_BLOB_BYTES).contains(&self.limits.max_blob_bytes) {
+            return Err(invalid(
+                "limits.maxBlobBytes",
+                format!("must be between 1 and {MAX_MAX_BLOB_BYTES} (1 GiB)"),
+            ));
+        }
+        let yaml_max = crate::kustomize::MAX_YAML_BYTES as u64;
+        if !(1..=yaml_max).contains(&self.limits.max_kustomization_bytes) {
+            return Err(invalid(
+                "limits.maxKustomizationBytes",
+                format!("must be between 1 and {yaml_max} (16 MiB)"),
             ));
         }
         let c = &self.limits.caches;
@@ -919,6 +963,23 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert_eq!(c.limits.memory_trim_interval, Duration::ZERO);
         let e = with("{ memoryTrimInterval: often }").unwrap_err();
         assert!(e.to_string().contains("memoryTrimInterval"), "{e}");
+        assert_eq!(Limits::default().max_blob_bytes, 16 << 20);
+        let c = with("{ maxBlobBytes: 1048576 }").unwrap();
+        assert_eq!(c.limits.max_blob_bytes, 1 << 20);
+        for bad in ["0", "1073741825", "-1", "16Mi"] {
+            let e = with(&format!("{{ maxBlobBytes: {bad} }}")).unwrap_err();
+            assert!(e.to_string().contains("maxBlobBytes"), "{bad}: {e}");
+        }
+        assert_eq!(Limits::default().max_kustomization_bytes, 512 << 10);
+        let c = with("{ maxKustomizationBytes: 2097152 }").unwrap();
+        assert_eq!(c.limits.max_kustomization_bytes, 2 << 20);
+        for bad in ["0", "16777217"] {
+            let e = with(&format!("{{ maxKustomizationBytes: {bad} }}")).unwrap_err();
+            assert!(
+                e.to_string().contains("limits.maxKustomizationBytes"),
+                "{bad}: {e}"
+            );
+        }
 
         let defaults = Limits::default();
         assert_eq!(defaults.request_body_budget, 32 << 20);

@@ -12,6 +12,7 @@ pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod echo;
 pub mod kustomize;
 pub mod memory;
 pub mod metrics;

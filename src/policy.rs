@@ -196,7 +196,8 @@ pub fn read_annotation<'a, T>(
         Some(v) if !v.is_empty() => match parse(v) {
             Ok(t) => Annotation::Valid(t),
             Err(why) => Annotation::Malformed {
-                value: v.to_owned(),
+                // Capped on the way in: a 7 MiB value is not copied whole.
+                value: crate::echo::value(v),
                 why,
             },
         },
@@ -483,6 +484,9 @@ fn finish(
     message.push_str(code);
     message.push_str(": ");
     message.push_str(&detail);
+    // Every verdict's text (status.message, warnings, the audit detail)
+    // is bounded here.
+    let message = crate::echo::message(message);
     let mut decision = Decision {
         reason,
         allowed: reason.allows(),
@@ -508,16 +512,17 @@ fn finish(
         decision.overridden = Some(reason);
         decision.reason = Reason::BreakGlass;
         decision.allowed = true;
-        decision.message = format!(
+        decision.message = crate::echo::message(format!(
             "BreakGlass: allowed by a break-glass identity, overriding {}",
             decision.message
-        );
+        ));
         return decision;
     }
     match rule.mode {
         Mode::Enforce => {}
         Mode::Warn => {
             decision.allowed = true;
+            // The message is bounded already; the warning keeps it whole.
             decision
                 .warnings
                 .push(format!("stale-guard (warn mode): {}", decision.message));
@@ -540,10 +545,9 @@ fn missing_annotation(what: &str, near_misses: &[String]) -> String {
     let hint = if near_misses.is_empty() {
         String::new()
     } else {
-        let list: Vec<String> = near_misses.iter().map(|k| format!("{k:?}")).collect();
+        let list = crate::echo::list(near_misses.iter().map(|k| crate::echo::Quoted(k)));
         format!(
-            "; found near-miss key {} (an annotation key must be written whole, never split on dots)",
-            list.join(", ")
+            "; found near-miss key {list} (an annotation key must be written whole, never split on dots)"
         )
     };
     format!(
@@ -569,7 +573,8 @@ fn evaluate(
             return (
                 Reason::MalformedRevision,
                 format!(
-                    "revision annotation {value:?} is not a commit id ({why}); expected 40 hex digits, sha1:<40 hex> or <branch>@sha1:<40 hex>"
+                    "revision annotation {} is not a commit id ({why}); expected 40 hex digits, sha1:<40 hex> or <branch>@sha1:<40 hex>",
+                    crate::echo::Quoted(value)
                 ),
                 cx,
             );
@@ -588,7 +593,10 @@ fn evaluate(
         Annotation::Malformed { value, why } => {
             return (
                 Reason::MalformedChecksum,
-                format!("checksum annotation {value:?} is malformed: {why}"),
+                format!(
+                    "checksum annotation {} is malformed: {why}",
+                    crate::echo::Quoted(value)
+                ),
                 cx,
             );
         }

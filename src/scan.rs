@@ -17,7 +17,7 @@ pub mod output;
 pub mod sources;
 pub mod verdict;
 
-use crate::checksum::{Caches, ChecksumEngine};
+use crate::checksum::{Caches, ChecksumEngine, SizeLimits};
 use crate::config::{Config, RuleConfig};
 use crate::mirror::{Lookup, Mirror};
 use crate::policy::{ChecksumFact, HeadFacts, MirrorFacts, Position, Revision};
@@ -172,6 +172,8 @@ impl Report {
 struct ScanSource {
     mirror: Option<Arc<Mirror>>,
     caches: Arc<Caches>,
+    /// The size limits, as the webhook applies them.
+    size_limits: SizeLimits,
     error: Option<String>,
 }
 
@@ -344,12 +346,14 @@ async fn open_sources(
                 ScanSource {
                     mirror: Some(mirror),
                     caches,
+                    size_limits: config.limits.size_limits(),
                     error,
                 }
             }
             Err(e) => ScanSource {
                 mirror: None,
                 caches,
+                size_limits: config.limits.size_limits(),
                 error: Some(e.to_string()),
             },
         };
@@ -896,7 +900,8 @@ async fn checksum(
     commit: ObjectId,
     overlay: &str,
 ) -> ChecksumFact {
-    let engine = ChecksumEngine::with_caches(mirror.repository(), Arc::clone(&source.caches));
+    let engine = ChecksumEngine::with_caches(mirror.repository(), Arc::clone(&source.caches))
+        .with_size_limits(source.size_limits);
     let overlay = overlay.to_owned();
     match tokio::task::spawn_blocking(move || engine.checksum(commit, &overlay)).await {
         Ok(Ok(sum)) => Ok(sum.checksum),

@@ -403,10 +403,11 @@ impl AppState {
             self.metrics.cache.get_or_create(&cache("hit")).inc();
             return Ok(match cached.as_ref() {
                 Ok(sum) => Ok(sum.checksum),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(crate::echo::message(e.to_string())),
             });
         }
-        let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone());
+        let engine = ChecksumEngine::with_caches(source.mirror.repository(), source.caches.clone())
+            .with_size_limits(self.config.limits.size_limits());
         let owned = overlay.to_owned();
         // Counted by whichever request runs the computation, once.
         let (cache_counts, computations, files) = (
@@ -426,7 +427,7 @@ impl AppState {
             }
             result
                 .map(|sum| sum.checksum)
-                .map_err(|e: ChecksumError| e.to_string())
+                .map_err(|e: ChecksumError| crate::echo::message(e.to_string()))
         });
         match computed.await {
             Ok(fact) => Ok(fact),

@@ -16,7 +16,9 @@
 //! symlink the checksum covers differs from the commit (`--allow-dirty`
 //! turns that into a warning).
 
-use crate::checksum::{Checksum, ChecksumEngine, ChecksumError, EntryKind, OverlayChecksum};
+use crate::checksum::{
+    Checksum, ChecksumEngine, ChecksumError, EntryKind, OverlayChecksum, SizeLimits,
+};
 use crate::policy::{self, Annotation, Reason, Revision};
 use serde_yaml_ng::{Mapping, Value};
 use sha2::{Digest, Sha256};
@@ -328,8 +330,15 @@ fn annotation_pairs(object: &Mapping) -> Vec<(String, String)> {
 // ---------------------------------------------------------------------------
 
 /// The commit `rev` names and the overlay checksum at it, from git objects.
-pub fn checksum_at(repo: &Path, rev: &str, overlay: &str) -> Result<OverlayChecksum, StampError> {
-    let engine = ChecksumEngine::open(repo).map_err(|e| StampError::Usage(e.to_string()))?;
+pub fn checksum_at(
+    repo: &Path,
+    rev: &str,
+    overlay: &str,
+    limits: SizeLimits,
+) -> Result<OverlayChecksum, StampError> {
+    let engine = ChecksumEngine::open(repo)
+        .map_err(|e| StampError::Usage(e.to_string()))?
+        .with_size_limits(limits);
     let commit = engine
         .resolve_commit(rev)
         .map_err(|e| StampError::Usage(e.to_string()))?;
@@ -398,6 +407,8 @@ pub struct StampOptions<'a> {
     pub rev: &'a str,
     pub allow_dirty: bool,
     pub keys: Keys,
+    /// The checksum's size limits (the webhook's `limits`).
+    pub limits: SizeLimits,
 }
 
 /// What [`stamp`] produced.
@@ -420,7 +431,7 @@ pub fn stamp(options: &StampOptions<'_>, input: &str) -> Result<Stamped, StampEr
             "no objects on stdin (did the render fail?)".to_owned(),
         ));
     }
-    let sum = checksum_at(options.repo, options.rev, options.overlay)?;
+    let sum = checksum_at(options.repo, options.rev, options.overlay, options.limits)?;
     let dirty = dirty_entries(options.repo, &sum)?;
     if !dirty.is_empty() && !options.allow_dirty {
         return Err(StampError::Failed(format!(
@@ -540,10 +551,11 @@ pub fn verify(
     overlay: &str,
     rev: &str,
     keys: &Keys,
+    limits: SizeLimits,
     input: &str,
 ) -> Result<Verification, StampError> {
     let mut docs = parse_documents(input)?;
-    let sum = checksum_at(repo, rev, overlay)?;
+    let sum = checksum_at(repo, rev, overlay, limits)?;
     let head = Revision::parse(&sum.commit.to_string()).map_err(StampError::Failed)?;
     let mut objects = Vec::new();
     for doc in &mut docs {

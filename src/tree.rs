@@ -76,11 +76,31 @@ impl Dir {
 #[error("git object database: {0}")]
 pub struct GitError(pub String);
 
+/// A blob over a size limit: refused from its object header, never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{size} bytes, over the {limit}-byte limit ({setting})")]
+pub struct TooLarge {
+    pub size: u64,
+    pub limit: u64,
+    /// Which limit: the setting that raises it, or what it protects.
+    pub setting: &'static str,
+}
+
+/// Why a blob's bytes were not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    TooLarge(TooLarge),
+}
+
 /// Where tree and blob objects come from. Implementations cache by object id:
 /// objects are immutable, so a cache entry never goes stale.
 pub trait ObjectSource {
     fn dir(&self, oid: ObjectId) -> Result<Arc<Dir>, GitError>;
-    fn blob(&self, oid: ObjectId) -> Result<Arc<[u8]>, GitError>;
+    /// A blob's bytes; one over the size limit is refused unread.
+    fn blob(&self, oid: ObjectId) -> Result<Arc<[u8]>, BlobError>;
 }
 
 /// A symlink or gitlink met on the way to a path.
@@ -126,16 +146,29 @@ pub enum ResolveError {
     EmptyLink { link: Vec<u8> },
     #[error("symlink loop: more than {MAX_SYMLINK_HOPS} symlinks while resolving {}", show(.path))]
     Loop { path: Vec<u8> },
+    #[error("symlink {} has a target of {too_large}", show(.link))]
+    LinkTooLarge { link: Vec<u8>, too_large: TooLarge },
     #[error(transparent)]
     Git(#[from] GitError),
 }
 
-/// Renders a repository path for messages.
+/// Renders a repository path for messages, capped ([`crate::echo`]).
 pub fn show(path: &[u8]) -> String {
     if path.is_empty() {
         ".".to_owned()
     } else {
-        String::from_utf8_lossy(path).into_owned()
+        crate::echo::bytes(path)
+    }
+}
+
+/// A path or symlink target as an error keeps it: capped, so that a cached
+/// error never holds a multi-megabyte name (showing it again keeps it as
+/// is).
+fn kept(path: &[u8]) -> Vec<u8> {
+    if path.len() <= crate::echo::CUT_ABOVE {
+        path.to_vec()
+    } else {
+        crate::echo::bytes(path).into_bytes()
     }
 }
 
@@ -155,7 +188,7 @@ pub fn join_clean(base: &[u8], rel: &[u8]) -> Result<Vec<u8>, ResolveError> {
                         path.push(b'/');
                     }
                     path.extend_from_slice(rel);
-                    return Err(ResolveError::Escapes { path });
+                    return Err(ResolveError::Escapes { path: kept(&path) });
                 }
             }
             name => parts.push(name),
@@ -210,9 +243,7 @@ pub fn resolve(
             b"" | b"." => continue,
             b".." => {
                 let Some((_, len)) = stack.pop() else {
-                    return Err(ResolveError::Escapes {
-                        path: path.to_vec(),
-                    });
+                    return Err(ResolveError::Escapes { path: kept(path) });
                 };
                 here.truncate(len);
                 continue;
@@ -224,8 +255,8 @@ pub fn resolve(
         let full = child(&here, &part);
         let Some(entry) = dir.get(&part) else {
             return Err(ResolveError::NotFound {
-                path: path.to_vec(),
-                real: full,
+                path: kept(path),
+                real: kept(&full),
             });
         };
         match entry.kind {
@@ -236,7 +267,7 @@ pub fn resolve(
             EntryKind::File => {
                 // `file/` or `file/x`: the kernel says ENOTDIR.
                 if !pending.is_empty() {
-                    return Err(ResolveError::NotADirectory { path: full });
+                    return Err(ResolveError::NotADirectory { path: kept(&full) });
                 }
                 return Ok(Resolved {
                     path: full,
@@ -258,18 +289,25 @@ pub fn resolve(
             EntryKind::Link => {
                 hops += 1;
                 if hops > MAX_SYMLINK_HOPS {
-                    return Err(ResolveError::Loop {
-                        path: path.to_vec(),
-                    });
+                    return Err(ResolveError::Loop { path: kept(path) });
                 }
-                let target = objects.blob(entry.oid)?;
+                let target = match objects.blob(entry.oid) {
+                    Ok(target) => target,
+                    Err(BlobError::Git(e)) => return Err(e.into()),
+                    Err(BlobError::TooLarge(too_large)) => {
+                        return Err(ResolveError::LinkTooLarge {
+                            link: kept(&full),
+                            too_large,
+                        });
+                    }
+                };
                 if target.is_empty() {
-                    return Err(ResolveError::EmptyLink { link: full });
+                    return Err(ResolveError::EmptyLink { link: kept(&full) });
                 }
                 if target.starts_with(b"/") {
                     return Err(ResolveError::AbsoluteLink {
-                        link: full,
-                        target: target.to_vec(),
+                        link: kept(&full),
+                        target: kept(&target),
                     });
                 }
                 for comp in target.split(|&b| b == b'/').rev() {

@@ -1270,17 +1270,19 @@ fn hostile_self_inclusion_and_root_cycles() {
 }
 
 #[test]
-fn hostile_fifty_mib_file_in_the_closure() {
+fn large_file_just_under_the_blob_cap_in_the_closure() {
+    // 16 MiB is the default `limits.maxBlobBytes`; above it see
+    // tests/blob_limits.rs.
     let r = Repo::new();
     r.write(
         "big/blob.bin",
-        pseudo_random_bytes(50 * 1024 * 1024, 0x5eed),
+        pseudo_random_bytes(16 * 1024 * 1024 - 1, 0x5eed),
     );
     r.write(
         "big/kustomization.yaml",
         "configMapGenerator:\n- name: big\n  files:\n  - blob.bin\n",
     );
-    let c = r.commit("a 50 MiB generator input");
+    let c = r.commit("a 16 MiB generator input");
     let sum = cross_check(&r, "big", &c);
     // And the digest of the big entry is the digest of the bytes we wrote.
     let doc = json(&r, "big", Some(&c));

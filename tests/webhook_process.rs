@@ -516,3 +516,73 @@ async fn certificate_rotation_by_data_symlink_swap_under_load() {
     );
     drop(sg);
 }
+
+// ---------------------------------------------------------------------------
+// a huge file in an overlay
+// ---------------------------------------------------------------------------
+
+/// The peak resident set (`VmHWM`) of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// A commit with a 200 MiB file in an overlay: the server refuses it from
+/// the object header (`limits.maxBlobBytes`) without reading it, its peak
+/// memory stays where it was, and other overlays are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_file_in_an_overlay_is_refused_without_reading_it() {
+    let repo = support::Repo::new();
+    // Stored as git stores big files: streamed, never held whole by git.
+    repo.git(&["config", "core.bigFileThreshold", "1m"]);
+    repo.write("app/kustomization.yaml", "resources:\n- cm.yaml\n");
+    repo.write(
+        "app/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n",
+    );
+    repo.write("big/kustomization.yaml", "resources:\n- data.yaml\n");
+    repo.write("big/data.yaml", "");
+    // Sparse: no disk blocks for the zeros.
+    std::fs::File::options()
+        .write(true)
+        .open(repo.path().join("big/data.yaml"))
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let head = repo.commit("a 200 MiB file");
+    let app_sum = checksum_at(repo.path(), &head, "app");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::write(&dir.path().join("tls"));
+    let mut config = ConfigBuilder::new(dir.path());
+    config.source("gitops", repo.path_str(), "1h");
+    config.rule("app", "prod-apps", "gitops", "app", "enforce", "strict");
+    config.rule("big", "big-apps", "gitops", "big", "enforce", "strict");
+    let sg = SgProcess::spawn(&write_config(dir.path(), &config, &pki));
+    let pid = sg.child.id();
+    let before = peak_rss_kib(pid);
+    let client = client(&pki.ca.pem(), Proto::H2);
+    let sum = format!("sha256:{}", "0".repeat(64));
+    for round in 0..3 {
+        let review = Review::ingress(&format!("big-{round}"), "big-apps").stamped(&head, &sum);
+        let msg = post_review(&client, &sg.base(), &review).await;
+        let msg = msg.assert_denied("OverlayError");
+        assert!(
+            msg.contains("file big/data.yaml is 209715200 bytes, over the 16777216-byte limit"),
+            "{msg}"
+        );
+    }
+    let review = Review::ingress("app", "prod-apps").stamped(&head, &app_sum);
+    post_review(&client, &sg.base(), &review)
+        .await
+        .assert_allowed("Fresh");
+    let after = peak_rss_kib(pid);
+    eprintln!("server peak RSS: {before} KiB serving, {after} KiB after the reviews");
+    assert!(
+        after < 100 << 10,
+        "the server peaked at {after} KiB (was {before} KiB before the reviews)"
+    );
+}

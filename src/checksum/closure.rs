@@ -4,7 +4,7 @@
 
 use super::{ChecksumError, EntryKind, RepoObjects};
 use crate::kustomize::{self, Inputs, Node, PluginEntry, RefKind};
-use crate::tree::{self, Crossed, ObjectSource, ResolveError, Resolved, Target, show};
+use crate::tree::{self, BlobError, Crossed, ObjectSource, ResolveError, Resolved, Target, show};
 use gix::ObjectId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -40,11 +40,14 @@ pub struct OverlayError {
 
 impl fmt::Display for OverlayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
+        let mut text = self.kind.to_string();
         if !self.chain.is_empty() {
-            write!(f, " (via {})", self.chain.join(" -> "))?;
+            text.push_str(" (via ");
+            text.push_str(&self.chain.join(" -> "));
+            text.push(')');
         }
-        Ok(())
+        // 64 nested kustomizations of long names: still one bounded message.
+        f.write_str(&crate::echo::message(text))
     }
 }
 
@@ -86,6 +89,12 @@ pub enum OverlayErrorKind {
         "overlay {path} is inside submodule {submodule}; its content is not in this repository"
     )]
     InSubmodule { path: String, submodule: String },
+    #[error("{what} {path} is {too_large}")]
+    TooLarge {
+        what: &'static str,
+        path: String,
+        too_large: tree::TooLarge,
+    },
 }
 
 /// A kustomization being built: the chain kustomize uses for cycle checks.
@@ -164,9 +173,21 @@ impl Walk<'_, '_> {
         match error {
             ResolveError::Git(e) => e.into(),
             error => self.error(OverlayErrorKind::Reference {
-                field: field.to_owned(),
-                reference: reference.to_owned(),
+                field: crate::echo::value(field),
+                reference: crate::echo::value(reference),
                 error,
+            }),
+        }
+    }
+
+    /// A blob that was not read: too large (naming the file) or unreadable.
+    fn blob_error(&self, error: BlobError, what: &'static str, path: &[u8]) -> ChecksumError {
+        match error {
+            BlobError::Git(e) => e.into(),
+            BlobError::TooLarge(too_large) => self.error(OverlayErrorKind::TooLarge {
+                what,
+                path: show(path),
+                too_large,
             }),
         }
     }
@@ -195,7 +216,7 @@ impl Walk<'_, '_> {
     fn lookup(&self, base: &[u8], reference: &str) -> Result<Resolved, ResolveError> {
         if reference.starts_with('/') {
             return Err(ResolveError::Absolute {
-                path: reference.as_bytes().to_vec(),
+                path: crate::echo::value(reference).into_bytes(),
             });
         }
         let path = tree::join_clean(base, reference.as_bytes())?;
@@ -249,13 +270,16 @@ impl Walk<'_, '_> {
         }
         let (file, blob) = self.kustomization_file(dir, tree)?;
         self.insert(EntryKind::File, file.clone(), Content::Blob(blob));
-        let parsed = self.objects.kustomization(blob)?;
+        let parsed = self
+            .objects
+            .kustomization(blob)
+            .map_err(|e| self.blob_error(e, "kustomization", &file))?;
         let inputs = match parsed.as_ref() {
             Ok(inputs) => inputs,
             Err(reason) => {
                 return Err(self.error(OverlayErrorKind::InvalidKustomization {
                     file: show(&file),
-                    reason: reason.clone(),
+                    reason: crate::echo::value(reason),
                 }));
             }
         };
@@ -499,7 +523,7 @@ impl Walk<'_, '_> {
                 let docs = kustomize::all_documents(text.as_bytes()).map_err(|reason| {
                     self.error(OverlayErrorKind::InvalidPluginConfig {
                         file: show(&count.file),
-                        reason,
+                        reason: crate::echo::value(&reason),
                     })
                 })?;
                 for doc in docs.iter().filter(|d| **d != Node::Null) {
@@ -535,11 +559,14 @@ impl Walk<'_, '_> {
         file: &[u8],
         blob: ObjectId,
     ) -> Result<(), ChecksumError> {
-        let bytes = self.objects.blob(blob)?;
+        let bytes = self
+            .objects
+            .yaml(blob)
+            .map_err(|e| self.blob_error(e, "plugin config", file))?;
         let docs = kustomize::all_documents(&bytes).map_err(|reason| {
             self.error(OverlayErrorKind::InvalidPluginConfig {
                 file: show(file),
-                reason,
+                reason: crate::echo::value(&reason),
             })
         })?;
         for (n, doc) in docs.iter().filter(|d| **d != Node::Null).enumerate() {
@@ -564,7 +591,10 @@ impl Walk<'_, '_> {
             let Some(blob) = self.kustomization_blobs.get(&dir).copied() else {
                 continue;
             };
-            let parsed = self.objects.kustomization(blob)?;
+            let parsed = self
+                .objects
+                .kustomization(blob)
+                .map_err(|e| self.blob_error(e, "kustomization", &dir))?;
             let Ok(inputs) = parsed.as_ref() else {
                 continue;
             };
@@ -614,7 +644,7 @@ impl Walk<'_, '_> {
                 .map_err(|e| {
                     self.error(OverlayErrorKind::InvalidPluginConfig {
                         file: show(file),
-                        reason: e.0,
+                        reason: crate::echo::value(&e.0),
                     })
                 })?;
             // Builtin configs name no plugins, so these stay unused.

@@ -348,7 +348,11 @@ impl GitCli {
             ),
             _ => format!("{what} failed ({status}): {detail}"),
         };
-        Err(FetchFailure { kind, message })
+        // git's stderr relays the remote's text: bounded like every echo.
+        Err(FetchFailure {
+            kind,
+            message: crate::echo::message(message),
+        })
     }
 
     /// Names a git run in messages: `git fetch from URL into DIR`,

@@ -264,7 +264,7 @@ pub fn controller_revision(value: Option<&str>) -> Annotation<Revision> {
     match parsed {
         Ok(r) => Annotation::Valid(r),
         Err(why) => Annotation::Malformed {
-            value: value.to_owned(),
+            value: crate::echo::value(value),
             why,
         },
     }

@@ -223,6 +223,35 @@ impl Repo {
     /// Returns the new commit's full sha.
     pub fn commit(&self, msg: &str) -> String {
         self.git(&["add", "-A"]);
+        self.commit_staged(msg)
+    }
+
+    /// Like [`commit`](Self::commit), with a symlink `rel -> target` that
+    /// exists only in git: targets no filesystem can hold (megabytes long,
+    /// empty) are stored with `git hash-object` and `update-index`.
+    pub fn commit_with_raw_symlink(&self, rel: &str, target: &[u8], msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        let mut child = git_command(&self.root)
+            .args(["hash-object", "-w", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(target).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "git hash-object failed");
+        let oid = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        self.git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("120000,{oid},{rel}"),
+        ]);
+        self.commit_staged(msg)
+    }
+
+    /// Commits the index as it is.
+    fn commit_staged(&self, msg: &str) -> String {
         let t = self.tick.get() + 1;
         self.tick.set(t);
         let date = format!("{} +0000", 1_700_000_000 + t * 3600);
@@ -407,6 +436,8 @@ pub struct Run {
     pub stderr: String,
     pub elapsed: Duration,
     pub args: Vec<String>,
+    /// The process's peak resident set size in KiB (its `ru_maxrss`).
+    pub peak_rss_kib: u64,
 }
 
 impl Run {
@@ -442,6 +473,8 @@ pub fn run_sg(args: &[&str]) -> Run {
 
 /// Runs the binary; kills it and fails the test when `deadline` passes;
 /// fails the test on a panic or a death by signal.
+// The child is reaped by wait4, which clippy does not see.
+#[allow(clippy::zombie_processes)]
 pub fn run_sg_deadline(args: &[&str], deadline: Duration) -> Run {
     let start = Instant::now();
     let mut cmd = Command::new(bin());
@@ -464,10 +497,21 @@ pub fn run_sg_deadline(args: &[&str], deadline: Duration) -> Run {
         err_pipe.read_to_end(&mut v).ok();
         v
     });
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
+    // wait4 rather than try_wait: it also says how much memory this very
+    // child peaked at.
+    let pid = child.id() as libc::pid_t;
+    let (status, peak_rss_kib) = loop {
+        let mut raw = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our unreaped child; the pointers are valid.
+        let reaped = unsafe { libc::wait4(pid, &mut raw, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            use std::os::unix::process::ExitStatusExt;
+            let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0);
+            break (std::process::ExitStatus::from_raw(raw), peak);
         }
+        assert!(reaped == 0, "wait4: {}", std::io::Error::last_os_error());
         if start.elapsed() > deadline {
             child.kill().ok();
             child.wait().ok();
@@ -492,6 +536,7 @@ pub fn run_sg_deadline(args: &[&str], deadline: Duration) -> Run {
         stderr,
         elapsed,
         args: args_v,
+        peak_rss_kib,
     }
 }
 
