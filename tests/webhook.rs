@@ -1008,6 +1008,57 @@ async fn object_without_metadata_is_a_4xx() {
     srv.stop().await;
 }
 
+/// A CREATE or UPDATE whose `object` is null or missing is malformed
+/// input: a 400 with a JSON message (fail closed), never an allow, even for
+/// a request no rule matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_or_update_without_object_is_a_400() {
+    let w = World::build();
+    let srv = serve(&w).await;
+    for (i, op) in ["CREATE", "UPDATE"].into_iter().enumerate() {
+        for (namespace, null) in [("prod-apps", true), ("prod-apps", false), ("team-x", true)] {
+            let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+            let client = srv.client(proto);
+            let review = Review::ingress("noobject", namespace)
+                .stamped(&w.head, &w.head_sum)
+                .operation(op);
+            let mut body = review.to_json();
+            let request = body["request"].as_object_mut().unwrap();
+            if null {
+                request.insert("object".into(), serde_json::Value::Null);
+            } else {
+                request.remove("object");
+            }
+            let (status, json) =
+                post_raw(&client, &srv.base, serde_json::to_vec(&body).unwrap()).await;
+            assert_eq!(status, 400, "{op} {namespace} null={null}: {json}");
+            let message = json["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(op) && message.contains("without an object"),
+                "{op}: {json}"
+            );
+        }
+    }
+    // DELETE carries no object and stays out of scope.
+    let mut delete = Review::ingress("noobject-delete", "prod-apps")
+        .operation("DELETE")
+        .to_json();
+    delete["request"]["object"] = serde_json::Value::Null;
+    let (status, json) = post_raw(
+        &srv.client(Proto::H2),
+        &srv.base,
+        serde_json::to_vec(&delete).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["response"]["allowed"], true, "{json}");
+    assert_eq!(
+        json["response"]["auditAnnotations"]["reason"], "OutOfScope",
+        "{json}"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_readyz_and_metrics() {
     let w = World::build();
