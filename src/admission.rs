@@ -321,8 +321,13 @@ pub fn annotations<'r, 'a>(req: &'r Request<'a>) -> Option<&'r BTreeMap<Str<'a>,
 
 /// Reads both annotations with the configured keys.
 pub fn request_facts(config: &Config, req: &Request<'_>) -> RequestFacts {
-    let (revision, checksum) = read_annotations(config, annotations(req));
+    let annotations = annotations(req);
+    let (revision, checksum) = read_annotations(config, annotations);
     RequestFacts {
+        branch: match revision {
+            Annotation::Valid(_) => revision_branch(config, annotations),
+            _ => None,
+        },
         revision,
         checksum,
         break_glass: is_break_glass(config, req),
@@ -362,6 +367,23 @@ where
             None => policy::read_annotation(pairs, &keys.checksum, parse_checksum),
         },
     )
+}
+
+/// The branch the revision annotation names (`<branch>@sha1:<hex>`), if
+/// it is of that form (also used by `scan`).
+pub fn revision_branch<K, V>(
+    config: &Config,
+    annotations: Option<&BTreeMap<K, V>>,
+) -> Option<String>
+where
+    K: Ord + Borrow<str>,
+    V: AsRef<str>,
+{
+    let value = annotations?.get(config.annotations.revision.as_str())?;
+    match Revision::parse_claim(value.as_ref()) {
+        Ok((_, Some(branch))) => Some(branch.to_owned()),
+        _ => None,
+    }
 }
 
 /// The revision in a request's annotation, when valid.

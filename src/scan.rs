@@ -532,7 +532,12 @@ async fn annotated_objects(
                 }
                 let (revision, checksum) =
                     crate::admission::read_annotations(config, meta.annotations.as_ref());
-                let applied = Applied::Annotated { revision, checksum };
+                let branch = crate::admission::revision_branch(config, meta.annotations.as_ref());
+                let applied = Applied::Annotated {
+                    revision,
+                    branch,
+                    checksum,
+                };
                 let branch = source_branch(config, &rule.source);
                 let verdict = judge(
                     shared,

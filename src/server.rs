@@ -222,12 +222,14 @@ impl AppState {
         };
         let facts = admission::request_facts(&self.config, req);
         let failure = &self.config.failure;
-        let (Some(revision), policy::Annotation::Valid(_)) =
-            (admission::valid_revision(&facts), &facts.checksum)
-        else {
-            // The annotations decide before any fact is consulted.
-            let unused = MirrorFacts::Unavailable { why: String::new() };
-            return policy::decide(rule_policy, &facts, &unused, failure.mirror_unavailable);
+        let revision = match admission::valid_revision(&facts) {
+            Some(revision) if !policy::decided_by_annotations(rule_policy, &facts) => revision,
+            _ => {
+                // The annotations decide before any fact is consulted (and
+                // before anything is fetched).
+                let unused = MirrorFacts::Unavailable { why: String::new() };
+                return policy::decide(rule_policy, &facts, &unused, failure.mirror_unavailable);
+            }
         };
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;

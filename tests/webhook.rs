@@ -383,6 +383,40 @@ async fn revision_not_on_branch() {
     srv.stop().await;
 }
 
+/// Flux's `<branch>@sha1:<hex>` names the branch the manifests were
+/// rendered from: a revision that names another branch is refused even
+/// when the commit is the head of the rule's branch, with both names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_naming_another_branch_is_refused() {
+    let w = World::build();
+    let srv = serve(&w).await;
+    let client = srv.client(Proto::H2);
+    for claimed in ["feature/bigger-body", "release", "mainline"] {
+        let value = format!("{claimed}@sha1:{}", w.head);
+        let review = Review::ingress("otherbranch", "prod-apps").stamped(&value, &w.head_sum);
+        let v = post_review(&client, &srv.base, &review).await;
+        let msg = v.assert_denied("RevisionNotOnBranch");
+        assert!(
+            msg.contains(&format!("{claimed:?}")) && msg.contains("\"main\""),
+            "names both branches: {msg}"
+        );
+        assert!(msg.contains(short(&w.head)), "{msg}");
+        assert_eq!(v.audit("revision"), Some(w.head.as_str()));
+        audit_line(&review.uid, "RevisionNotOnBranch", false).await;
+    }
+    // The rule's branch, by its short name or its full ref, passes.
+    for value in [
+        format!("main@sha1:{}", w.head),
+        format!("refs/heads/main@sha1:{}", w.head),
+    ] {
+        let review = Review::ingress("samebranch", "prod-apps").stamped(&value, &w.head_sum);
+        post_review(&client, &srv.base, &review)
+            .await
+            .assert_allowed("Fresh");
+    }
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksum_mismatch() {
     let w = World::build();
