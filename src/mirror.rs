@@ -254,6 +254,9 @@ pub struct MirrorStatus {
     pub last_maintenance: Option<MaintenanceReport>,
     /// The last repack's error, if it failed (cleared by a success).
     pub maintenance_failure: Option<FailureRecord>,
+    /// A branch fetch is running now (the first clone, a poll or an
+    /// on-demand fetch).
+    pub fetching: bool,
 }
 
 /// What one repack of the mirror did (object counts from the directory).
@@ -508,6 +511,25 @@ impl Mirror {
     /// (`head() == None`, the error in [`Mirror::status`]) and the poller
     /// keeps trying.
     pub async fn open(spec: SourceSpec, mirror_dir: &Path) -> Result<Arc<Mirror>, MirrorError> {
+        let mirror = Self::open_local(spec, mirror_dir).await?;
+        if mirror.head().is_none()
+            && let Err(e) = mirror.refresh().await
+        {
+            warn!(source = %mirror.spec.name, error = %e, "first fetch failed; will retry at each poll");
+        }
+        Ok(mirror)
+    }
+
+    /// [`Mirror::open`] without reaching the remote: an existing mirror is
+    /// reused, a missing or corrupt one is replaced by an empty repository,
+    /// and a mirror without the branch is returned unsynced. The server
+    /// opens its mirrors this way, so that a hanging remote cannot keep it
+    /// from serving: the poller's first fetch (at once when unsynced) does
+    /// the clone in the background.
+    pub async fn open_local(
+        spec: SourceSpec,
+        mirror_dir: &Path,
+    ) -> Result<Arc<Mirror>, MirrorError> {
         spec.validate()?;
         let local_err = |path: &Path, reason: String| MirrorError::Local {
             path: path.display().to_string(),
@@ -578,7 +600,6 @@ impl Mirror {
                 index: Arc::new(index),
             })
         });
-        let reused = snapshot.is_some();
         let mirror = Arc::new(Mirror {
             facts_cache: moka::sync::Cache::new(100_000),
             unknown: moka::sync::Cache::builder()
@@ -595,10 +616,8 @@ impl Mirror {
             inflight: Mutex::new(Inflight::default()),
             write_lock: tokio::sync::Mutex::new(()),
         });
-        if reused {
-            info!(source = %mirror.spec.name, head = ?mirror.head().map(|h| h.commit), "reusing existing mirror");
-        } else if let Err(e) = mirror.refresh().await {
-            warn!(source = %mirror.spec.name, error = %e, "first fetch failed; will retry at each poll");
+        if let Some(head) = mirror.head() {
+            info!(source = %mirror.spec.name, head = %head.commit, "reusing existing mirror");
         }
         Ok(mirror)
     }
@@ -667,6 +686,7 @@ impl Mirror {
     }
 
     pub fn status(&self) -> MirrorStatus {
+        let fetching = lock(&self.inflight).branch.is_some();
         let snap = read(&self.snapshot).clone();
         let c = lock(&self.counters);
         MirrorStatus {
@@ -683,6 +703,7 @@ impl Mirror {
             maintenance_runs: c.maintenance_runs,
             last_maintenance: c.last_maintenance.clone(),
             maintenance_failure: c.maintenance_failure.clone(),
+            fetching,
         }
     }
 

@@ -529,6 +529,66 @@ async fn mirror_unavailable() {
     srv.stop().await;
 }
 
+/// The listener opens before any source is cloned: a remote that accepts
+/// and never answers (with the default 60 s fetchTimeout) neither delays
+/// `/healthz` nor the reviews of a healthy source; `/readyz` is 503 naming
+/// the unsynced source, whose reviews get `MirrorUnavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_remote_does_not_delay_serving() {
+    let w = World::build();
+    let remote = GitRemote::start(w.repo().path().parent().unwrap());
+    remote.hang();
+    let mut config = w.config();
+    config.source_with("hanging", &remote.url("repo"), "1h", "60s");
+    config.rule(
+        "hanging-east",
+        "hanging-apps",
+        "hanging",
+        EAST,
+        "enforce",
+        "strict",
+    );
+    let started = Instant::now();
+    let srv = Server::start_serving(&config).await;
+    let (status, body) = srv.get("/healthz").await;
+    let healthy_after = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        healthy_after < Duration::from_secs(10),
+        "/healthz answered {healthy_after:?} after start"
+    );
+    let client = srv.client(Proto::H2);
+    // The healthy source syncs in the background, meanwhile and after.
+    let fresh = eventually(Duration::from_secs(20), "a Fresh review", || async {
+        let review = Review::ingress("hang-other", "prod-apps").stamped(&w.head, &w.head_sum);
+        let v = post_review(&client, &srv.base, &review).await;
+        (v.audit("reason") == Some("Fresh")).then_some(v)
+    })
+    .await;
+    fresh.assert_allowed("Fresh");
+    let served_after = started.elapsed();
+    assert!(
+        served_after < Duration::from_secs(20),
+        "the healthy source was served {served_after:?} after start"
+    );
+    assert!(remote.hung_connections() >= 1, "the remote was asked");
+    let (status, body) = srv.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("source hanging: never synced (first fetch running)"),
+        "{body}"
+    );
+    assert!(!body.contains("source gitops"), "gitops is synced: {body}");
+    let review = Review::ingress("hang-unsynced", "hanging-apps").stamped(&w.head, &w.head_sum);
+    let v = post_review(&client, &srv.base, &review).await;
+    let msg = v.assert_denied("MirrorUnavailable");
+    assert!(msg.contains("hanging has never synced"), "{msg}");
+    eprintln!(
+        "hanging remote: /healthz after {healthy_after:?}, first Fresh review after {served_after:?}"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decision_timeout() {
     let w = World::build();

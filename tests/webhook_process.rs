@@ -65,7 +65,11 @@ impl SgProcess {
         };
         let start = Instant::now();
         loop {
-            if let Some(addr) = p.serving_addr() {
+            // The listener opens before the first clone: wait for both (the
+            // tests' mirrors are all new, so synced means "new head").
+            if let Some(addr) = p.serving_addr()
+                && p.logged("new head")
+            {
                 p.addr = addr;
                 return p;
             }
@@ -78,12 +82,19 @@ impl SgProcess {
             }
             assert!(
                 start.elapsed() < WAIT,
-                "no \"stale-guard webhook serving\" line within {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
+                "no \"stale-guard webhook serving\" and \"new head\" lines within {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
                 p.stdout_text(),
                 p.stderr_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether a log line with this message was written.
+    fn logged(&self, message: &str) -> bool {
+        self.json_lines()
+            .iter()
+            .any(|v| fields(v)["message"] == message)
     }
 
     fn json_lines(&self) -> Vec<Value> {

@@ -893,7 +893,26 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts the server and waits (bounded) until every source has synced
+    /// or failed its first fetch: the listener opens before any clone.
     pub async fn start(config: &ConfigBuilder) -> Server {
+        let srv = Server::start_serving(config).await;
+        let state = srv.running.as_ref().unwrap().state.clone();
+        eventually(
+            Duration::from_secs(60),
+            "every source's first fetch",
+            || {
+                let done = state.first_fetches_done();
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
+        srv
+    }
+
+    /// Starts the server and returns as soon as it serves, whatever its
+    /// sources' first fetches are doing.
+    pub async fn start_serving(config: &ConfigBuilder) -> Server {
         init_audit_capture();
         let pki = Pki::write(&config.dir.join(format!("tls-{}", new_uid("pki"))));
         let yaml = config.yaml(&pki.cert_file, &pki.key_file);
