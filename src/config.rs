@@ -204,6 +204,10 @@ pub struct Limits {
     /// `malloc_trim`; see `memory`); `0s` turns it off.
     #[serde(default = "default_memory_trim_interval", with = "duration")]
     pub memory_trim_interval: Duration,
+    /// Fetches that reviews of unknown revisions may start, per source
+    /// (polls are not counted): `{ perMinute: 30, burst: 5 }`.
+    #[serde(default)]
+    pub on_demand_fetches: crate::mirror::OnDemandFetches,
 }
 
 fn default_checksum_queue() -> usize {
@@ -221,6 +225,7 @@ impl Default for Limits {
             checksum_queue: default_checksum_queue(),
             caches: CacheLimits::default(),
             memory_trim_interval: default_memory_trim_interval(),
+            on_demand_fetches: crate::mirror::OnDemandFetches::default(),
         }
     }
 }
@@ -362,6 +367,19 @@ impl Config {
             if value < 100 {
                 return Err(invalid(field, "must be at least 100"));
             }
+        }
+        let od = &self.limits.on_demand_fetches;
+        if od.burst == 0 || od.burst > 1000 {
+            return Err(invalid(
+                "limits.onDemandFetches.burst",
+                "must be between 1 and 1000",
+            ));
+        }
+        if od.per_minute > 6000 {
+            return Err(invalid(
+                "limits.onDemandFetches.perMinute",
+                "must be at most 6000 (0 turns on-demand fetches off)",
+            ));
         }
         if self.rules.is_empty() {
             return Err(invalid("rules", "at least one rule is required"));
@@ -636,6 +654,21 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert_eq!(c.limits.memory_trim_interval, Duration::ZERO);
         let e = with("{ memoryTrimInterval: often }").unwrap_err();
         assert!(e.to_string().contains("memoryTrimInterval"), "{e}");
+        let od = Limits::default().on_demand_fetches;
+        assert_eq!((od.per_minute, od.burst), (30, 5));
+        let c = with("{ onDemandFetches: { perMinute: 6 } }").unwrap();
+        let od = c.limits.on_demand_fetches;
+        assert_eq!((od.per_minute, od.burst), (6, 5));
+        let c = with("{ onDemandFetches: { perMinute: 0, burst: 1 } }").unwrap();
+        assert_eq!(c.limits.on_demand_fetches.per_minute, 0);
+        for (bad, field) in [
+            ("{ onDemandFetches: { burst: 0 } }", "burst"),
+            ("{ onDemandFetches: { perMinute: 100000 } }", "perMinute"),
+            ("{ onDemandFetches: { rate: 3 } }", "rate"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
     }
 
     fn error_for(from: &str, to: &str) -> ConfigError {

@@ -481,6 +481,9 @@ impl AppState {
             m.mirror_fetches
                 .get_or_create(&labels)
                 .set(saturating_i64(status.fetches));
+            m.mirror_on_demand_refused
+                .get_or_create(&labels)
+                .set(saturating_i64(status.on_demand_refused));
             m.mirror_consecutive_failures
                 .get_or_create(&labels)
                 .set(saturating_i64(status.consecutive_failures));
@@ -579,11 +582,9 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     // source and its reviews get `MirrorUnavailable`.
     let mut opening = tokio::task::JoinSet::new();
     for source in &config.sources {
-        let (name, spec, dir) = (
-            source.name.clone(),
-            source.spec(),
-            config.mirror_dir.clone(),
-        );
+        let mut spec = source.spec();
+        spec.on_demand = config.limits.on_demand_fetches;
+        let (name, dir) = (source.name.clone(), config.mirror_dir.clone());
         opening.spawn(async move { (name, Mirror::open_local(spec, &dir).await) });
     }
     let mut sources = HashMap::new();
