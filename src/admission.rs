@@ -380,6 +380,10 @@ where
     V: AsRef<str>,
 {
     let value = annotations?.get(config.annotations.revision.as_str())?;
+    // The bare and `sha1:` forms name no branch: nothing to parse again.
+    if !value.as_ref().contains('@') {
+        return None;
+    }
     match Revision::parse_claim(value.as_ref()) {
         Ok((_, Some(branch))) => Some(branch.to_owned()),
         _ => None,
