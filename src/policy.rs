@@ -680,7 +680,7 @@ fn evaluate(
             return (
                 Reason::UnknownRevision,
                 format!(
-                    "revision {} is not in the repository, even after fetching; push it to {} or re-render from {head_name}",
+                    "revision {} is not in the repository as fetched (by polls, and on demand within limits.onDemandFetches); push it to {} or re-render from {head_name}",
                     revision.short(),
                     rule.branch
                 ),

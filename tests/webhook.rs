@@ -331,6 +331,10 @@ async fn unknown_revision() {
     let msg = v.assert_denied("UnknownRevision");
     assert!(msg.contains("0badc0f"), "short sha: {msg}");
     assert!(
+        msg.contains("on demand within limits.onDemandFetches"),
+        "says fetches are bounded: {msg}"
+    );
+    assert!(
         msg.contains(&format!("main@{}", short(&w.head))),
         "names the head: {msg}"
     );
