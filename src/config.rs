@@ -425,6 +425,14 @@ impl Config {
         Ok(())
     }
 
+    /// The mirror's view of `source`, with the limits that apply to every
+    /// source (`limits.onDemandFetches`).
+    pub fn source_spec(&self, source: &SourceConfig) -> crate::mirror::SourceSpec {
+        let mut spec = source.spec();
+        spec.on_demand = self.limits.on_demand_fetches;
+        spec
+    }
+
     /// The grace period a rule gets.
     pub fn grace_period(&self, rule: &RuleConfig) -> Duration {
         rule.grace_period.unwrap_or(self.grace_period)

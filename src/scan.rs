@@ -294,7 +294,7 @@ async fn open_sources(
     let mut out = HashMap::new();
     for s in &config.sources {
         let caches = Arc::new(Caches::new(config.limits.caches));
-        let opened = match Mirror::open(s.spec(), mirror_dir).await {
+        let opened = match Mirror::open(config.source_spec(s), mirror_dir).await {
             Ok(mirror) => {
                 // `open` fetches only when it had to clone: an existing
                 // mirror must catch up with the remote first.

@@ -582,8 +582,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     // source and its reviews get `MirrorUnavailable`.
     let mut opening = tokio::task::JoinSet::new();
     for source in &config.sources {
-        let mut spec = source.spec();
-        spec.on_demand = config.limits.on_demand_fetches;
+        let spec = config.source_spec(source);
         let (name, dir) = (source.name.clone(), config.mirror_dir.clone());
         opening.spawn(async move { (name, Mirror::open_local(spec, &dir).await) });
     }
