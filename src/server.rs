@@ -437,7 +437,7 @@ impl AppState {
 
     /// True once every source has synced, or failed a fetch, since start
     /// (or had synced before a restart): what `/readyz` says is then the
-    /// remote's answer, not "still cloning". Tests and the demo wait for it.
+    /// remote's answer, not "still cloning". Tests wait for it.
     pub fn first_fetches_done(&self) -> bool {
         self.sources.values().all(|s| {
             let status = s.mirror.status();
