@@ -221,6 +221,19 @@ pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
             "the AdmissionReview request has an empty uid".to_owned(),
         ));
     }
+    // The API server always sends the object of a CREATE or UPDATE; one
+    // without it is malformed input, refused like any other (an allow here
+    // would let a crafted review through unchecked).
+    let operation = match request.operation {
+        Operation::Create => Some("CREATE"),
+        Operation::Update => Some("UPDATE"),
+        Operation::Delete | Operation::Connect => None,
+    };
+    if let (Some(operation), None) = (operation, &request.object) {
+        return Err(BadReview(format!(
+            "the AdmissionReview request is a {operation} without an object (null or missing); the API server always sends one"
+        )));
+    }
     Ok(request)
 }
 
@@ -254,9 +267,9 @@ pub fn out_of_scope(req: &Request<'_>) -> Option<&'static str> {
     if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
         return Some("subresources are not checked");
     }
-    if req.object.is_none() {
-        return Some("the request carries no object");
-    }
+    // A CREATE or UPDATE without an object never gets here from
+    // `parse_review` (400); built by hand, it has no annotations and is
+    // denied like any unannotated object, never allowed.
     None
 }
 
@@ -311,8 +324,13 @@ pub fn annotations<'r, 'a>(req: &'r Request<'a>) -> Option<&'r BTreeMap<Str<'a>,
 
 /// Reads both annotations with the configured keys.
 pub fn request_facts(config: &Config, req: &Request<'_>) -> RequestFacts {
-    let (revision, checksum) = read_annotations(config, annotations(req));
+    let annotations = annotations(req);
+    let (revision, checksum) = read_annotations(config, annotations);
     RequestFacts {
+        branch: match revision {
+            Annotation::Valid(_) => revision_branch(config, annotations),
+            _ => None,
+        },
         revision,
         checksum,
         break_glass: is_break_glass(config, req),
@@ -352,6 +370,27 @@ where
             None => policy::read_annotation(pairs, &keys.checksum, parse_checksum),
         },
     )
+}
+
+/// The branch the revision annotation names (`<branch>@sha1:<hex>`), if
+/// it is of that form (also used by `scan`).
+pub fn revision_branch<K, V>(
+    config: &Config,
+    annotations: Option<&BTreeMap<K, V>>,
+) -> Option<String>
+where
+    K: Ord + Borrow<str>,
+    V: AsRef<str>,
+{
+    let value = annotations?.get(config.annotations.revision.as_str())?;
+    // The bare and `sha1:` forms name no branch: nothing to parse again.
+    if !value.as_ref().contains('@') {
+        return None;
+    }
+    match Revision::parse_claim(value.as_ref()) {
+        Ok((_, Some(branch))) => Some(branch.to_owned()),
+        _ => None,
+    }
 }
 
 /// The revision in a request's annotation, when valid.
@@ -622,6 +661,37 @@ mod tests {
                 .0
                 .contains("empty uid")
         );
+    }
+
+    /// A CREATE or UPDATE must carry its object: null or missing is a 400,
+    /// not an allow. DELETE and CONNECT carry none.
+    #[test]
+    fn create_or_update_without_object_is_malformed() {
+        let base: serde_json::Value = serde_json::from_str(&review("")).unwrap();
+        for op in ["CREATE", "UPDATE"] {
+            for null in [true, false] {
+                let mut v = base.clone();
+                v["request"]["operation"] = op.into();
+                let request = v["request"].as_object_mut().unwrap();
+                if null {
+                    request.insert("object".into(), serde_json::Value::Null);
+                } else {
+                    request.remove("object");
+                }
+                let body = v.to_string();
+                let e = parse_review(body.as_bytes()).unwrap_err();
+                assert!(
+                    e.0.contains(op) && e.0.contains("without an object"),
+                    "{body}: {e}"
+                );
+            }
+        }
+        let mut delete = base.clone();
+        delete["request"]["operation"] = "DELETE".into();
+        delete["request"]["object"] = serde_json::Value::Null;
+        let body = delete.to_string();
+        let req = parse_review(body.as_bytes()).unwrap();
+        assert!(out_of_scope(&req).is_some());
     }
 
     #[test]

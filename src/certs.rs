@@ -6,6 +6,23 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
+use std::time::{Duration, SystemTime};
+
+/// How long `stale-guard certs` certificates are valid by default: a year,
+/// then they must be rotated (certs/README.md).
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The longest `--validity` accepted (ten years): a bound, so a forgotten
+/// certificate still expires.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// The shortest `--validity` accepted.
+pub const MIN_VALIDITY: Duration = Duration::from_secs(3600);
+
+/// Certificates start this long before now, for clocks (the API server's,
+/// a node's) slightly behind this machine's: kubeadm backdates by the same.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
 /// PEM texts of a CA and a serving certificate with its key.
 pub struct Bundle {
     pub ca_pem: String,
@@ -25,15 +42,45 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
 }
 
 /// A fresh CA and a serving certificate for `names` (DNS names or IP
-/// addresses), ECDSA P-256.
-pub fn generate(ca_name: &str, names: &[String]) -> Result<Bundle, rcgen::Error> {
+/// addresses), ECDSA P-256, both valid for [`DEFAULT_VALIDITY`] from now.
+pub fn generate(ca_name: &str, names: &[String]) -> Result<Bundle, CertsError> {
+    generate_valid_for(ca_name, names, DEFAULT_VALIDITY)
+}
+
+/// [`generate`], both certificates valid from [`CLOCK_SKEW`] before now
+/// until `validity` after now (between [`MIN_VALIDITY`] and
+/// [`MAX_VALIDITY`]). The CA expires with the leaf: rotation replaces both.
+pub fn generate_valid_for(
+    ca_name: &str,
+    names: &[String],
+    validity: Duration,
+) -> Result<Bundle, CertsError> {
+    if !(MIN_VALIDITY..=MAX_VALIDITY).contains(&validity) {
+        return Err(CertsError::Validity(format!(
+            "{} is outside 1h..3650d",
+            humantime::format_duration(validity)
+        )));
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|e| CertsError::Validity(format!("the system clock is before 1970: {e}")))?;
+    // rcgen's times are `time::OffsetDateTime`; built from the epoch so no
+    // direct dependency on `time` is needed. Bounded above, so no overflow.
+    let at = |since_epoch: Duration| rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    let not_before = at(now.saturating_sub(CLOCK_SKEW));
+    let not_after = at(now + validity);
+
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.not_before = not_before;
+    ca.not_after = not_after;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, ca_name);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
     let mut leaf = CertificateParams::new(names.to_vec())?;
+    leaf.not_before = not_before;
+    leaf.not_after = not_after;
     if let Some(first) = names.first() {
         leaf.distinguished_name
             .push(DnType::CommonName, first.as_str());
@@ -61,16 +108,19 @@ pub enum CertsError {
     },
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("--validity: {0}")]
+    Validity(String),
 }
 
-/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) for the Service
-/// `service` in `namespace` into `out`; returns the base64 caBundle for the
-/// ValidatingWebhookConfiguration.
+/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600), valid for
+/// `validity`, for the Service `service` in `namespace` into `out`; returns
+/// the base64 caBundle for the ValidatingWebhookConfiguration.
 pub fn write(
     service: &str,
     namespace: &str,
     out: &std::path::Path,
     force: bool,
+    validity: Duration,
 ) -> Result<String, CertsError> {
     use base64::Engine as _;
     use std::io::Write as _;
@@ -83,11 +133,12 @@ pub fn write(
         let path = path.to_path_buf();
         move |error| CertsError::Io { path, error }
     };
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let bundle = generate(
+    let bundle = generate_valid_for(
         &format!("{service}.{namespace} webhook CA"),
         &service_names(service, namespace),
+        validity,
     )?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
     for (path, text, mode) in [
         (&files[0], &bundle.ca_pem, 0o644),
         (&files[1], &bundle.cert_pem, 0o644),
@@ -131,7 +182,7 @@ mod tests {
     fn writes_three_files_keeps_the_key_private_and_refuses_to_overwrite() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let bundle = write("sg", "ns", dir.path(), false).unwrap();
+        let bundle = write("sg", "ns", dir.path(), false, DEFAULT_VALIDITY).unwrap();
         let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD
@@ -144,11 +195,23 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
-            write("sg", "ns", dir.path(), false),
+            write("sg", "ns", dir.path(), false, DEFAULT_VALIDITY),
             Err(CertsError::Exists(_))
         ));
-        let again = write("sg", "ns", dir.path(), true).unwrap();
+        let again = write("sg", "ns", dir.path(), true, DEFAULT_VALIDITY).unwrap();
         assert_ne!(again, bundle, "--force makes a new CA");
+    }
+
+    #[test]
+    fn validity_is_bounded() {
+        let names = ["localhost".to_owned()];
+        for bad in [Duration::ZERO, Duration::from_secs(60), MAX_VALIDITY * 2] {
+            assert!(matches!(
+                generate_valid_for("ca", &names, bad),
+                Err(CertsError::Validity(_))
+            ));
+        }
+        assert!(generate_valid_for("ca", &names, MAX_VALIDITY).is_ok());
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct CertsArgs {
     /// Replace existing files.
     #[arg(long)]
     pub force: bool,
+    /// How long the CA and the serving certificate are valid, from now
+    /// (e.g. 90d, 1y; at most 3650d). Rotate before they expire.
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    pub validity: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -263,16 +267,26 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
 }
 
 fn certs(args: &CertsArgs) -> Result<(), Failure> {
-    let bundle = crate::certs::write(&args.service, &args.namespace, &args.out, args.force)
-        .map_err(|e| match e {
-            crate::certs::CertsError::Exists(_) => Failure::usage(e),
-            _ => Failure::failed(e),
-        })?;
+    let bundle = crate::certs::write(
+        &args.service,
+        &args.namespace,
+        &args.out,
+        args.force,
+        args.validity,
+    )
+    .map_err(|e| match e {
+        crate::certs::CertsError::Exists(_) | crate::certs::CertsError::Validity(_) => {
+            Failure::usage(e)
+        }
+        _ => Failure::failed(e),
+    })?;
+    let expires = std::time::SystemTime::now() + args.validity;
     eprintln!(
-        "wrote {}/{{ca.crt,tls.crt,tls.key}} for {}.{}.svc; the caBundle:",
+        "wrote {}/{{ca.crt,tls.crt,tls.key}} for {}.{}.svc, valid until {} (rotate before: certs/README.md); the caBundle:",
         args.out.display(),
         args.service,
-        args.namespace
+        args.namespace,
+        humantime::format_rfc3339_seconds(expires)
     );
     println!("{bundle}");
     Ok(())

@@ -339,6 +339,10 @@ pub struct Limits {
     /// 16 MiB): parsing costs tens of times the file's size in memory.
     #[serde(default = "default_max_kustomization_bytes")]
     pub max_kustomization_bytes: u64,
+    /// Fetches that reviews of unknown revisions may start, per source
+    /// (polls are not counted): `{ perMinute: 30, burst: 5 }`.
+    #[serde(default)]
+    pub on_demand_fetches: crate::mirror::OnDemandFetches,
 }
 
 fn default_max_kustomization_bytes() -> u64 {
@@ -391,6 +395,7 @@ impl Default for Limits {
             http2_idle_timeout: default_http2_idle_timeout(),
             max_blob_bytes: default_max_blob_bytes(),
             max_kustomization_bytes: default_max_kustomization_bytes(),
+            on_demand_fetches: crate::mirror::OnDemandFetches::default(),
         }
     }
 }
@@ -588,6 +593,19 @@ impl Config {
                 ));
             }
         }
+        let od = &self.limits.on_demand_fetches;
+        if od.burst == 0 || od.burst > 1000 {
+            return Err(invalid(
+                "limits.onDemandFetches.burst",
+                "must be between 1 and 1000",
+            ));
+        }
+        if od.per_minute > 6000 {
+            return Err(invalid(
+                "limits.onDemandFetches.perMinute",
+                "must be at most 6000 (0 turns on-demand fetches off)",
+            ));
+        }
         if self.rules.is_empty() {
             return Err(invalid("rules", "at least one rule is required"));
         }
@@ -630,6 +648,14 @@ impl Config {
             return Err(invalid("failure.maxMirrorStaleness", "must be positive"));
         }
         Ok(())
+    }
+
+    /// The mirror's view of `source`, with the limits that apply to every
+    /// source (`limits.onDemandFetches`).
+    pub fn source_spec(&self, source: &SourceConfig) -> crate::mirror::SourceSpec {
+        let mut spec = source.spec();
+        spec.on_demand = self.limits.on_demand_fetches;
+        spec
     }
 
     /// The grace period a rule gets.
@@ -963,6 +989,21 @@ failure: { mirrorUnavailable: deny, maxMirrorStaleness: 10m, decisionTimeout: 4s
         assert_eq!(c.limits.memory_trim_interval, Duration::ZERO);
         let e = with("{ memoryTrimInterval: often }").unwrap_err();
         assert!(e.to_string().contains("memoryTrimInterval"), "{e}");
+        let od = Limits::default().on_demand_fetches;
+        assert_eq!((od.per_minute, od.burst), (30, 5));
+        let c = with("{ onDemandFetches: { perMinute: 6 } }").unwrap();
+        let od = c.limits.on_demand_fetches;
+        assert_eq!((od.per_minute, od.burst), (6, 5));
+        let c = with("{ onDemandFetches: { perMinute: 0, burst: 1 } }").unwrap();
+        assert_eq!(c.limits.on_demand_fetches.per_minute, 0);
+        for (bad, field) in [
+            ("{ onDemandFetches: { burst: 0 } }", "burst"),
+            ("{ onDemandFetches: { perMinute: 100000 } }", "perMinute"),
+            ("{ onDemandFetches: { rate: 3 } }", "rate"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
         assert_eq!(Limits::default().max_blob_bytes, 16 << 20);
         let c = with("{ maxBlobBytes: 1048576 }").unwrap();
         assert_eq!(c.limits.max_blob_bytes, 1 << 20);

@@ -239,6 +239,7 @@ mod tests {
             revision: Annotation::Valid(head),
             checksum: Annotation::Valid(Checksum([1; 32])),
             break_glass: false,
+            branch: None,
         };
         let cases = [
             RequestFacts {
@@ -251,6 +252,10 @@ mod tests {
                     key,
                     Revision::parse,
                 ),
+                ..valid.clone()
+            },
+            RequestFacts {
+                branch: Some("b".repeat(3 << 20)),
                 ..valid.clone()
             },
             valid.clone(),
@@ -267,7 +272,7 @@ mod tests {
         };
         for (request, says) in cases
             .iter()
-            .zip(["(7340032 bytes)", "and 49995 more", "…("])
+            .zip(["(7340032 bytes)", "and 49995 more", "(3145728 bytes)", "…("])
         {
             let d = decide(&rule, request, &facts, FailureAction::Deny);
             assert!(d.message.contains(says), "{}", d.message);

@@ -79,6 +79,7 @@ pub struct Metrics {
     pub mirror_head_age: Family<SourceLabels, FloatGauge>,
     pub mirror_last_success: Family<SourceLabels, FloatGauge>,
     pub mirror_fetches: Family<SourceLabels, Gauge>,
+    pub mirror_on_demand_refused: Family<SourceLabels, Gauge>,
     pub mirror_consecutive_failures: Family<SourceLabels, Gauge>,
     pub mirror_ready: Family<SourceLabels, Gauge>,
     pub cache: Family<CacheLabels, Counter>,
@@ -144,6 +145,12 @@ impl Metrics {
             "Branch fetches attempted by this process, per source",
             mirror_fetches.clone(),
         );
+        let mirror_on_demand_refused = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "mirror_on_demand_refused",
+            "Lookups of unknown revisions answered without a fetch because limits.onDemandFetches was spent, per source",
+            mirror_on_demand_refused.clone(),
+        );
         let mirror_consecutive_failures = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "mirror_consecutive_fetch_failures",
@@ -208,6 +215,7 @@ impl Metrics {
             mirror_head_age,
             mirror_last_success,
             mirror_fetches,
+            mirror_on_demand_refused,
             mirror_consecutive_failures,
             mirror_ready,
             cache,

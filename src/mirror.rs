@@ -40,6 +40,84 @@ pub struct SourceSpec {
     pub credentials: Option<Credentials>,
     /// When the poller repacks the mirror.
     pub maintenance: MaintenancePolicy,
+    /// How many fetches reviews may trigger (polls are not counted).
+    pub on_demand: OnDemandFetches,
+}
+
+/// The fetches that lookups of unknown revisions ([`Mirror::ensure_known`])
+/// may start, per source: a token bucket of `burst` fetches, refilled at
+/// `per_minute`. A lookup that finds no token waits for the next one if it
+/// is due before its deadline, else is answered `StillUnknown` at once;
+/// joining a fetch already running costs nothing. Fetches by id only
+/// spend a token when one more stays for branch fetches. `per_minute: 0`
+/// turns on-demand fetches off (only polls fetch). Configured as
+/// `limits.onDemandFetches`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OnDemandFetches {
+    #[serde(default = "OnDemandFetches::default_per_minute")]
+    pub per_minute: u32,
+    #[serde(default = "OnDemandFetches::default_burst")]
+    pub burst: u32,
+}
+
+impl OnDemandFetches {
+    fn default_per_minute() -> u32 {
+        30
+    }
+    fn default_burst() -> u32 {
+        5
+    }
+}
+
+impl Default for OnDemandFetches {
+    /// 30 a minute, 5 at once: a flood of made-up revisions costs the git
+    /// server at most one fetch every 2 s per source, while a real push
+    /// reviewed before the next poll still waits at most 2 s for its fetch.
+    fn default() -> Self {
+        OnDemandFetches {
+            per_minute: Self::default_per_minute(),
+            burst: Self::default_burst(),
+        }
+    }
+}
+
+/// The token bucket of [`OnDemandFetches`].
+struct FetchBudget {
+    limit: OnDemandFetches,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl FetchBudget {
+    fn new(limit: OnDemandFetches) -> Self {
+        FetchBudget {
+            limit,
+            tokens: f64::from(limit.burst),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token if more than `keep` remain; otherwise how long until
+    /// enough are due (`None`: never, on-demand fetches are off).
+    fn take(&mut self, now: tokio::time::Instant, keep: f64) -> Result<(), Option<Duration>> {
+        let per_second = f64::from(self.limit.per_minute) / 60.0;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(f64::from(self.limit.burst));
+        self.at = now;
+        let need = 1.0 + keep;
+        if self.tokens >= need {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        if per_second <= 0.0 || need > f64::from(self.limit.burst) {
+            return Err(None);
+        }
+        // Bounded: at most `burst` tokens at no less than 1/60 a second.
+        Err(Some(Duration::from_secs_f64(
+            ((need - self.tokens) / per_second).max(0.0),
+        )))
+    }
 }
 
 /// When the poller repacks the mirror: after a successful fetch, if the
@@ -86,6 +164,7 @@ impl SourceSpec {
             fetch_timeout: Duration::from_secs(60),
             credentials: None,
             maintenance: MaintenancePolicy::default(),
+            on_demand: OnDemandFetches::default(),
         }
     }
 
@@ -241,6 +320,10 @@ pub struct MirrorStatus {
     pub fetches: u64,
     /// Fetches of single commits by id (on-demand, for revisions not on the branch).
     pub revision_fetches: u64,
+    /// Lookups of unknown revisions answered without the fetch they would
+    /// have started: the on-demand budget was spent until past their
+    /// deadline.
+    pub on_demand_refused: u64,
     pub consecutive_failures: u64,
     /// Times the head moved to a commit that does not descend from the old head.
     pub history_rewrites: u64,
@@ -254,6 +337,9 @@ pub struct MirrorStatus {
     pub last_maintenance: Option<MaintenanceReport>,
     /// The last repack's error, if it failed (cleared by a success).
     pub maintenance_failure: Option<FailureRecord>,
+    /// A branch fetch is running now (the first clone, a poll or an
+    /// on-demand fetch).
+    pub fetching: bool,
 }
 
 /// What one repack of the mirror did (object counts from the directory).
@@ -348,6 +434,7 @@ struct Counters {
     branch_missing: bool,
     fetches: u64,
     revision_fetches: u64,
+    on_demand_refused: u64,
     consecutive_failures: u64,
     history_rewrites: u64,
     repairs: u64,
@@ -358,11 +445,15 @@ struct Counters {
     maintenance_failure: Option<FailureRecord>,
 }
 
-#[derive(Default)]
 struct Inflight {
     branch: Option<watch::Receiver<Option<FetchResult>>>,
+    /// Branch fetches started and completed; one runs at a time, so fetch
+    /// number `n` (counted from 1) has completed once `completed >= n`.
+    started: u64,
     completed: u64,
     revisions: HashMap<ObjectId, watch::Receiver<Option<bool>>>,
+    /// What lookups may still start (polls do not spend it).
+    budget: FetchBudget,
 }
 
 /// A mirror of one source. Create with [`Mirror::open`]; share as `Arc`.
@@ -378,13 +469,15 @@ pub struct Mirror {
     /// Serialises everything that writes into the mirror directory.
     write_lock: tokio::sync::Mutex<()>,
     facts_cache: moka::sync::Cache<(ObjectId, ObjectId), RevisionFacts>,
-    /// Revisions that neither a branch fetch nor a by-id fetch brought.
+    /// Revisions a branch fetch, started after they were asked for, did
+    /// not bring (nor a fetch by id, when the budget allowed one): answered
+    /// "still unknown" without another fetch until the head moves (a push
+    /// seen by a poll or any fetch), which empties it.
     unknown: moka::sync::Cache<ObjectId, ()>,
 }
 
-/// How long a revision that could not be fetched is answered "still
-/// unknown" without another fetch.
-const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+/// Revisions remembered as not found (a few MB at most).
+const UNKNOWN_CAPACITY: u64 = 50_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -508,6 +601,25 @@ impl Mirror {
     /// (`head() == None`, the error in [`Mirror::status`]) and the poller
     /// keeps trying.
     pub async fn open(spec: SourceSpec, mirror_dir: &Path) -> Result<Arc<Mirror>, MirrorError> {
+        let mirror = Self::open_local(spec, mirror_dir).await?;
+        if mirror.head().is_none()
+            && let Err(e) = mirror.refresh().await
+        {
+            warn!(source = %mirror.spec.name, error = %e, "first fetch failed; will retry at each poll");
+        }
+        Ok(mirror)
+    }
+
+    /// [`Mirror::open`] without reaching the remote: an existing mirror is
+    /// reused, a missing or corrupt one is replaced by an empty repository,
+    /// and a mirror without the branch is returned unsynced. The server
+    /// opens its mirrors this way, so that a hanging remote cannot keep it
+    /// from serving: the poller's first fetch (at once when unsynced) does
+    /// the clone in the background.
+    pub async fn open_local(
+        spec: SourceSpec,
+        mirror_dir: &Path,
+    ) -> Result<Arc<Mirror>, MirrorError> {
         spec.validate()?;
         let local_err = |path: &Path, reason: String| MirrorError::Local {
             path: path.display().to_string(),
@@ -578,13 +690,10 @@ impl Mirror {
                 index: Arc::new(index),
             })
         });
-        let reused = snapshot.is_some();
+        let budget = FetchBudget::new(spec.on_demand);
         let mirror = Arc::new(Mirror {
             facts_cache: moka::sync::Cache::new(100_000),
-            unknown: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(UNKNOWN_TTL)
-                .build(),
+            unknown: moka::sync::Cache::new(UNKNOWN_CAPACITY),
             spec,
             mirror_dir: mirror_dir.to_path_buf(),
             path,
@@ -592,13 +701,17 @@ impl Mirror {
             repo: RwLock::new(repo),
             snapshot: RwLock::new(snapshot),
             counters: Mutex::new(counters),
-            inflight: Mutex::new(Inflight::default()),
+            inflight: Mutex::new(Inflight {
+                branch: None,
+                started: 0,
+                completed: 0,
+                revisions: HashMap::new(),
+                budget,
+            }),
             write_lock: tokio::sync::Mutex::new(()),
         });
-        if reused {
-            info!(source = %mirror.spec.name, head = ?mirror.head().map(|h| h.commit), "reusing existing mirror");
-        } else if let Err(e) = mirror.refresh().await {
-            warn!(source = %mirror.spec.name, error = %e, "first fetch failed; will retry at each poll");
+        if let Some(head) = mirror.head() {
+            info!(source = %mirror.spec.name, head = %head.commit, "reusing existing mirror");
         }
         Ok(mirror)
     }
@@ -667,6 +780,7 @@ impl Mirror {
     }
 
     pub fn status(&self) -> MirrorStatus {
+        let fetching = lock(&self.inflight).branch.is_some();
         let snap = read(&self.snapshot).clone();
         let c = lock(&self.counters);
         MirrorStatus {
@@ -676,6 +790,7 @@ impl Mirror {
             branch_missing: c.branch_missing,
             fetches: c.fetches,
             revision_fetches: c.revision_fetches,
+            on_demand_refused: c.on_demand_refused,
             consecutive_failures: c.consecutive_failures,
             history_rewrites: c.history_rewrites,
             repairs: c.repairs,
@@ -683,6 +798,7 @@ impl Mirror {
             maintenance_runs: c.maintenance_runs,
             last_maintenance: c.last_maintenance.clone(),
             maintenance_failure: c.maintenance_failure.clone(),
+            fetching,
         }
     }
 
@@ -759,35 +875,31 @@ impl Mirror {
     /// (shared by every concurrent caller: single flight), then, if the
     /// revision is still missing, a fetch of that commit by id (also single
     /// flight). Returns by `deadline` whatever happens; a fetch that outlives
-    /// the deadline continues in the background for later callers. A
-    /// revision that could not be fetched is answered `StillUnknown` without
-    /// another fetch for a few seconds.
+    /// the deadline continues in the background for later callers.
+    ///
+    /// Bounded per source ([`OnDemandFetches`]): joining a running fetch is
+    /// free, starting one takes a token (waiting for the next if it is due
+    /// before `deadline`, else answering `StillUnknown` at once, counted in
+    /// `on_demand_refused`); a fetch by id only takes a spare token. A
+    /// revision still missing after a branch fetch that started after it
+    /// was asked for is answered `StillUnknown` without another fetch until
+    /// the head moves.
     pub async fn ensure_known(
         self: &Arc<Self>,
         rev: ObjectId,
         deadline: tokio::time::Instant,
     ) -> Lookup {
-        let seen = lock(&self.inflight).completed;
+        // Read before looking, so that a fetch finishing in between is seen.
+        let (arrived, mut seen) = {
+            let g = lock(&self.inflight);
+            (g.started, g.completed)
+        };
         if self.is_known(rev) {
             return Lookup::Known;
         }
         if self.unknown.contains_key(&rev) {
             return Lookup::StillUnknown;
         }
-        let rx = match self.start_or_join(Some(seen)) {
-            Some(rx) => rx,
-            // A fetch completed since we looked: look again, then join or
-            // start a fresh one.
-            None => {
-                if self.is_known(rev) {
-                    return Lookup::Known;
-                }
-                match self.start_or_join(None) {
-                    Some(rx) => rx,
-                    None => return Lookup::StillUnknown,
-                }
-            }
-        };
         let now_known = || {
             if self.is_known(rev) {
                 Lookup::Known
@@ -795,17 +907,70 @@ impl Mirror {
                 Lookup::StillUnknown
             }
         };
+        let rx = loop {
+            let wait = {
+                let mut g = lock(&self.inflight);
+                if let Some(rx) = &g.branch {
+                    break Some(rx.clone());
+                }
+                if g.completed != seen {
+                    // A fetch finished since we looked: it may have brought
+                    // the revision, and if it started after we were asked
+                    // it is the fetch this lookup needed.
+                    seen = g.completed;
+                    let covered = g.completed > arrived;
+                    drop(g);
+                    if self.is_known(rev) {
+                        return Lookup::Known;
+                    }
+                    if covered {
+                        break None;
+                    }
+                    continue;
+                }
+                match g.budget.take(tokio::time::Instant::now(), 0.0) {
+                    Ok(()) => break Some(self.start_locked(g)),
+                    Err(wait) => wait,
+                }
+            };
+            match wait {
+                Some(wait) if tokio::time::Instant::now() + wait < deadline => {
+                    tokio::time::sleep(wait).await;
+                }
+                // Not within the deadline: answered without a fetch, and
+                // without remembering it as not found.
+                _ => {
+                    lock(&self.counters).on_demand_refused += 1;
+                    return now_known();
+                }
+            }
+        };
         // Deadline passed while the fetch runs: answer with what we have,
         // without caching a negative answer the fetch may still overturn.
-        if wait_until(rx, deadline).await.is_none() {
+        if let Some(rx) = rx
+            && wait_until(rx, deadline).await.is_none()
+        {
             return now_known();
         }
         if self.is_known(rev) {
             return Lookup::Known;
         }
         if tokio::time::Instant::now() < deadline {
-            let rx = self.start_or_join_revision(rev);
-            if wait_until(rx, deadline).await.is_none() {
+            let rx = {
+                let mut g = lock(&self.inflight);
+                match g.revisions.get(&rev) {
+                    Some(rx) => Some(rx.clone()),
+                    // Only a spare token: one stays for branch fetches,
+                    // which find what reviews of new pushes ask for.
+                    None => match g.budget.take(tokio::time::Instant::now(), 1.0) {
+                        Ok(()) => Some(self.start_revision_locked(g, rev)),
+                        Err(_) => None,
+                    },
+                }
+            };
+            if let Some(rx) = rx
+                && wait_until(rx, deadline).await.is_none()
+            {
                 return now_known();
             }
         }
@@ -816,13 +981,15 @@ impl Mirror {
         answer
     }
 
-    /// Fetches the branch now, or joins the fetch already running.
+    /// Fetches the branch now, or joins the fetch already running (not
+    /// counted against the on-demand budget).
     pub async fn refresh(self: &Arc<Self>) -> Result<FetchReport, FetchFailure> {
-        let Some(rx) = self.start_or_join(None) else {
-            return Err(FetchFailure {
-                kind: FetchErrorKind::Local,
-                message: "internal: no fetch started".into(),
-            });
+        let rx = {
+            let g = lock(&self.inflight);
+            match &g.branch {
+                Some(rx) => rx.clone(),
+                None => self.start_locked(g),
+            }
         };
         let far =
             tokio::time::Instant::now() + self.spec.fetch_timeout * 4 + Duration::from_secs(10);
@@ -985,22 +1152,14 @@ impl Mirror {
             .flatten()
     }
 
-    /// Joins the running branch fetch or starts one. With
-    /// `Some(seen_completed)`, returns `None` instead of starting when a
-    /// fetch has completed since the caller read `seen_completed`.
-    fn start_or_join(
+    /// Starts a branch fetch; `g` shows none running.
+    fn start_locked(
         self: &Arc<Self>,
-        seen_completed: Option<u64>,
-    ) -> Option<watch::Receiver<Option<FetchResult>>> {
-        let mut g = lock(&self.inflight);
-        if let Some(rx) = &g.branch {
-            return Some(rx.clone());
-        }
-        if seen_completed.is_some_and(|seen| seen != g.completed) {
-            return None;
-        }
+        mut g: MutexGuard<'_, Inflight>,
+    ) -> watch::Receiver<Option<FetchResult>> {
         let (tx, rx) = watch::channel(None);
         g.branch = Some(rx.clone());
+        g.started += 1;
         drop(g);
         let me = Arc::clone(self);
         tokio::spawn(async move {
@@ -1021,14 +1180,15 @@ impl Mirror {
             drop(done);
             let _ = tx.send(Some(result));
         });
-        Some(rx)
+        rx
     }
 
-    fn start_or_join_revision(self: &Arc<Self>, rev: ObjectId) -> watch::Receiver<Option<bool>> {
-        let mut g = lock(&self.inflight);
-        if let Some(rx) = g.revisions.get(&rev) {
-            return rx.clone();
-        }
+    /// Starts a fetch of `rev` by id; `g` shows none running for it.
+    fn start_revision_locked(
+        self: &Arc<Self>,
+        mut g: MutexGuard<'_, Inflight>,
+        rev: ObjectId,
+    ) -> watch::Receiver<Option<bool>> {
         let (tx, rx) = watch::channel(None);
         g.revisions.insert(rev, rx.clone());
         drop(g);
@@ -1267,5 +1427,45 @@ async fn wait_until<T: Clone>(
         // The task ended without sending (cancelled): no result.
         Ok(Err(_)) => Some(None),
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `burst` at once, then one every 60/perMinute s; a spare take keeps
+    /// one token back; perMinute 0 never refills.
+    #[test]
+    fn fetch_budget_is_a_token_bucket() {
+        let t0 = tokio::time::Instant::now();
+        let limit = OnDemandFetches {
+            per_minute: 30,
+            burst: 3,
+        };
+        let mut b = FetchBudget::new(limit);
+        b.at = t0;
+        assert_eq!(b.take(t0, 1.0), Ok(()));
+        assert_eq!(b.take(t0, 1.0), Ok(()));
+        // One left: only for branch fetches.
+        assert_eq!(b.take(t0, 1.0), Err(Some(Duration::from_secs(2))));
+        assert_eq!(b.take(t0, 0.0), Ok(()));
+        assert_eq!(b.take(t0, 0.0), Err(Some(Duration::from_secs(2))));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.take(t1, 0.0), Err(Some(Duration::from_secs(1))));
+        assert_eq!(b.take(t0 + Duration::from_secs(2), 0.0), Ok(()));
+        // Refills up to the burst only.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert_eq!(b.take(later, 0.0), Ok(()));
+        }
+        assert!(b.take(later, 0.0).is_err());
+        let mut off = FetchBudget::new(OnDemandFetches {
+            per_minute: 0,
+            burst: 1,
+        });
+        assert_eq!(off.take(later, 0.0), Ok(()));
+        assert_eq!(off.take(later, 0.0), Err(None));
+        assert_eq!(off.take(later, 1.0), Err(None));
     }
 }

@@ -84,14 +84,22 @@ impl Revision {
     /// Accepts `<40 hex>`, `sha1:<40 hex>` and Flux's `<branch>@sha1:<40 hex>`;
     /// hex is case-insensitive. Abbreviated ids are refused.
     pub fn parse(value: &str) -> Result<Revision, String> {
-        let hex = if let Some((branch, rest)) = value.rsplit_once('@') {
+        Revision::parse_claim(value).map(|(revision, _)| revision)
+    }
+
+    /// [`Revision::parse`], also returning the branch a
+    /// `<branch>@sha1:<40 hex>` value names.
+    pub fn parse_claim(value: &str) -> Result<(Revision, Option<&str>), String> {
+        let (branch, hex) = if let Some((branch, rest)) = value.rsplit_once('@') {
             if branch.is_empty() {
                 return Err("empty branch before '@'".to_owned());
             }
-            rest.strip_prefix("sha1:")
-                .ok_or_else(|| "expected <branch>@sha1:<40 hex digits>".to_owned())?
+            let hex = rest
+                .strip_prefix("sha1:")
+                .ok_or_else(|| "expected <branch>@sha1:<40 hex digits>".to_owned())?;
+            (Some(branch), hex)
         } else {
-            value.strip_prefix("sha1:").unwrap_or(value)
+            (None, value.strip_prefix("sha1:").unwrap_or(value))
         };
         if hex.len() != 40 {
             return Err(format!(
@@ -103,7 +111,7 @@ impl Revision {
         // Both cases are accepted by the decoder: no lower-cased copy.
         hex::decode_to_slice(hex, &mut out)
             .map_err(|_| "commit id is not hexadecimal".to_owned())?;
-        Ok(Revision(out))
+        Ok((Revision(out), branch))
     }
 
     /// The 40 lower-case hex digits. On every verdict's audit annotations,
@@ -272,6 +280,9 @@ pub struct RulePolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFacts {
     pub revision: Annotation<Revision>,
+    /// The branch a `<branch>@sha1:<hex>` revision names (`None` for the
+    /// forms without one).
+    pub branch: Option<String>,
     pub checksum: Annotation<Checksum>,
     pub break_glass: bool,
 }
@@ -389,6 +400,25 @@ impl Decision {
     pub fn is_denial(&self) -> bool {
         !self.reason.allows() || self.overridden.is_some()
     }
+}
+
+/// Whether `claimed`, the branch a revision annotation names, is the
+/// rule's `branch`, by its short name or its full ref (`refs/heads/main`,
+/// which Flux writes for a GitRepository with `ref.name`).
+pub fn is_rule_branch(claimed: &str, branch: &str) -> bool {
+    claimed == branch || claimed.strip_prefix("refs/heads/") == Some(branch)
+}
+
+/// True when the request's annotations alone decide the verdict: either
+/// annotation missing or malformed, or a revision that names another
+/// branch than the rule's. No mirror fact (and no fetch) is needed then.
+pub fn decided_by_annotations(rule: &RulePolicy, request: &RequestFacts) -> bool {
+    !matches!(request.revision, Annotation::Valid(_))
+        || !matches!(request.checksum, Annotation::Valid(_))
+        || request
+            .branch
+            .as_deref()
+            .is_some_and(|claimed| !is_rule_branch(claimed, &rule.branch))
 }
 
 /// Which checksums [`decide`] will need for a revision at `position`:
@@ -603,6 +633,25 @@ fn evaluate(
         Annotation::Valid(c) => *c,
     };
     cx.found = Some(found);
+    // The annotation says which branch it was rendered from: another
+    // branch's commit must not pass because it is also on this one.
+    if let Some(claimed) = request.branch.as_deref()
+        && !is_rule_branch(claimed, &rule.branch)
+    {
+        return (
+            Reason::RevisionNotOnBranch,
+            format!(
+                "revision {} names branch {:?}, but rule {} checks branch {:?}; re-render from {} and stamp it as {}@sha1:<commit>",
+                revision.short(),
+                crate::echo::value(claimed),
+                rule.name,
+                rule.branch,
+                rule.branch,
+                rule.branch
+            ),
+            cx,
+        );
+    }
     let (head, position, at_revision, at_head) = match facts {
         MirrorFacts::Unavailable { why } => {
             return (
@@ -632,7 +681,7 @@ fn evaluate(
             return (
                 Reason::UnknownRevision,
                 format!(
-                    "revision {} is not in the repository, even after fetching; push it to {} or re-render from {head_name}",
+                    "revision {} is not in the repository as fetched (by polls, and on demand within limits.onDemandFetches); push it to {} or re-render from {head_name}",
                     revision.short(),
                     rule.branch
                 ),
@@ -779,8 +828,10 @@ mod tests {
     }
 
     fn request(rev: &str, checksum: Checksum) -> RequestFacts {
+        let (revision, branch) = Revision::parse_claim(rev).unwrap();
         RequestFacts {
-            revision: Annotation::Valid(Revision::parse(rev).unwrap()),
+            revision: Annotation::Valid(revision),
+            branch: branch.map(str::to_owned),
             checksum: Annotation::Valid(checksum),
             break_glass: false,
         }
@@ -1003,6 +1054,54 @@ mod tests {
             &facts(Position::OffBranch, Ok(sum(1)), None),
         );
         assert_eq!(d.reason, Reason::RevisionNotOnBranch);
+    }
+
+    /// `<branch>@sha1:<hex>` names the branch it was rendered from: a
+    /// commit of another branch is refused even when it is also on the
+    /// rule's branch (here: its head), with both names; the rule's own
+    /// branch passes by its short name or its full ref.
+    #[test]
+    fn revision_naming_another_branch() {
+        let head_facts = facts(Position::Head, Ok(sum(1)), None);
+        let cases = [
+            (format!("main@sha1:{HEAD}"), Reason::Fresh),
+            (format!("refs/heads/main@sha1:{HEAD}"), Reason::Fresh),
+            (format!("sha1:{HEAD}"), Reason::Fresh),
+            (HEAD.to_owned(), Reason::Fresh),
+            (
+                format!("feature/x@sha1:{HEAD}"),
+                Reason::RevisionNotOnBranch,
+            ),
+            (
+                format!("refs/heads/release@sha1:{HEAD}"),
+                Reason::RevisionNotOnBranch,
+            ),
+            (format!("v1.2.0@sha1:{HEAD}"), Reason::RevisionNotOnBranch),
+            (format!("mainline@sha1:{HEAD}"), Reason::RevisionNotOnBranch),
+        ];
+        for (value, want) in cases {
+            let req = request(&value, sum(1));
+            let d = run(&strict(), &req, &head_facts);
+            assert_eq!(d.reason, want, "{value}: {}", d.message);
+            assert_eq!(
+                decided_by_annotations(&strict(), &req),
+                want == Reason::RevisionNotOnBranch,
+                "{value}"
+            );
+            if want == Reason::RevisionNotOnBranch {
+                assert!(!d.allowed);
+                let claimed = value.rsplit_once('@').unwrap().0;
+                assert!(
+                    d.message.contains(&format!("{claimed:?}")) && d.message.contains("\"main\""),
+                    "names both branches: {}",
+                    d.message
+                );
+                // Decided from the request alone: the same verdict
+                // without mirror facts.
+                let unused = MirrorFacts::Unavailable { why: String::new() };
+                assert_eq!(run(&strict(), &req, &unused), d);
+            }
+        }
     }
 
     #[test]

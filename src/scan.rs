@@ -327,7 +327,7 @@ async fn open_sources(
     let mut out = HashMap::new();
     for s in &config.sources {
         let caches = Arc::new(Caches::new(config.limits.caches));
-        let opened = match Mirror::open(s.spec(), mirror_dir).await {
+        let opened = match Mirror::open(config.source_spec(s), mirror_dir).await {
             Ok(mirror) => {
                 // `open` fetches only when it had to clone: an existing
                 // mirror must catch up with the remote first.
@@ -567,7 +567,12 @@ async fn annotated_objects(
                 }
                 let (revision, checksum) =
                     crate::admission::read_annotations(config, meta.annotations.as_ref());
-                let applied = Applied::Annotated { revision, checksum };
+                let branch = crate::admission::revision_branch(config, meta.annotations.as_ref());
+                let applied = Applied::Annotated {
+                    revision,
+                    branch,
+                    checksum,
+                };
                 let branch = source_branch(config, &rule.source);
                 let verdict = judge(
                     shared,

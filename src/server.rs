@@ -264,12 +264,14 @@ impl AppState {
         };
         let facts = admission::request_facts(&self.config, req);
         let failure = &self.config.failure;
-        let (Some(revision), policy::Annotation::Valid(_)) =
-            (admission::valid_revision(&facts), &facts.checksum)
-        else {
-            // The annotations decide before any fact is consulted.
-            let unused = MirrorFacts::Unavailable { why: String::new() };
-            return policy::decide(rule_policy, &facts, &unused, failure.mirror_unavailable);
+        let revision = match admission::valid_revision(&facts) {
+            Some(revision) if !policy::decided_by_annotations(rule_policy, &facts) => revision,
+            _ => {
+                // The annotations decide before any fact is consulted (and
+                // before anything is fetched).
+                let unused = MirrorFacts::Unavailable { why: String::new() };
+                return policy::decide(rule_policy, &facts, &unused, failure.mirror_unavailable);
+            }
         };
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;
@@ -451,6 +453,9 @@ impl AppState {
             let status = self.sources[name].mirror.status();
             if !status.is_fresh(max, now) {
                 let mut problem = match status.staleness(now) {
+                    None if status.fetching && status.last_failure.is_none() => {
+                        format!("source {name}: never synced (first fetch running)")
+                    }
                     None => format!("source {name}: never synced"),
                     Some(age) => format!(
                         "source {name}: last successful fetch {}s ago (maxMirrorStaleness {}s)",
@@ -471,6 +476,16 @@ impl AppState {
         } else {
             Err(problems)
         }
+    }
+
+    /// True once every source has synced, or failed a fetch, since start
+    /// (or had synced before a restart): what `/readyz` says is then the
+    /// remote's answer, not "still cloning". Tests wait for it.
+    pub fn first_fetches_done(&self) -> bool {
+        self.sources.values().all(|s| {
+            let status = s.mirror.status();
+            status.last_success.is_some() || status.last_failure.is_some()
+        })
     }
 
     fn refresh_gauges(&self) {
@@ -509,6 +524,9 @@ impl AppState {
             m.mirror_fetches
                 .get_or_create(&labels)
                 .set(saturating_i64(status.fetches));
+            m.mirror_on_demand_refused
+                .get_or_create(&labels)
+                .set(saturating_i64(status.on_demand_refused));
             m.mirror_consecutive_failures
                 .get_or_create(&labels)
                 .set(saturating_i64(status.consecutive_failures));
@@ -589,10 +607,11 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Opens the mirrors, loads the certificate, binds and starts serving.
-/// Fails on local problems only (unusable mirror directory, unreadable
-/// certificate, address in use); an unreachable remote is a readiness
-/// matter, not a start-up failure.
+/// Opens the mirrors (locally), loads the certificate, binds, starts
+/// serving, then starts each source's poller, which clones or fetches in
+/// the background. Fails on local problems only (unusable mirror directory,
+/// unreadable certificate, address in use); an unreachable or hanging
+/// remote is a readiness matter, not a start-up failure or delay.
 ///
 /// The transport limits configured under `limits:` (request body budget,
 /// connection caps, HTTP/2 idle timeout) replace the corresponding fields
@@ -615,14 +634,23 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     let shutdown = Shutdown::default();
     std::fs::create_dir_all(&config.mirror_dir)
         .with_context(|| format!("mirrorDir: cannot create {}", config.mirror_dir.display()))?;
-    let mut sources = HashMap::new();
+    // Local work only, every source at once: no remote is reached before
+    // the listener opens, so a hanging remote cannot keep the pod from
+    // answering its probes. Each source's poller clones or fetches in the
+    // background (at once when unsynced); until then `/readyz` names the
+    // source and its reviews get `MirrorUnavailable`.
+    let mut opening = tokio::task::JoinSet::new();
     for source in &config.sources {
-        let mirror = Mirror::open(source.spec(), &config.mirror_dir)
-            .await
-            .with_context(|| format!("source {}", source.name))?;
-        mirror.clone().spawn_poller(shutdown.wait());
+        let spec = config.source_spec(source);
+        let (name, dir) = (source.name.clone(), config.mirror_dir.clone());
+        opening.spawn(async move { (name, Mirror::open_local(spec, &dir).await) });
+    }
+    let mut sources = HashMap::new();
+    while let Some(opened) = opening.join_next().await {
+        let (name, mirror) = opened.context("opening a mirror")?;
+        let mirror = mirror.with_context(|| format!("source {name}"))?;
         let caches = Arc::new(Caches::new(config.limits.caches));
-        sources.insert(source.name.clone(), Source { mirror, caches });
+        sources.insert(name, Source { mirror, caches });
     }
     let tls = crate::tls::ReloadingTls::load(crate::tls::TlsFiles {
         cert_file: config.tls.cert_file.clone(),
@@ -677,6 +705,9 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
             None => reviews.await,
         }
     });
+    for source in state.sources.values() {
+        source.mirror.clone().spawn_poller(shutdown.wait());
+    }
     tracing::info!(%local_addr, "stale-guard webhook serving");
     Ok(Running {
         local_addr,

@@ -106,3 +106,78 @@ rules: [{{ name: r, source: s, overlay: app }}]
     running.shutdown.trigger();
     running.task.await.unwrap().unwrap();
 }
+
+/// notBefore and notAfter of every certificate in a PEM file, as seconds
+/// since the epoch.
+fn cert_dates(path: &std::path::Path) -> Vec<(i64, i64)> {
+    let pem = std::fs::read(path).unwrap();
+    x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .map(|p| {
+            let p = p.expect("PEM");
+            let cert = p.parse_x509().expect("an X.509 certificate");
+            let v = cert.validity();
+            (v.not_before.timestamp(), v.not_after.timestamp())
+        })
+        .collect()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The CA and the serving certificate are valid from a few minutes before
+/// now (clock skew) for one year, or for `--validity`; a validity beyond
+/// ten years or under an hour is refused.
+#[test]
+fn certs_are_valid_from_now_for_a_bounded_time() {
+    const DAY: i64 = 86_400;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |out: &std::path::Path, validity: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stale-guard"));
+        cmd.args(["certs", "--service", "sg", "--namespace", "ns", "--out"])
+            .arg(out);
+        if let Some(v) = validity {
+            cmd.args(["--validity", v]);
+        }
+        cmd.output().expect("run stale-guard certs")
+    };
+    for (validity, days) in [(None, 365), (Some("30d"), 30), (Some("2y"), 730)] {
+        let out = tmp.path().join(format!("{days}"));
+        let before = now();
+        let done = run(&out, validity);
+        let after = now();
+        assert!(
+            done.status.success(),
+            "{validity:?}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        for file in ["ca.crt", "tls.crt"] {
+            let certs = cert_dates(&out.join(file));
+            assert_eq!(certs.len(), 1, "{file}");
+            let (not_before, not_after) = certs[0];
+            // Starts now, minus the 5 minute clock-skew allowance.
+            assert!(
+                (before - 300 - 1..=after - 300 + 1).contains(&not_before),
+                "{file} {validity:?}: notBefore {not_before}, now {before}..{after}"
+            );
+            // `2y` is humantime's 2 * 365.25 days.
+            let want = before + days * DAY + if days == 730 { DAY / 2 } else { 0 };
+            assert!(
+                (want - 1..=after - before + want + 1).contains(&not_after),
+                "{file} {validity:?}: notAfter {not_after}, want about {want}"
+            );
+        }
+    }
+    for bad in ["11y", "10m", "soon"] {
+        let done = run(&tmp.path().join(format!("bad-{bad}")), Some(bad));
+        assert_eq!(done.status.code(), Some(2), "--validity {bad}");
+        assert!(
+            String::from_utf8_lossy(&done.stderr).contains("validity"),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+}

@@ -11,7 +11,9 @@ use mirror_support::{
     GitDaemon, HangingServer, HttpServer, Origin, eventually, object_counts, oid, run_git,
 };
 use stale_guard::checksum::{Caches, ChecksumEngine};
-use stale_guard::mirror::{FetchErrorKind, Lookup, MaintenancePolicy, Mirror, SourceSpec};
+use stale_guard::mirror::{
+    FetchErrorKind, Lookup, MaintenancePolicy, Mirror, OnDemandFetches, SourceSpec,
+};
 
 fn spec(url: &str) -> SourceSpec {
     let mut s = SourceSpec::new("src", url, "main");
@@ -304,6 +306,116 @@ async fn http_thousand_concurrent_lookups_share_one_fetch() {
         1,
         "the server saw exactly one fetch"
     );
+}
+
+/// A flood of made-up revisions costs the git server a bounded number of
+/// fetches (limits.onDemandFetches: here 60 a minute, 1 at once, which
+/// leaves no spare token for fetches by id, whatever the timing), and a
+/// revision not found is not fetched again until the head moves; a push
+/// is still found, by a poll or by the next on-demand fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_flood_of_unknown_revisions_costs_a_bounded_number_of_fetches() {
+    const FLOOD: u64 = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = Origin::new(tmp.path(), "origin.git");
+    let c0 = origin.commit("main", "c0");
+    // On the server, but not on main yet.
+    let later = origin.commit_with(&[&c0], "later");
+    origin.set("next", &later);
+    let server = HttpServer::start(tmp.path(), &tmp.path().join("http.log"), None);
+    let mut s = spec(&server.url("origin.git"));
+    s.on_demand = OnDemandFetches {
+        per_minute: 60,
+        burst: 1,
+    };
+    let m = Mirror::open(s, &tmp.path().join("mirrors")).await.unwrap();
+    assert!(m.head().is_some(), "{:?}", m.status().last_failure);
+    // One git process, one info/refs request.
+    let fetches = || server.count("info/refs?service=git-upload-pack");
+
+    let start = fetches();
+    assert_eq!(
+        m.ensure_known(oid(&later), deadline(5)).await,
+        Lookup::StillUnknown
+    );
+    assert_eq!(
+        fetches() - start,
+        1,
+        "one branch fetch, no spare token for by-id"
+    );
+
+    let bogus: Vec<gix::ObjectId> = (0..FLOOD)
+        .map(|i| oid(&format!("{:040x}", 0x0bad_0000_0000_u64 + i)))
+        .collect();
+    // Three waves of 100 at once: each wave needs a fetch of its own.
+    let flood = |revs: Vec<gix::ObjectId>| {
+        let m = Arc::clone(&m);
+        async move {
+            for wave in revs.chunks(100) {
+                let tasks: Vec<_> = wave
+                    .iter()
+                    .map(|rev| {
+                        let (m, rev) = (Arc::clone(&m), *rev);
+                        tokio::spawn(async move { m.ensure_known(rev, deadline(4)).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    assert_eq!(t.await.unwrap(), Lookup::StillUnknown);
+                }
+            }
+        }
+    };
+    let before = fetches();
+    let t0 = Instant::now();
+    flood(bogus.clone()).await;
+    let elapsed = t0.elapsed();
+    let flood_fetches = fetches() - before;
+    // One a second (the first token was spent above), and one for rounding.
+    let bound = elapsed.as_secs() as usize + 1 + 1;
+    eprintln!(
+        "{FLOOD} made-up revisions: {flood_fetches} fetches in {elapsed:?} (bound {bound}); {:?}",
+        m.status()
+    );
+    assert!(
+        flood_fetches <= bound,
+        "{flood_fetches} fetches for {FLOOD} made-up revisions in {elapsed:?}"
+    );
+    assert_eq!(m.status().revision_fetches, 0);
+
+    // Asked again: remembered as not found, no fetch at all.
+    let before = fetches();
+    flood(bogus.clone()).await;
+    assert_eq!(
+        m.ensure_known(oid(&later), deadline(5)).await,
+        Lookup::StillUnknown
+    );
+    assert_eq!(fetches() - before, 0, "not found is remembered");
+
+    // The push reaches main; the next poll moves the head and forgets
+    // what was not found.
+    origin.set("main", &later);
+    assert_eq!(
+        m.ensure_known(oid(&later), deadline(5)).await,
+        Lookup::StillUnknown,
+        "remembered until the head moves"
+    );
+    m.refresh().await.unwrap();
+    assert!(m.facts(oid(&later)).is_head);
+    let before = fetches();
+    assert_eq!(
+        m.ensure_known(bogus[0], deadline(5)).await,
+        Lookup::StillUnknown
+    );
+    assert!(fetches() > before, "looked for again after the head moved");
+
+    // A push reviewed before any poll is found by an on-demand fetch
+    // (waiting for a token if need be).
+    let pushed = origin.commit("main", "pushed");
+    assert_eq!(
+        m.ensure_known(oid(&pushed), deadline(5)).await,
+        Lookup::Known
+    );
+    assert!(m.facts(oid(&pushed)).is_head);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -331,6 +331,10 @@ async fn unknown_revision() {
     let msg = v.assert_denied("UnknownRevision");
     assert!(msg.contains("0badc0f"), "short sha: {msg}");
     assert!(
+        msg.contains("on demand within limits.onDemandFetches"),
+        "says fetches are bounded: {msg}"
+    );
+    assert!(
         msg.contains(&format!("main@{}", short(&w.head))),
         "names the head: {msg}"
     );
@@ -380,6 +384,40 @@ async fn revision_not_on_branch() {
     assert_eq!(v.audit("head"), Some(w.head.as_str()));
     let line = audit_line(&review.uid, "RevisionNotOnBranch", false).await;
     assert_eq!(line["revision"], feature.as_str());
+    srv.stop().await;
+}
+
+/// Flux's `<branch>@sha1:<hex>` names the branch the manifests were
+/// rendered from: a revision that names another branch is refused even
+/// when the commit is the head of the rule's branch, with both names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_naming_another_branch_is_refused() {
+    let w = World::build();
+    let srv = serve(&w).await;
+    let client = srv.client(Proto::H2);
+    for claimed in ["feature/bigger-body", "release", "mainline"] {
+        let value = format!("{claimed}@sha1:{}", w.head);
+        let review = Review::ingress("otherbranch", "prod-apps").stamped(&value, &w.head_sum);
+        let v = post_review(&client, &srv.base, &review).await;
+        let msg = v.assert_denied("RevisionNotOnBranch");
+        assert!(
+            msg.contains(&format!("{claimed:?}")) && msg.contains("\"main\""),
+            "names both branches: {msg}"
+        );
+        assert!(msg.contains(short(&w.head)), "{msg}");
+        assert_eq!(v.audit("revision"), Some(w.head.as_str()));
+        audit_line(&review.uid, "RevisionNotOnBranch", false).await;
+    }
+    // The rule's branch, by its short name or its full ref, passes.
+    for value in [
+        format!("main@sha1:{}", w.head),
+        format!("refs/heads/main@sha1:{}", w.head),
+    ] {
+        let review = Review::ingress("samebranch", "prod-apps").stamped(&value, &w.head_sum);
+        post_review(&client, &srv.base, &review)
+            .await
+            .assert_allowed("Fresh");
+    }
     srv.stop().await;
 }
 
@@ -492,6 +530,66 @@ async fn mirror_unavailable() {
     assert!(v.allowed(), "{}", v.body);
     assert_eq!(v.audit("reason"), Some("MirrorUnavailable"));
     audit_line(&review.uid, "MirrorUnavailable", true).await;
+    srv.stop().await;
+}
+
+/// The listener opens before any source is cloned: a remote that accepts
+/// and never answers (with the default 60 s fetchTimeout) neither delays
+/// `/healthz` nor the reviews of a healthy source; `/readyz` is 503 naming
+/// the unsynced source, whose reviews get `MirrorUnavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_remote_does_not_delay_serving() {
+    let w = World::build();
+    let remote = GitRemote::start(w.repo().path().parent().unwrap());
+    remote.hang();
+    let mut config = w.config();
+    config.source_with("hanging", &remote.url("repo"), "1h", "60s");
+    config.rule(
+        "hanging-east",
+        "hanging-apps",
+        "hanging",
+        EAST,
+        "enforce",
+        "strict",
+    );
+    let started = Instant::now();
+    let srv = Server::start_serving(&config).await;
+    let (status, body) = srv.get("/healthz").await;
+    let healthy_after = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        healthy_after < Duration::from_secs(10),
+        "/healthz answered {healthy_after:?} after start"
+    );
+    let client = srv.client(Proto::H2);
+    // The healthy source syncs in the background, meanwhile and after.
+    let fresh = eventually(Duration::from_secs(20), "a Fresh review", || async {
+        let review = Review::ingress("hang-other", "prod-apps").stamped(&w.head, &w.head_sum);
+        let v = post_review(&client, &srv.base, &review).await;
+        (v.audit("reason") == Some("Fresh")).then_some(v)
+    })
+    .await;
+    fresh.assert_allowed("Fresh");
+    let served_after = started.elapsed();
+    assert!(
+        served_after < Duration::from_secs(20),
+        "the healthy source was served {served_after:?} after start"
+    );
+    assert!(remote.hung_connections() >= 1, "the remote was asked");
+    let (status, body) = srv.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("source hanging: never synced (first fetch running)"),
+        "{body}"
+    );
+    assert!(!body.contains("source gitops"), "gitops is synced: {body}");
+    let review = Review::ingress("hang-unsynced", "hanging-apps").stamped(&w.head, &w.head_sum);
+    let v = post_review(&client, &srv.base, &review).await;
+    let msg = v.assert_denied("MirrorUnavailable");
+    assert!(msg.contains("hanging has never synced"), "{msg}");
+    eprintln!(
+        "hanging remote: /healthz after {healthy_after:?}, first Fresh review after {served_after:?}"
+    );
     srv.stop().await;
 }
 
@@ -1005,6 +1103,57 @@ async fn object_without_metadata_is_a_4xx() {
     post_review(&client, &srv.base, &ok)
         .await
         .assert_allowed("Fresh");
+    srv.stop().await;
+}
+
+/// A CREATE or UPDATE whose `object` is null or missing is malformed
+/// input: a 400 with a JSON message (fail closed), never an allow, even for
+/// a request no rule matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_or_update_without_object_is_a_400() {
+    let w = World::build();
+    let srv = serve(&w).await;
+    for (i, op) in ["CREATE", "UPDATE"].into_iter().enumerate() {
+        for (namespace, null) in [("prod-apps", true), ("prod-apps", false), ("team-x", true)] {
+            let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+            let client = srv.client(proto);
+            let review = Review::ingress("noobject", namespace)
+                .stamped(&w.head, &w.head_sum)
+                .operation(op);
+            let mut body = review.to_json();
+            let request = body["request"].as_object_mut().unwrap();
+            if null {
+                request.insert("object".into(), serde_json::Value::Null);
+            } else {
+                request.remove("object");
+            }
+            let (status, json) =
+                post_raw(&client, &srv.base, serde_json::to_vec(&body).unwrap()).await;
+            assert_eq!(status, 400, "{op} {namespace} null={null}: {json}");
+            let message = json["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(op) && message.contains("without an object"),
+                "{op}: {json}"
+            );
+        }
+    }
+    // DELETE carries no object and stays out of scope.
+    let mut delete = Review::ingress("noobject-delete", "prod-apps")
+        .operation("DELETE")
+        .to_json();
+    delete["request"]["object"] = serde_json::Value::Null;
+    let (status, json) = post_raw(
+        &srv.client(Proto::H2),
+        &srv.base,
+        serde_json::to_vec(&delete).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["response"]["allowed"], true, "{json}");
+    assert_eq!(
+        json["response"]["auditAnnotations"]["reason"], "OutOfScope",
+        "{json}"
+    );
     srv.stop().await;
 }
 

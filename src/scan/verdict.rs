@@ -67,6 +67,8 @@ pub enum Applied {
     /// An object carrying the stamped annotations.
     Annotated {
         revision: Annotation<Revision>,
+        /// The branch a `<branch>@sha1:<hex>` revision names.
+        branch: Option<String>,
         checksum: Annotation<Checksum>,
     },
     /// A Flux Kustomization or Argo CD Application: a revision from its
@@ -163,8 +165,12 @@ fn scan_policy(rule: &str, branch: &str) -> RulePolicy {
 /// object in messages). `facts` must carry the overlay checksum at the
 /// revision and at head whenever the revision is on the branch.
 pub fn verdict(rule: &str, branch: &str, applied: &Applied, facts: &MirrorFacts) -> Verdict {
-    let (revision, checksum) = match applied {
-        Applied::Annotated { revision, checksum } => (revision.clone(), checksum.clone()),
+    let (revision, claimed_branch, checksum) = match applied {
+        Applied::Annotated {
+            revision,
+            branch: claimed,
+            checksum,
+        } => (revision.clone(), claimed.clone(), checksum.clone()),
         Applied::Controller { revision, field } => {
             if let Some(v) = controller_revision_problem(revision, field) {
                 return v;
@@ -180,11 +186,13 @@ pub fn verdict(rule: &str, branch: &str, applied: &Applied, facts: &MirrorFacts)
                 // decide() answers before it reads the checksum.
                 _ => Checksum([0; 32]),
             };
-            (revision.clone(), Annotation::Valid(at_revision))
+            // The source was matched by its branch already.
+            (revision.clone(), None, Annotation::Valid(at_revision))
         }
     };
     let request = RequestFacts {
         revision,
+        branch: claimed_branch,
         checksum,
         break_glass: false,
     };
@@ -314,6 +322,7 @@ mod tests {
     fn annotated(r: &str, c: Checksum) -> Applied {
         Applied::Annotated {
             revision: Annotation::Valid(rev(r)),
+            branch: None,
             checksum: Annotation::Valid(c),
         }
     }
@@ -401,6 +410,7 @@ mod tests {
         let f = facts(Position::Head, Some(Ok(sum(1))), Ok(sum(1)));
         let missing = Applied::Annotated {
             revision: Annotation::Valid(rev(HEAD)),
+            branch: None,
             checksum: Annotation::Missing {
                 near_misses: vec!["fluxcd".into()],
             },
@@ -410,6 +420,7 @@ mod tests {
         assert!(v.message.contains("\"fluxcd\""), "{}", v.message);
         let malformed = Applied::Annotated {
             revision: Annotation::Valid(rev(HEAD)),
+            branch: None,
             checksum: Annotation::Malformed {
                 value: "sha256:ABC".into(),
                 why: "bad".into(),

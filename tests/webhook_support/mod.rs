@@ -934,7 +934,26 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts the server and waits (bounded) until every source has synced
+    /// or failed its first fetch: the listener opens before any clone.
     pub async fn start(config: &ConfigBuilder) -> Server {
+        let srv = Server::start_serving(config).await;
+        let state = srv.running.as_ref().unwrap().state.clone();
+        eventually(
+            Duration::from_secs(60),
+            "every source's first fetch",
+            || {
+                let done = state.first_fetches_done();
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
+        srv
+    }
+
+    /// Starts the server and returns as soon as it serves, whatever its
+    /// sources' first fetches are doing.
+    pub async fn start_serving(config: &ConfigBuilder) -> Server {
         init_audit_capture();
         let pki = Pki::write(&config.dir.join(format!("tls-{}", new_uid("pki"))));
         let yaml = config.yaml(&pki.cert_file, &pki.key_file);
@@ -1042,7 +1061,11 @@ impl SgProcess {
         };
         let start = Instant::now();
         loop {
-            if let Some(addr) = p.serving_addr() {
+            // The listener opens before the first clone: wait for both (the
+            // tests' mirrors are all new, so synced means "new head").
+            if let Some(addr) = p.serving_addr()
+                && p.logged("new head")
+            {
                 p.addr = addr;
                 return p;
             }
@@ -1055,7 +1078,7 @@ impl SgProcess {
             }
             assert!(
                 start.elapsed() < WAIT,
-                "no \"stale-guard webhook serving\" line within {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
+                "no \"stale-guard webhook serving\" and \"new head\" lines within {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
                 p.stdout_text(),
                 p.stderr_text()
             );
@@ -1073,6 +1096,13 @@ impl SgProcess {
                     .unwrap_or_else(|e| panic!("stdout line not JSON ({e}): {l}"))
             })
             .collect()
+    }
+
+    /// Whether a log line with this message was written.
+    pub fn logged(&self, message: &str) -> bool {
+        self.json_lines()
+            .iter()
+            .any(|v| fields(v)["message"] == message)
     }
 
     pub fn serving_addr(&self) -> Option<String> {
