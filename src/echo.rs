@@ -270,9 +270,10 @@ mod tests {
             at_revision: Some(Err(format!("not found: {}", "p".repeat(5 << 20)))),
             at_head: None,
         };
-        for (request, says) in cases
-            .iter()
-            .zip(["(7340032 bytes)", "and 49995 more", "(3145728 bytes)", "…("])
+        for (request, says) in
+            cases
+                .iter()
+                .zip(["(7340032 bytes)", "and 49995 more", "(3145728 bytes)", "…("])
         {
             let d = decide(&rule, request, &facts, FailureAction::Deny);
             assert!(d.message.contains(says), "{}", d.message);

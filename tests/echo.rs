@@ -135,6 +135,9 @@ async fn hostile_repository_text_is_echoed_capped() {
     let scratch = tempfile::tempdir().unwrap();
     let mut config = ConfigBuilder::new(scratch.path());
     config.source("gitops", repo.path_str(), "1h");
+    // Room for the megabytes-long kustomizations, so that the text inside
+    // them reaches the messages (the default refuses them by size first).
+    config.limits = Some("{ maxKustomizationBytes: 16777216 }".into());
     for name in ["path", "yaml", "link"] {
         config.rule(
             name,
