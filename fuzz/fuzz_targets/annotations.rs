@@ -68,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
     match (&got, first) {
         (Annotation::Valid(r), Some(v)) => assert_eq!(Revision::parse(v), Ok(*r)),
         (Annotation::Malformed { value, why }, Some(v)) => {
-            assert_eq!(value, v);
+            // Stored capped, as every echoed value (src/echo.rs).
+            assert_eq!(value, &stale_guard::echo::value(v));
             assert!(!v.is_empty());
             assert_eq!(Revision::parse(v), Err(why.clone()));
         }
@@ -89,7 +90,8 @@ fuzz_target!(|data: &[u8]| {
     match (&sum, first) {
         (Annotation::Valid(c), Some(v)) => assert_eq!(c.to_string(), v),
         (Annotation::Malformed { value, .. }, Some(v)) => {
-            assert_eq!(value, v);
+            // Stored capped, as every echoed value (src/echo.rs).
+            assert_eq!(value, &stale_guard::echo::value(v));
             assert!(v.parse::<Checksum>().is_err());
         }
         (Annotation::Missing { .. }, v) => assert!(v.is_none_or(str::is_empty)),
