@@ -273,22 +273,30 @@ pub fn out_of_scope(req: &Request<'_>) -> Option<&'static str> {
     None
 }
 
-/// The first rule whose match holds (every given field must hold), with
-/// its index in `config.rules`.
-pub fn matching_rule<'c>(config: &'c Config, req: &Request<'_>) -> Option<(usize, &'c RuleConfig)> {
+/// Whether `rule`'s match holds for the request (every given field must
+/// hold). The server asks its rules in order and takes the first.
+pub fn rule_matches(rule: &RuleConfig, req: &Request<'_>) -> bool {
     let namespace = req.namespace.as_deref().unwrap_or("");
     let user = req.user_info.username.as_deref().unwrap_or("");
     let groups = req.user_info.groups.as_deref().unwrap_or(&[]);
-    config.rules.iter().enumerate().find(|(_, rule)| {
-        let m = &rule.match_;
-        (m.namespaces.is_empty() || m.namespaces.iter().any(|n| n == namespace))
-            && (m.users.is_empty() || m.users.iter().any(|u| u == user))
-            && (m.groups.is_empty()
-                || m.groups
-                    .iter()
-                    .any(|g| groups.iter().any(|have| have == g.as_str())))
-            && (m.kinds.is_empty() || m.kinds.iter().any(|k| kind_matches(k, req)))
-    })
+    let m = &rule.match_;
+    (m.namespaces.is_empty() || m.namespaces.iter().any(|n| n == namespace))
+        && (m.users.is_empty() || m.users.iter().any(|u| u == user))
+        && (m.groups.is_empty()
+            || m.groups
+                .iter()
+                .any(|g| groups.iter().any(|have| have == g.as_str())))
+        && (m.kinds.is_empty() || m.kinds.iter().any(|k| kind_matches(k, req)))
+}
+
+/// The first rule of `config` whose match holds, with its index in
+/// `config.rules` (what the server's compiled rules find too).
+pub fn matching_rule<'c>(config: &'c Config, req: &Request<'_>) -> Option<(usize, &'c RuleConfig)> {
+    config
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, rule)| rule_matches(rule, req))
 }
 
 /// `Ingress` matches the kind in any group; `networking.k8s.io/Ingress`

@@ -38,6 +38,7 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
 
 /// One GitOps source: its mirror and the checksum caches over it.
+#[derive(Clone)]
 pub struct Source {
     pub mirror: Arc<Mirror>,
     pub caches: Arc<Caches>,
@@ -46,18 +47,26 @@ pub struct Source {
 /// Everything a request handler needs.
 pub struct AppState {
     pub config: Arc<Config>,
-    /// The decision's view of each rule, in `config.rules` order (built
-    /// once, not per request).
-    policies: Vec<RulePolicy>,
-    /// Each rule's overlay as a checksum cache key, in the same order
-    /// (`None` when the path is invalid: the computation then says why).
-    overlay_keys: Vec<Option<Arc<str>>>,
+    /// The rules in `config.rules` order, compiled once at start.
+    rules: Vec<Rule>,
     pub sources: HashMap<String, Source>,
     pub metrics: Metrics,
     /// Set once the serving certificate is loaded.
     pub tls_ready: AtomicBool,
     /// Cold checksum computations: bounded and shared per key.
     cold: cold::ColdWork<ColdKey, ChecksumFact>,
+}
+
+/// A rule compiled once from the config: everything matching, gathering
+/// and deciding read about it, together, so nothing is looked up by
+/// position or by name per review.
+struct Rule {
+    config: RuleConfig,
+    /// The decision's view of the rule.
+    policy: RulePolicy,
+    /// The overlay as a checksum cache key.
+    overlay_key: Arc<str>,
+    source: Source,
 }
 
 /// (source, commit, overlay as configured).
@@ -73,30 +82,40 @@ enum Unanswered {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, sources: HashMap<String, Source>) -> Self {
-        let policies = config
+    /// Compiles the rules against the opened sources. Fails only on a
+    /// configuration `Config::validate` would refuse (an unknown source,
+    /// an overlay path outside the repository).
+    pub fn new(config: Arc<Config>, sources: HashMap<String, Source>) -> anyhow::Result<Self> {
+        let rules = config
             .rules
             .iter()
-            .map(|r| rule_policy(&config, r))
-            .collect();
-        let overlay_keys = config
-            .rules
-            .iter()
-            .map(|r| crate::checksum::overlay_key(&r.overlay).ok())
-            .collect();
+            .map(|r| {
+                let source = sources
+                    .get(&r.source)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("rule {}: no source {:?}", r.name, r.source))?;
+                let overlay_key = crate::checksum::overlay_key(&r.overlay)
+                    .map_err(|e| anyhow::anyhow!("rule {}: {e}", r.name))?;
+                Ok(Rule {
+                    config: r.clone(),
+                    policy: rule_policy(&config, r),
+                    overlay_key,
+                    source,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
         let cold = cold::ColdWork::new(
             config.limits.checksum_threads(),
             config.limits.checksum_queue,
         );
-        AppState {
+        Ok(AppState {
             config,
-            policies,
-            overlay_keys,
+            rules,
             sources,
             metrics: Metrics::new(),
             tls_ready: AtomicBool::new(false),
             cold,
-        }
+        })
     }
 }
 
@@ -256,12 +275,14 @@ impl AppState {
         if let Some(why) = admission::out_of_scope(req) {
             return Decision::out_of_scope(why);
         }
-        let Some((index, rule)) = admission::matching_rule(&self.config, req) else {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| admission::rule_matches(&r.config, req))
+        else {
             return Decision::out_of_scope("no rule matches this request");
         };
-        let Some(rule_policy) = self.policies.get(index) else {
-            return Decision::out_of_scope("no rule matches this request");
-        };
+        let rule_policy = &rule.policy;
         let facts = admission::request_facts(&self.config, req);
         let failure = &self.config.failure;
         let revision = match admission::valid_revision(&facts) {
@@ -275,7 +296,7 @@ impl AppState {
         };
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;
-        let mut gather = std::pin::pin!(self.gather(index, rule, rule_policy, revision, deadline));
+        let mut gather = std::pin::pin!(self.gather(rule, revision, deadline));
         // Warm, the facts are in memory and the first poll finishes: only a
         // review that has to wait (a fetch, a cold checksum) gets a timer.
         let first = std::future::poll_fn(|cx| Poll::Ready(gather.as_mut().poll(cx))).await;
@@ -303,17 +324,11 @@ impl AppState {
 
     async fn gather(
         &self,
-        index: usize,
-        rule: &RuleConfig,
-        rule_policy: &RulePolicy,
+        compiled: &Rule,
         revision: Revision,
         deadline: tokio::time::Instant,
     ) -> Result<MirrorFacts, Unanswered> {
-        let Some(source) = self.sources.get(&rule.source) else {
-            return Ok(MirrorFacts::Unavailable {
-                why: format!("source {:?} is not configured", rule.source),
-            });
-        };
+        let (rule, rule_policy, source) = (&compiled.config, &compiled.policy, &compiled.source);
         let now = SystemTime::now();
         let mut status = source.mirror.status();
         let max = self.config.failure.max_mirror_staleness;
@@ -365,12 +380,12 @@ impl AppState {
         let (need_revision, need_head) =
             policy::needed_checksums(rule_policy, revision, &head_facts, position);
         let at_revision = if need_revision {
-            Some(self.checksum(index, rule, source, oid).await?)
+            Some(self.checksum(compiled, oid).await?)
         } else {
             None
         };
         let at_head = if need_head {
-            Some(self.checksum(index, rule, source, head.commit).await?)
+            Some(self.checksum(compiled, head.commit).await?)
         } else {
             None
         };
@@ -386,21 +401,19 @@ impl AppState {
     /// computed off the async workers under the cold-work limits.
     async fn checksum(
         &self,
-        index: usize,
-        rule: &RuleConfig,
-        source: &Source,
+        compiled: &Rule,
         commit: ObjectId,
     ) -> Result<ChecksumFact, Unanswered> {
+        let (rule, source) = (&compiled.config, &compiled.source);
         let overlay = rule.overlay.as_str();
         let cache = |result| CacheLabels {
             cache: "checksum",
             result,
         };
         // The common case, a warm cache, needs no blocking thread.
-        let cached = match self.overlay_keys.get(index) {
-            Some(Some(key)) => source.caches.cached_result_for(commit, key),
-            _ => source.caches.cached_result(commit, overlay),
-        };
+        let cached = source
+            .caches
+            .cached_result_for(commit, &compiled.overlay_key);
         if let Some(cached) = cached {
             self.metrics.cache.get_or_create(&cache("hit")).inc();
             return Ok(match cached.as_ref() {
@@ -672,7 +685,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         ),
         None => None,
     };
-    let state = Arc::new(AppState::new(config, sources));
+    let state = Arc::new(AppState::new(config, sources)?);
     state.tls_ready.store(true, Ordering::Relaxed);
     let mut probe_addr = None;
     let probes = match probes {
