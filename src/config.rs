@@ -481,8 +481,19 @@ impl Config {
         })
     }
 
+    /// Checks what serde cannot: each section in turn, the first problem
+    /// named by its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.validate_annotations()?;
+        let sources = self.validate_sources()?;
+        self.validate_limits()?;
+        self.validate_probes()?;
+        self.validate_rules(&sources)?;
+        self.validate_failure()
+    }
+
+    fn validate_annotations(&self) -> Result<(), ConfigError> {
         for (field, key) in [
             ("annotations.revision", &self.annotations.revision),
             ("annotations.checksum", &self.annotations.checksum),
@@ -495,6 +506,11 @@ impl Config {
                 "must differ from annotations.revision",
             ));
         }
+        Ok(())
+    }
+
+    /// Returns the source names, which rules must use.
+    fn validate_sources(&self) -> Result<HashSet<&str>, ConfigError> {
         if self.sources.is_empty() {
             return Err(invalid("sources", "at least one source is required"));
         }
@@ -524,6 +540,10 @@ impl Config {
                 return Err(invalid(f("fetchTimeout"), "must be positive"));
             }
         }
+        Ok(names)
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.limits.checksum_concurrency > 1024 {
             return Err(invalid(
                 "limits.checksumConcurrency",
@@ -584,15 +604,6 @@ impl Config {
                 "must be at least 1 and at most limits.maxConnections",
             ));
         }
-        if let Some(addr) = self.probes_addr()? {
-            // Port 0 (any free port, in tests) cannot collide.
-            if addr == self.listen_addr()? && addr.port() != 0 {
-                return Err(invalid(
-                    "probes.listen",
-                    "must differ from listen (the probe port is plain HTTP)",
-                ));
-            }
-        }
         let od = &self.limits.on_demand_fetches;
         if od.burst == 0 || od.burst > 1000 {
             return Err(invalid(
@@ -606,6 +617,23 @@ impl Config {
                 "must be at most 6000 (0 turns on-demand fetches off)",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_probes(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = self.probes_addr()? {
+            // Port 0 (any free port, in tests) cannot collide.
+            if addr == self.listen_addr()? && addr.port() != 0 {
+                return Err(invalid(
+                    "probes.listen",
+                    "must differ from listen (the probe port is plain HTTP)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rules(&self, names: &HashSet<&str>) -> Result<(), ConfigError> {
         if self.rules.is_empty() {
             return Err(invalid("rules", "at least one rule is required"));
         }
@@ -625,15 +653,18 @@ impl Config {
                     format!("no source is named {:?}", r.source),
                 ));
             }
-            if r.overlay.starts_with('/')
-                || crate::tree::join_clean(b"", r.overlay.as_bytes()).is_err()
-            {
+            // The same check the server compiles the rule with.
+            if crate::checksum::overlay_key(&r.overlay).is_err() {
                 return Err(invalid(
                     f("overlay"),
                     "must be a path relative to the repository root that stays inside it",
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_failure(&self) -> Result<(), ConfigError> {
         let fc = &self.failure;
         if fc.decision_timeout.is_zero() || fc.decision_timeout >= MAX_WEBHOOK_TIMEOUT {
             return Err(invalid(
