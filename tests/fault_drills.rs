@@ -9,10 +9,10 @@
 mod support;
 mod webhook_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -251,128 +251,6 @@ fn mirror_status(srv: &Server, source: &str) -> stale_guard::mirror::MirrorStatu
 // the webhook as a process
 // ---------------------------------------------------------------------------
 
-/// A running `stale-guard serve --config FILE`, JSON log captured.
-struct SgProcess {
-    child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
-    addr: String,
-}
-
-impl SgProcess {
-    fn spawn(config_file: &Path) -> SgProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stale-guard"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config_file)
-            .env("RUST_LOG", "info")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn stale-guard serve");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let sink = stdout.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    sink.lock().unwrap().push(line);
-                }
-            });
-        }
-        let mut p = SgProcess {
-            child,
-            stdout,
-            addr: String::new(),
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(addr) = p.serving_addr() {
-                p.addr = addr;
-                return p;
-            }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("stale-guard exited ({status}) before serving:\n{}", p.log());
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "no serving line within {WAIT:?}:\n{}",
-                p.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn serving_addr(&self) -> Option<String> {
-        self.stdout.lock().unwrap().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            let f = fields(&v);
-            (f["message"] == "stale-guard webhook serving")
-                .then(|| f["local_addr"].as_str().map(str::to_string))
-                .flatten()
-        })
-    }
-
-    fn base(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-
-    fn log(&self) -> String {
-        self.stdout.lock().unwrap().join("\n")
-    }
-
-    fn sigterm(&self) {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -TERM failed");
-    }
-
-    /// SIGKILL (this process only) and reap it.
-    fn kill9(&mut self) {
-        self.child.kill().expect("kill -9");
-        let _ = self.child.wait();
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("did not exit within {limit:?}:\n{}", self.log());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for SgProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn write_config(dir: &Path, config: &ConfigBuilder, pki: &Pki) -> PathBuf {
-    let yaml = config.yaml(&pki.cert_file, &pki.key_file);
-    stale_guard::config::Config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let path = dir.join("stale-guard.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
 // ---------------------------------------------------------------------------
 // 1. a remote that accepts and never answers
 // ---------------------------------------------------------------------------
@@ -536,7 +414,7 @@ async fn process_killed_during_fetch_and_restarted() {
     let client = client(&ca, Proto::H2);
     let fresh = |rev: &str| Review::ingress("kill-fresh", "prod-apps").stamped(rev, &w.head_sum);
 
-    let mut sg = SgProcess::spawn(&config_file);
+    let mut sg = SgProcess::spawn_serving(&config_file);
     wait_ready(&client, &sg.base(), 200, WAIT).await;
     post_review(&client, &sg.base(), &fresh(&w.head))
         .await
@@ -585,7 +463,7 @@ async fn process_killed_during_fetch_and_restarted() {
     // Restart on the same mirrorDir while the remote hangs: ready from disk.
     proxy.throttle.store(0, Ordering::SeqCst);
     let t0 = Instant::now();
-    let sg2 = SgProcess::spawn(&config_file);
+    let sg2 = SgProcess::spawn_serving(&config_file);
     wait_ready(&client, &sg2.base(), 200, Duration::from_secs(10)).await;
     let ready_in = t0.elapsed();
     post_review(&client, &sg2.base(), &fresh(&w.head))
@@ -672,7 +550,7 @@ async fn rollout(strict: bool) {
         let mut config = ConfigBuilder::new(&dir);
         config.source("gitops", w.repo().path_str(), "1h");
         rule_east(&mut config, "gitops");
-        replicas.push(SgProcess::spawn(&write_config(&dir, &config, &pki)));
+        replicas.push(SgProcess::spawn_serving(&write_config(&dir, &config, &pki)));
     }
     let bases: Arc<Vec<String>> = Arc::new(replicas.iter().map(SgProcess::base).collect());
     let ca = pki.ca.pem();
@@ -759,7 +637,7 @@ async fn rollout(strict: bool) {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let termed = Instant::now();
     replicas[0].sigterm();
-    let status = tokio::task::block_in_place(|| replicas[0].wait_exit(WAIT));
+    let status = tokio::task::block_in_place(|| replicas[0].wait_exit(WAIT).0);
     let drained = termed.elapsed();
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop.store(true, Ordering::SeqCst);

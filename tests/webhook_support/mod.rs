@@ -1023,8 +1023,19 @@ pub struct SgProcess {
 }
 
 impl SgProcess {
-    /// Spawns the binary and waits (bounded) for its "serving" log line.
+    /// Spawns the binary and waits (bounded) until it serves and its
+    /// sources have synced once (for tests whose mirrors are all new).
     pub fn spawn(config_file: &Path) -> SgProcess {
+        Self::start(config_file, true)
+    }
+
+    /// Spawns the binary and waits (bounded) only for its "serving" line:
+    /// for drills whose first sync fails or finds nothing new.
+    pub fn spawn_serving(config_file: &Path) -> SgProcess {
+        Self::start(config_file, false)
+    }
+
+    fn start(config_file: &Path, wait_for_sync: bool) -> SgProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stale-guard"))
             .arg("serve")
             .arg("--config")
@@ -1064,7 +1075,7 @@ impl SgProcess {
             // The listener opens before the first clone: wait for both (the
             // tests' mirrors are all new, so synced means "new head").
             if let Some(addr) = p.serving_addr()
-                && p.logged("new head")
+                && (!wait_for_sync || p.logged("new head"))
             {
                 p.addr = addr;
                 return p;
@@ -1143,6 +1154,17 @@ impl SgProcess {
 
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Everything it wrote, stdout then stderr.
+    pub fn log(&self) -> String {
+        format!("{}\n{}", self.stdout_text(), self.stderr_text())
+    }
+
+    /// SIGKILL (this process only) and reap it.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
     }
 
     /// `kill -TERM <pid>` (this process only).
