@@ -4,6 +4,12 @@
 # taking turns. Not part of CI: run by hand, record in docs/benchmarks.md.
 #
 #   benches/webhook-load.sh [ROUNDS]        (default 4; DUR=10 seconds a run)
+#   ATTACKS=1 benches/webhook-load.sh 0     (only valid reviews during attacks)
+#
+# With ATTACKS=1, valid reviews (h1, 64 connections) are then measured
+# quiet, while benches/attack_client.py holds request bodies open or
+# holds idle connections from another loopback address (127.0.0.2), and
+# quiet again.
 #
 # Needs h2load (Debian nghttp2-client), wrk, curl, openssl, git.
 # A warm, in-scope `Fresh` review of about 4.5 KB (the floor's sample review
@@ -73,9 +79,25 @@ case "$verdict" in
 esac
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-for cfg in "-p h1 -c 64" "-p h2 -c 64 -m 1" "-p h2 -c 1 -m 64" "-t wrk -p h1 -c 64"; do
+[ "$rounds" -gt 0 ] && for cfg in "-p h1 -c 64" "-p h2 -c 64 -m 1" "-p h2 -c 1 -m 64" "-t wrk -p h1 -c 64"; do
   echo "== $cfg"
   DUR=${DUR:-10} "$work/floor/compare.sh" -r "$rounds" -A "$floor_pid" -B "$sg_pid" -o "$cfg -d ${DUR:-10}" \
     https://127.0.0.1:8443 https://127.0.0.1:9443 "$certs/ca.crt" "$work/fresh.json" | tail -3
 done
 echo "== stale-guard RSS after the runs: $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$sg_pid/status), peak $(awk '/VmHWM/{print $2/1024 " MiB"}' /proc/$sg_pid/status)"
+
+if [ "${ATTACKS:-0}" = 1 ]; then
+  dur=${DUR:-10}
+  for attack in quiet "bodies 48" "idle 400" quiet; do
+    set -- $attack
+    if [ "$1" != quiet ]; then
+      python3 "$here/benches/attack_client.py" 127.0.0.1 9443 "$certs/ca.crt" "$1" "$2" $((dur + 6)) >"$work/attack.out" &
+      attacker=$!; pids+=("$attacker")
+      sleep 3
+    fi
+    result=$("$work/floor/loadtest.sh" -p h1 -c 64 -d "$dur" -P "$sg_pid" https://127.0.0.1:9443 "$certs/ca.crt" "$work/fresh.json" 2>/dev/null | tail -1 || true)
+    if [ "$1" != quiet ]; then wait "$attacker" || true; fi
+    echo "== attack: $attack: $result $( [ "$1" != quiet ] && cat "$work/attack.out")"
+  done
+  echo "== stale-guard RSS after the attacks: $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$sg_pid/status), peak $(awk '/VmHWM/{print $2/1024 " MiB"}' /proc/$sg_pid/status)"
+fi
