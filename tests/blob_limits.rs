@@ -16,69 +16,46 @@ use webhook_support::*;
 /// process alone is ~10 MiB; reading the blob would be hundreds.
 const PEAK_KIB: u64 = 64 << 10;
 
-/// A repository that stores files above 1 MiB the way `git add` stores
-/// big files (streamed into a pack, never held whole by git), with a file
-/// of `size` zero bytes at `rel`, created sparse (no disk blocks).
-fn repo_with_big_file(rel: &str, size: u64, kustomizations: &[(&str, &str)]) -> Repo {
-    let repo = Repo::new();
-    repo.git(&["config", "core.bigFileThreshold", "1m"]);
-    for (path, text) in kustomizations {
-        repo.write(path, text);
+/// A `checksum` run that must fail with exit 1, saying each of `says`,
+/// without its peak RSS reaching [`PEAK_KIB`].
+fn assert_refused_lean(run: &support::Run, what: &str, says: &[&str]) {
+    eprintln!("peak RSS refusing {what}: {} KiB", run.peak_rss_kib);
+    let err = run.fails_with(1);
+    for phrase in says {
+        assert!(err.contains(phrase), "{what}: {err}");
     }
-    repo.write(rel, "");
-    std::fs::File::options()
-        .write(true)
-        .open(repo.path().join(rel))
-        .unwrap()
-        .set_len(size)
-        .unwrap();
-    repo.commit("big file");
-    repo
+    assert!(
+        run.peak_rss_kib < PEAK_KIB,
+        "peak RSS {} KiB refusing {what}",
+        run.peak_rss_kib
+    );
 }
 
 #[test]
 fn a_file_over_the_cap_is_refused_from_its_header() {
     let size: u64 = 200 << 20;
-    let repo = repo_with_big_file(
+    let repo = Repo::with_big_file(
         "big/data.yaml",
         size,
         &[("big/kustomization.yaml", "resources:\n- data.yaml\n")],
     );
-    let run = checksum_run(&repo, "big", None, &[]);
-    eprintln!("peak RSS refusing a 200 MiB file: {} KiB", run.peak_rss_kib);
-    let err = run.fails_with(1);
-    assert!(
-        err.contains("file big/data.yaml is 209715200 bytes"),
-        "{err}"
-    );
-    assert!(
-        err.contains("over the 16777216-byte limit (limits.maxBlobBytes)"),
-        "{err}"
-    );
-    assert!(
-        run.peak_rss_kib < PEAK_KIB,
-        "peak RSS {} KiB refusing a {size}-byte file",
-        run.peak_rss_kib
+    assert_refused_lean(
+        &checksum_run(&repo, "big", None, &[]),
+        "a 200 MiB file",
+        &[
+            "file big/data.yaml is 209715200 bytes",
+            "over the 16777216-byte limit (limits.maxBlobBytes)",
+        ],
     );
 }
 
 #[test]
 fn a_huge_kustomization_is_refused_before_it_is_read() {
-    let repo = repo_with_big_file("huge/kustomization.yaml", 100 << 20, &[]);
-    let run = checksum_run(&repo, "huge", None, &[]);
-    eprintln!(
-        "peak RSS refusing a 100 MiB kustomization: {} KiB",
-        run.peak_rss_kib
-    );
-    let err = run.fails_with(1);
-    assert!(
-        err.contains("kustomization huge/kustomization.yaml is 104857600 bytes"),
-        "{err}"
-    );
-    assert!(
-        run.peak_rss_kib < PEAK_KIB,
-        "peak RSS {} KiB refusing a 100 MiB kustomization",
-        run.peak_rss_kib
+    let repo = Repo::with_big_file("huge/kustomization.yaml", 100 << 20, &[]);
+    assert_refused_lean(
+        &checksum_run(&repo, "huge", None, &[]),
+        "a 100 MiB kustomization",
+        &["kustomization huge/kustomization.yaml is 104857600 bytes"],
     );
 }
 
@@ -93,20 +70,12 @@ fn a_kustomization_over_the_parse_limit_is_refused_before_it_is_read() {
     );
     repo.write("long/a", "x: 1\n");
     repo.commit("long list");
-    let run = checksum_run(&repo, "long", None, &[]);
-    eprintln!(
-        "peak RSS refusing a 2 MiB kustomization: {} KiB",
-        run.peak_rss_kib
-    );
-    let err = run.fails_with(1);
-    assert!(
-        err.contains("kustomization long/kustomization.yaml is 2097163 bytes, over the 524288-byte limit (limits.maxKustomizationBytes)"),
-        "{err}"
-    );
-    assert!(
-        run.peak_rss_kib < PEAK_KIB,
-        "peak RSS {} KiB",
-        run.peak_rss_kib
+    assert_refused_lean(
+        &checksum_run(&repo, "long", None, &[]),
+        "a 2 MiB kustomization",
+        &[
+            "kustomization long/kustomization.yaml is 2097163 bytes, over the 524288-byte limit (limits.maxKustomizationBytes)",
+        ],
     );
 }
 

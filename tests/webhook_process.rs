@@ -521,39 +521,24 @@ async fn certificate_rotation_by_data_symlink_swap_under_load() {
 // a huge file in an overlay
 // ---------------------------------------------------------------------------
 
-/// The peak resident set (`VmHWM`) of process `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
-}
-
 /// A commit with a 200 MiB file in an overlay: the server refuses it from
 /// the object header (`limits.maxBlobBytes`) without reading it, its peak
 /// memory stays where it was, and other overlays are still answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_file_in_an_overlay_is_refused_without_reading_it() {
-    let repo = support::Repo::new();
-    // Stored as git stores big files: streamed, never held whole by git.
-    repo.git(&["config", "core.bigFileThreshold", "1m"]);
-    repo.write("app/kustomization.yaml", "resources:\n- cm.yaml\n");
-    repo.write(
-        "app/cm.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n",
+    let repo = support::Repo::with_big_file(
+        "big/data.yaml",
+        200 << 20,
+        &[
+            ("app/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            (
+                "app/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n",
+            ),
+            ("big/kustomization.yaml", "resources:\n- data.yaml\n"),
+        ],
     );
-    repo.write("big/kustomization.yaml", "resources:\n- data.yaml\n");
-    repo.write("big/data.yaml", "");
-    // Sparse: no disk blocks for the zeros.
-    std::fs::File::options()
-        .write(true)
-        .open(repo.path().join("big/data.yaml"))
-        .unwrap()
-        .set_len(200 << 20)
-        .unwrap();
-    let head = repo.commit("a 200 MiB file");
+    let head = repo.head();
     let app_sum = checksum_at(repo.path(), &head, "app");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::write(&dir.path().join("tls"));
@@ -562,8 +547,7 @@ async fn a_huge_file_in_an_overlay_is_refused_without_reading_it() {
     config.rule("app", "prod-apps", "gitops", "app", "enforce", "strict");
     config.rule("big", "big-apps", "gitops", "big", "enforce", "strict");
     let sg = SgProcess::spawn(&write_config(dir.path(), &config, &pki));
-    let pid = sg.child.id();
-    let before = peak_rss_kib(pid);
+    let before = sg.peak_rss_kib();
     let client = client(&pki.ca.pem(), Proto::H2);
     let sum = format!("sha256:{}", "0".repeat(64));
     for round in 0..3 {
@@ -579,7 +563,7 @@ async fn a_huge_file_in_an_overlay_is_refused_without_reading_it() {
     post_review(&client, &sg.base(), &review)
         .await
         .assert_allowed("Fresh");
-    let after = peak_rss_kib(pid);
+    let after = sg.peak_rss_kib();
     eprintln!("server peak RSS: {before} KiB serving, {after} KiB after the reviews");
     assert!(
         after < 100 << 10,

@@ -269,6 +269,27 @@ impl Repo {
         self.head()
     }
 
+    /// A repository that stores files above 1 MiB the way `git add`
+    /// stores big files (streamed into a pack, never held whole by git),
+    /// with `files` and a file of `size` zero bytes at `rel`, created
+    /// sparse (no disk blocks), committed.
+    pub fn with_big_file(rel: &str, size: u64, files: &[(&str, &str)]) -> Repo {
+        let repo = Repo::new();
+        repo.git(&["config", "core.bigFileThreshold", "1m"]);
+        for (path, text) in files {
+            repo.write(path, text);
+        }
+        repo.write(rel, "");
+        std::fs::File::options()
+            .write(true)
+            .open(repo.path().join(rel))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        repo.commit("big file");
+        repo
+    }
+
     pub fn head(&self) -> String {
         self.rev_parse("HEAD")
     }

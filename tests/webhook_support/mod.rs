@@ -1133,15 +1133,26 @@ impl SgProcess {
         })
     }
 
-    /// Resident memory of the server process, from /proc/PID/status.
+    /// Resident memory of the server process (`VmRSS`), in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/PID/status");
+        self.status_kib("VmRSS")
+    }
+
+    /// Peak resident memory of the server process (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM")
+    }
+
+    /// A `kB` field of /proc/PID/status.
+    fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.child.id();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
     }
 
     pub fn base(&self) -> String {
