@@ -291,16 +291,10 @@ impl Caches {
 }
 
 impl Caches {
-    /// The cached result for (commit, overlay), if any: lets a caller skip
-    /// handing the work to a blocking thread when there is none to do.
-    pub fn cached_result(&self, commit: ObjectId, overlay: &str) -> Option<CachedResult> {
-        let overlay = overlay_key(overlay).ok()?;
-        self.cached_result_for(commit, &overlay)
-    }
-
-    /// Like [`cached_result`](Self::cached_result), with the overlay
-    /// already cleaned by [`overlay_key`]: a lookup without allocation, for
-    /// callers that ask about the same overlay on every request.
+    /// The cached result for (commit, overlay), if any, the overlay already
+    /// cleaned by [`overlay_key`]: a lookup without allocation that lets a
+    /// caller skip handing the work to a blocking thread when there is none
+    /// to do.
     pub fn cached_result_for(&self, commit: ObjectId, overlay: &Arc<str>) -> Option<CachedResult> {
         self.results.get(&(commit, Arc::clone(overlay)))
     }
