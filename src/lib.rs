@@ -11,6 +11,7 @@ pub mod certs;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod demo;
 pub mod echo;
 pub mod kustomize;
