@@ -523,6 +523,9 @@ pub fn audit_annotations(decision: &Decision) -> std::collections::HashMap<Strin
     if let Some(o) = decision.overridden {
         a.insert("overridden".to_owned(), o.as_str().to_owned());
     }
+    if let Some(field) = &decision.field {
+        a.insert("field".to_owned(), field.clone());
+    }
     if !decision.reason.allows() && decision.allowed {
         a.insert("enforced".to_owned(), "false".to_owned());
     }
@@ -552,6 +555,7 @@ mod tests {
             overridden: None,
             warnings: Vec::new(),
             mode: None,
+            field: None,
         };
         let stale = Decision {
             reason: policy::Reason::StaleRevision,

@@ -45,6 +45,7 @@ pub fn record(req: &crate::admission::Request<'_>, decision: &Decision, latency:
                 head = %hex(decision.head),
                 expected_checksum = %sum(decision.expected_checksum),
                 found_checksum = %sum(decision.found_checksum),
+                field = decision.field.as_deref().unwrap_or(""),
                 latency_ms = latency.as_secs_f64() * 1000.0,
                 detail = %decision.message,
                 "admission verdict"

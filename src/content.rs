@@ -73,6 +73,46 @@ pub fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }
 
+/// The first field where the object differs from the rendering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub path: String,
+    pub found: Option<String>,
+    pub rendered: String,
+    pub note: Option<String>,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.found {
+            Some(found) => write!(
+                f,
+                "{}: found {found}, head renders {}",
+                self.path, self.rendered
+            ),
+            None => write!(f, "{}: missing, head renders {}", self.path, self.rendered),
+        }
+    }
+}
+
+/// Placeholder until the comparison lands: equality.
+pub fn compare(rendered: &Value, object: &Value) -> Result<(), Difference> {
+    if rendered == object {
+        Ok(())
+    } else {
+        Err(Difference {
+            path: String::new(),
+            found: None,
+            rendered: String::new(),
+            note: None,
+        })
+    }
+}
+
+pub fn matches(rendered: &Value, object: &Value) -> bool {
+    compare(rendered, object).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,10 @@ reasons! {
     RevisionNotOnBranch => deny,
     ChecksumMismatch => deny,
     OverlayError => deny,
+    /// The object differs from head's rendering (section 8).
+    ContentMismatch => deny,
+    /// Head's rendering has no object with this identity (section 8).
+    NotRendered => deny,
     /// Configurable: `failure.mirrorUnavailable`.
     MirrorUnavailable => deny,
     /// Configurable: `failure.decisionTimeoutAction`.
@@ -265,6 +269,31 @@ pub enum Staleness {
     Content,
 }
 
+/// Where a rule reads the revision an object claims (contract sections 8
+/// and 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provenance {
+    /// The revision and checksum annotations (section 2).
+    #[default]
+    Annotations,
+    /// No claim is read: only the content is checked.
+    None,
+    /// The Flux Kustomization that applies the object.
+    Flux,
+    /// The Argo CD Application that applies the object.
+    Argo,
+}
+
+/// Whether a rule compares the object with head's rendering (section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentCheck {
+    #[default]
+    Off,
+    Verify,
+}
+
 /// The part of a rule the decision needs (matching is the caller's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RulePolicy {
@@ -377,6 +406,8 @@ pub struct Decision {
     /// AdmissionResponse warnings (warn mode).
     pub warnings: Vec<String>,
     pub mode: Option<Mode>,
+    /// For `ContentMismatch`: the first differing field's path.
+    pub field: Option<String>,
 }
 
 impl Decision {
@@ -393,6 +424,7 @@ impl Decision {
             overridden: None,
             warnings: Vec::new(),
             mode: None,
+            field: None,
         }
     }
 
@@ -453,6 +485,215 @@ pub fn decide(
 ) -> Decision {
     let (reason, detail, context) = evaluate(rule, request, facts);
     finish(rule, request, reason, detail, context, mirror_unavailable)
+}
+
+/// One rendering of a rule's overlay, as far as a content verdict reads
+/// it: where its commit stands and its object with the request's identity.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderedAt<'a> {
+    pub commit: Revision,
+    /// Where the commit stands relative to the head ([`Position::Head`]
+    /// for head's own rendering).
+    pub position: Position,
+    /// The rendered object with the request's identity, if it has one.
+    pub object: Option<&'a serde_json::Value>,
+}
+
+/// What content verification (contract section 8) compares, gathered by
+/// the server: head's rendering and the earlier ones that explain a
+/// mismatch.
+#[derive(Debug, Clone)]
+pub enum ContentFacts<'a> {
+    /// Head's rendering failed: why (kustomize's first error line).
+    RenderFailed { why: String },
+    Rendered {
+        head: RenderedAt<'a>,
+        /// The previous head's rendering, while the rule's grace period
+        /// after the head moved lasts.
+        in_grace: Option<RenderedAt<'a>>,
+        /// Earlier distinct renderings, newest first.
+        history: Vec<RenderedAt<'a>>,
+    },
+}
+
+/// The object under review, for content verification.
+#[derive(Debug, Clone, Copy)]
+pub struct ReviewedObject<'a> {
+    pub identity: &'a crate::content::Identity,
+    pub object: &'a serde_json::Value,
+}
+
+/// The verdict for a rule with the given checks (contract sections 3 and
+/// 8): `MirrorUnavailable` first, then the provenance (the annotations, or
+/// none), then the content when `content` is given (`content: verify`).
+/// `Fresh` means every enabled check passed.
+pub fn decide_checks(
+    rule: &RulePolicy,
+    provenance: Provenance,
+    request: &RequestFacts,
+    facts: &MirrorFacts,
+    content: Option<(ReviewedObject<'_>, &ContentFacts<'_>)>,
+    mirror_unavailable: FailureAction,
+) -> Decision {
+    let (mut reason, mut detail, mut cx) = match provenance {
+        Provenance::None => match facts {
+            MirrorFacts::Unavailable { why } => (
+                Reason::MirrorUnavailable,
+                format!("cannot check the object against head's rendering: {why}"),
+                Context::default(),
+            ),
+            MirrorFacts::Available { head, .. } => (
+                Reason::Fresh,
+                String::new(),
+                Context {
+                    head: Some(head.commit),
+                    ..Context::default()
+                },
+            ),
+        },
+        Provenance::Annotations | Provenance::Flux | Provenance::Argo => {
+            evaluate(rule, request, facts)
+        }
+    };
+    if reason.allows()
+        && let (Some((object, content)), MirrorFacts::Available { head, .. }) = (content, facts)
+    {
+        match content_verdict(rule, head, object, content) {
+            Ok(passed) => {
+                if detail.is_empty() {
+                    detail = passed;
+                } else {
+                    detail.push_str("; ");
+                    detail.push_str(&passed);
+                }
+            }
+            Err((denied, why, field)) => {
+                reason = denied;
+                detail = why;
+                cx.field = field;
+            }
+        }
+    }
+    finish(rule, request, reason, detail, cx, mirror_unavailable)
+}
+
+/// Whether the provenance check passes, so that the content is compared
+/// next (the server renders only then).
+pub fn provenance_passes(
+    rule: &RulePolicy,
+    provenance: Provenance,
+    request: &RequestFacts,
+    facts: &MirrorFacts,
+) -> bool {
+    match provenance {
+        Provenance::None => matches!(facts, MirrorFacts::Available { .. }),
+        Provenance::Annotations | Provenance::Flux | Provenance::Argo => {
+            evaluate(rule, request, facts).0.allows()
+        }
+    }
+}
+
+/// The verdict for an object content verification cannot look up: it has
+/// no identity (`why` says what is missing), so no rendering renders it.
+pub fn unverifiable_object(rule: &RulePolicy, request: &RequestFacts, why: &str) -> Decision {
+    let detail = format!("{why}; it cannot be compared with head's rendering");
+    finish(
+        rule,
+        request,
+        Reason::NotRendered,
+        detail,
+        revision_only(request),
+        FailureAction::Deny,
+    )
+}
+
+/// Content verification as a pure function: `Ok(what passed)`, or
+/// `Err((reason, message, differing path))`.
+fn content_verdict(
+    rule: &RulePolicy,
+    head: &HeadFacts,
+    reviewed: ReviewedObject<'_>,
+    content: &ContentFacts<'_>,
+) -> Result<String, (Reason, String, Option<String>)> {
+    let head_name = format!("{}@{}", rule.branch, head.commit.short());
+    let (at_head, in_grace, history) = match content {
+        ContentFacts::RenderFailed { why } => {
+            return Err((
+                Reason::OverlayError,
+                format!("the overlay cannot be rendered at {head_name}: {why}"),
+                None,
+            ));
+        }
+        ContentFacts::Rendered {
+            head,
+            in_grace,
+            history,
+        } => (head, in_grace, history),
+    };
+    let object = reviewed.object;
+    let matches = |r: &RenderedAt<'_>| r.object.is_some_and(|o| crate::content::matches(o, object));
+    let compared = at_head.object.map(|o| crate::content::compare(o, object));
+    if let Some(Ok(())) = compared {
+        return Ok(format!("the object matches the rendering at {head_name}"));
+    }
+    if let Some(previous) = in_grace.as_ref().filter(|p| matches(p)) {
+        return Ok(format!(
+            "the object matches the rendering at {}, the head of {} until moments ago (within the grace period)",
+            previous.commit.short(),
+            rule.branch
+        ));
+    }
+    // The product's signature: which earlier rendering the object is.
+    let explain = || match history.iter().find(|r| matches(r)) {
+        Some(r) => format!(
+            "; it matches the rendering at {}, {}",
+            r.commit.short(),
+            how_far_behind(r.position, head, &head_name)
+        ),
+        None if history.is_empty() => String::new(),
+        None => format!(
+            "; it matches none of the {} earlier renderings kept",
+            history.len()
+        ),
+    };
+    match compared {
+        None => Err((
+            Reason::NotRendered,
+            format!(
+                "the rendering at {head_name} has no {} (removed from the overlay, renamed, or not from this overlay){}; re-render from head or check the rule's match",
+                crate::echo::Capped(&reviewed.identity.to_string()),
+                explain()
+            ),
+            None,
+        )),
+        Some(Err(difference)) => Err((
+            Reason::ContentMismatch,
+            format!(
+                "{} differs from the rendering at {head_name}: {difference}{}; re-render from head",
+                crate::echo::Capped(&reviewed.identity.to_string()),
+                explain()
+            ),
+            Some(crate::echo::value(&difference.path)),
+        )),
+        Some(Ok(())) => Ok(String::new()),
+    }
+}
+
+/// `36 commits and 40 days behind main@950bf0f`.
+fn how_far_behind(position: Position, head: &HeadFacts, head_name: &str) -> String {
+    match position {
+        Position::Head => format!("the head, {head_name}"),
+        Position::Ancestor {
+            behind,
+            commit_time,
+        } => format!(
+            "{} and {} behind {head_name}",
+            plural(behind, "commit"),
+            human_age(head.commit_time.saturating_sub(commit_time))
+        ),
+        Position::OffBranch => format!("a commit that is not on the history of {head_name}"),
+        Position::Unknown => "a commit no longer in the mirror".to_owned(),
+    }
 }
 
 /// The context of a verdict reached without mirror facts.
@@ -529,6 +770,7 @@ fn finish(
         overridden: None,
         warnings: Vec::new(),
         mode: Some(rule.mode),
+        field: context.field,
     };
     if decision.allowed {
         return decision;
@@ -568,6 +810,7 @@ struct Context {
     head: Option<Revision>,
     expected: Option<Checksum>,
     found: Option<Checksum>,
+    field: Option<String>,
 }
 
 /// The message for an absent annotation, naming near-miss keys.
@@ -1264,6 +1507,206 @@ mod tests {
         );
     }
 
+    mod content {
+        use super::*;
+        use crate::content::Identity;
+        use serde_json::{Value, json};
+
+        fn ingress(service: &str) -> Value {
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "web", "namespace": "prod"},
+                "spec": {"rules": [{"http": {"paths": [{"backend": {"service": {"name": service}}}]}}]}})
+        }
+
+        fn at<'a>(commit: &str, position: Position, object: Option<&'a Value>) -> RenderedAt<'a> {
+            RenderedAt {
+                commit: Revision::parse(commit).unwrap(),
+                position,
+                object,
+            }
+        }
+
+        fn none_facts() -> MirrorFacts {
+            MirrorFacts::Available {
+                head: head(),
+                position: Position::Head,
+                at_revision: None,
+                at_head: None,
+            }
+        }
+
+        fn verdict(rule: &RulePolicy, object: &Value, content: &ContentFacts<'_>) -> Decision {
+            let id = Identity::of(object).unwrap();
+            let reviewed = ReviewedObject {
+                identity: &id,
+                object,
+            };
+            let unused = request(HEAD, sum(1));
+            decide_checks(
+                rule,
+                Provenance::None,
+                &unused,
+                &none_facts(),
+                Some((reviewed, content)),
+                FailureAction::Deny,
+            )
+        }
+
+        #[test]
+        fn an_object_equal_to_heads_rendering_is_fresh() {
+            let rendered = ingress("web-v2");
+            let content = ContentFacts::Rendered {
+                head: at(HEAD, Position::Head, Some(&rendered)),
+                in_grace: None,
+                history: Vec::new(),
+            };
+            let d = verdict(&strict(), &ingress("web-v2"), &content);
+            assert_eq!(d.reason, Reason::Fresh, "{}", d.message);
+            assert_eq!(
+                d.message,
+                "Fresh: the object matches the rendering at main@9be0d41"
+            );
+        }
+
+        /// The product's signature: the mismatch names the earlier
+        /// rendering the object is, and how far behind head it is.
+        #[test]
+        fn a_mismatch_names_the_earlier_rendering_it_matches() {
+            let (new, old) = (ingress("web-v2"), ingress("web-v1"));
+            let content = ContentFacts::Rendered {
+                head: at(HEAD, Position::Head, Some(&new)),
+                in_grace: None,
+                history: vec![at(OLD, stale_position(), Some(&old))],
+            };
+            let d = verdict(&strict(), &old, &content);
+            assert_eq!(d.reason, Reason::ContentMismatch);
+            assert!(!d.allowed);
+            assert!(
+                d.message.starts_with(
+                    "ContentMismatch: Ingress.networking.k8s.io prod/web differs from the rendering at main@9be0d41: "
+                ),
+                "{}",
+                d.message
+            );
+            assert!(
+                d.message.ends_with(
+                    "; it matches the rendering at 3f2a1c9, 37 commits and 41 days behind main@9be0d41; re-render from head"
+                ),
+                "{}",
+                d.message
+            );
+            assert!(d.field.is_some());
+            // Warn mode allows with the same words as a warning.
+            let warn = verdict(&rule(Staleness::Strict, Mode::Warn), &old, &content);
+            assert!(warn.allowed);
+            assert_eq!(warn.warnings.len(), 1);
+            assert!(warn.warnings[0].contains("it matches the rendering at 3f2a1c9"));
+        }
+
+        #[test]
+        fn an_object_head_does_not_render_is_not_rendered() {
+            let content = ContentFacts::Rendered {
+                head: at(HEAD, Position::Head, None),
+                in_grace: None,
+                history: Vec::new(),
+            };
+            let d = verdict(&strict(), &ingress("x"), &content);
+            assert_eq!(d.reason, Reason::NotRendered);
+            assert!(
+                d.message.contains(
+                    "the rendering at main@9be0d41 has no Ingress.networking.k8s.io prod/web"
+                ),
+                "{}",
+                d.message
+            );
+        }
+
+        #[test]
+        fn the_previous_heads_rendering_passes_within_grace() {
+            let (new, old) = (ingress("web-v2"), ingress("web-v1"));
+            let content = ContentFacts::Rendered {
+                head: at(HEAD, Position::Head, Some(&new)),
+                in_grace: Some(at(OLD, stale_position(), Some(&old))),
+                history: Vec::new(),
+            };
+            let d = verdict(&strict(), &old, &content);
+            assert_eq!(d.reason, Reason::Fresh, "{}", d.message);
+            assert!(d.message.contains("within the grace period"));
+        }
+
+        #[test]
+        fn a_failed_rendering_is_an_overlay_error() {
+            let content = ContentFacts::RenderFailed {
+                why: "Error: accumulating resources: boom".into(),
+            };
+            let d = verdict(&strict(), &ingress("x"), &content);
+            assert_eq!(d.reason, Reason::OverlayError);
+            assert_eq!(
+                d.message,
+                "OverlayError: the overlay cannot be rendered at main@9be0d41: Error: accumulating resources: boom"
+            );
+        }
+
+        /// Provenance first: a stale annotation is denied as such, with no
+        /// rendering looked at; content second, after a fresh claim.
+        #[test]
+        fn provenance_is_checked_before_content() {
+            let (new, old) = (ingress("web-v2"), ingress("web-v1"));
+            let content = ContentFacts::Rendered {
+                head: at(HEAD, Position::Head, Some(&new)),
+                in_grace: None,
+                history: Vec::new(),
+            };
+            let id = Identity::of(&old).unwrap();
+            let reviewed = ReviewedObject {
+                identity: &id,
+                object: &old,
+            };
+            let stale = facts(stale_position(), Ok(sum(1)), None);
+            let req = request(OLD, sum(1));
+            assert!(!provenance_passes(
+                &strict(),
+                Provenance::Annotations,
+                &req,
+                &stale
+            ));
+            let d = decide_checks(
+                &strict(),
+                Provenance::Annotations,
+                &req,
+                &stale,
+                Some((reviewed, &content)),
+                FailureAction::Deny,
+            );
+            assert_eq!(d.reason, Reason::StaleRevision);
+            // A copied fresh annotation on an old body: the content decides.
+            let fresh = facts(Position::Head, Ok(sum(1)), None);
+            let req = request(HEAD, sum(1));
+            let d = decide_checks(
+                &strict(),
+                Provenance::Annotations,
+                &req,
+                &fresh,
+                Some((reviewed, &content)),
+                FailureAction::Deny,
+            );
+            assert_eq!(d.reason, Reason::ContentMismatch, "{}", d.message);
+            // And with no mirror: MirrorUnavailable, before anything.
+            let gone = MirrorFacts::Unavailable {
+                why: "never synced".into(),
+            };
+            let d = decide_checks(
+                &strict(),
+                Provenance::None,
+                &req,
+                &gone,
+                Some((reviewed, &content)),
+                FailureAction::Deny,
+            );
+            assert_eq!(d.reason, Reason::MirrorUnavailable);
+        }
+    }
+
     #[test]
     fn reason_codes_are_the_contract_table() {
         // Contract section 3, code and verdict, verbatim.
@@ -1281,6 +1724,9 @@ mod tests {
             ("RevisionNotOnBranch", false),
             ("ChecksumMismatch", false),
             ("OverlayError", false),
+            // Section 8.
+            ("ContentMismatch", false),
+            ("NotRendered", false),
             ("MirrorUnavailable", false),
             ("DecisionTimeout", false),
         ];

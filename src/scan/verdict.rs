@@ -143,7 +143,9 @@ impl Verdict {
             | Reason::UnknownRevision
             | Reason::RevisionNotOnBranch
             | Reason::ChecksumMismatch
-            | Reason::OverlayError => Severity::Stale,
+            | Reason::OverlayError
+            | Reason::ContentMismatch
+            | Reason::NotRendered => Severity::Stale,
         }
     }
 }
