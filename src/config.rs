@@ -3,7 +3,7 @@
 //! instead of surfacing as a wrong verdict later.
 
 use crate::checksum::CacheLimits;
-use crate::policy::{FailureAction, Mode, Staleness};
+use crate::policy::{ContentCheck, FailureAction, Mode, Provenance, Staleness};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -30,6 +30,9 @@ pub struct Config {
     pub failure: FailureConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Rendering for rules with `content: verify`.
+    #[serde(default)]
+    pub render: RenderConfig,
     /// A plain-HTTP listener for `/healthz`, `/readyz` and `/metrics`,
     /// apart from the review listener (an extension of the contract's
     /// configuration). Absent: none; the TLS port answers them too.
@@ -230,6 +233,79 @@ pub struct RuleConfig {
     pub staleness: Staleness,
     #[serde(default, with = "opt_duration")]
     pub grace_period: Option<Duration>,
+    /// Where the claimed revision is read (contract sections 8 and 9).
+    #[serde(default)]
+    pub provenance: Provenance,
+    /// Whether the object is compared with head's rendering (section 8).
+    #[serde(default)]
+    pub content: ContentCheck,
+}
+
+/// How overlays are rendered for `content: verify` (contract section 8).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenderConfig {
+    /// argv; the overlay directory is appended after `args`.
+    #[serde(default = "default_render_command")]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "default_render_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Renders at once, all sources together.
+    #[serde(default = "default_render_concurrency")]
+    pub concurrency: usize,
+    /// Earlier distinct renderings kept per rule to explain a mismatch.
+    #[serde(default = "default_render_history")]
+    pub history: usize,
+    /// Commits walked back from head (first parents) to find the earlier
+    /// renderings at start; an extension of the contract.
+    #[serde(default = "default_render_history_depth")]
+    pub history_depth: usize,
+    /// Largest rendering read from the command (bytes, or `Ki`/`Mi`/`Gi`);
+    /// beyond it the run is stopped and fails.
+    #[serde(default = "default_render_max_output", with = "byte_size")]
+    pub max_output_bytes: usize,
+    /// Parsed renderings kept in memory, weighed by their size.
+    #[serde(default = "default_render_cache", with = "byte_size")]
+    pub cache_bytes: usize,
+}
+
+fn default_render_command() -> Vec<String> {
+    vec!["kustomize".to_owned(), "build".to_owned()]
+}
+fn default_render_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_render_concurrency() -> usize {
+    2
+}
+fn default_render_history() -> usize {
+    5
+}
+fn default_render_history_depth() -> usize {
+    1000
+}
+fn default_render_max_output() -> usize {
+    64 << 20
+}
+fn default_render_cache() -> usize {
+    256 << 20
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        RenderConfig {
+            command: default_render_command(),
+            args: Vec::new(),
+            timeout: default_render_timeout(),
+            concurrency: default_render_concurrency(),
+            history: default_render_history(),
+            history_depth: default_render_history_depth(),
+            max_output_bytes: default_render_max_output(),
+            cache_bytes: default_render_cache(),
+        }
+    }
 }
 
 /// Every field optional; all given must hold.
@@ -490,7 +566,32 @@ impl Config {
         self.validate_limits()?;
         self.validate_probes()?;
         self.validate_rules(&sources)?;
+        self.validate_render()?;
         self.validate_failure()
+    }
+
+    fn validate_render(&self) -> Result<(), ConfigError> {
+        let r = &self.render;
+        match r.command.first() {
+            None => return Err(invalid("render.command", "must name a program")),
+            Some(p) if p.trim().is_empty() => {
+                return Err(invalid("render.command", "must name a program"));
+            }
+            Some(_) => {}
+        }
+        if r.timeout.is_zero() {
+            return Err(invalid("render.timeout", "must be positive"));
+        }
+        if r.concurrency == 0 {
+            return Err(invalid("render.concurrency", "must be at least 1"));
+        }
+        if r.history > 100 {
+            return Err(invalid("render.history", "at most 100"));
+        }
+        if r.max_output_bytes < 1024 {
+            return Err(invalid("render.maxOutputBytes", "at least 1Ki"));
+        }
+        Ok(())
     }
 
     fn validate_annotations(&self) -> Result<(), ConfigError> {
@@ -652,6 +753,21 @@ impl Config {
                     f("source"),
                     format!("no source is named {:?}", r.source),
                 ));
+            }
+            match (r.provenance, r.content) {
+                (Provenance::None, ContentCheck::Off) => {
+                    return Err(invalid(
+                        f("content"),
+                        "a rule with provenance: none and content: off checks nothing; set content: verify or another provenance",
+                    ));
+                }
+                (Provenance::Flux | Provenance::Argo, _) => {
+                    return Err(invalid(
+                        f("provenance"),
+                        "flux and argo are reserved for reading the controller's objects and not available in this build; use annotations or none",
+                    ));
+                }
+                _ => {}
             }
             // The same check the server compiles the rule with.
             if crate::checksum::overlay_key(&r.overlay).is_err() {
