@@ -468,6 +468,8 @@ pub struct Mirror {
     inflight: Mutex<Inflight>,
     /// Serialises everything that writes into the mirror directory.
     write_lock: tokio::sync::Mutex<()>,
+    /// The head commit, sent on every move (renderings start from it).
+    head_tx: watch::Sender<Option<ObjectId>>,
     facts_cache: moka::sync::Cache<(ObjectId, ObjectId), RevisionFacts>,
     /// Revisions a branch fetch, started after they were asked for, did
     /// not bring (nor a fetch by id, when the budget allowed one): answered
@@ -691,7 +693,9 @@ impl Mirror {
             })
         });
         let budget = FetchBudget::new(spec.on_demand);
+        let head_tx = watch::Sender::new(snapshot.as_ref().map(|s| s.head.commit));
         let mirror = Arc::new(Mirror {
+            head_tx,
             facts_cache: moka::sync::Cache::new(100_000),
             unknown: moka::sync::Cache::new(UNKNOWN_CAPACITY),
             spec,
@@ -772,6 +776,12 @@ impl Mirror {
     /// they had opened.
     pub fn repository(&self) -> gix::ThreadSafeRepository {
         read(&self.repo).clone()
+    }
+
+    /// The head commit now and on every later move: what work that must
+    /// follow the head (rendering) waits on, instead of polling.
+    pub fn head_changes(&self) -> watch::Receiver<Option<ObjectId>> {
+        self.head_tx.subscribe()
     }
 
     /// The branch head as last observed (`None`: never synced).
@@ -1389,6 +1399,7 @@ impl Mirror {
             }));
             self.facts_cache.invalidate_all();
             self.unknown.invalidate_all();
+            self.head_tx.send_replace(Some(head));
         }
         Ok(FetchReport {
             head,
