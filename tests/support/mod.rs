@@ -441,6 +441,16 @@ pub fn kustomize_dir(root: &Path, overlay: &str) -> Result<String, String> {
     }
 }
 
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 // ---------------------------------------------------------------------------
 // the stale-guard binary
 // ---------------------------------------------------------------------------
