@@ -534,3 +534,32 @@ fn the_command_runs_with_a_clean_environment() {
     assert_eq!(vars["TMPDIR"], format!("{ws}/tmp"));
     assert_empty(work.path());
 }
+
+/// The checksum vectors' repositories render as on a checkout; the Helm
+/// ones fail on both (kubectl kustomize without `--enable-helm`).
+#[test]
+fn renders_the_vector_repositories_like_kubectl_kustomize() {
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(kubectl(work.path()));
+    let rt = runtime();
+    for (name, overlay) in [
+        ("plain", "overlay"),
+        ("symlinked", "overlays/prod/east"),
+        ("generators", "app"),
+        ("helm", "deploy"),
+        ("helm-repo-slash", "deploy"),
+    ] {
+        let r = vector_repo(name);
+        match (
+            r.kustomize("HEAD", overlay),
+            render(&rt, &renderer, &r, "HEAD", overlay),
+        ) {
+            (Ok(yaml), Ok(rendering)) => {
+                assert_eq!(objects(&rendering), documents(&yaml), "{name}")
+            }
+            (Err(_), Err(RenderError::Kustomize { .. })) => {}
+            (expected, got) => panic!("{name}: kustomize {expected:?}, rendered {got:?}"),
+        }
+    }
+    assert_empty(work.path());
+}

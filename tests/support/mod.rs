@@ -404,6 +404,27 @@ impl Repo {
     }
 }
 
+/// One repository of `tests/vectors/build.sh` (`plain`, `symlinked`,
+/// `generators`, `helm`, `helm-repo-slash`), built fresh.
+pub fn vector_repo(name: &str) -> Repo {
+    let tmp = tempfile::Builder::new()
+        .prefix("sg-vectors-")
+        .tempdir()
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/build.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(tmp.path())
+        .output()
+        .expect("failed to run bash");
+    assert!(
+        out.status.success(),
+        "tests/vectors/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Repo::open(tmp, name)
+}
+
 // ---------------------------------------------------------------------------
 // kubectl kustomize
 // ---------------------------------------------------------------------------
