@@ -474,10 +474,7 @@ impl ChecksumEngine {
         stats: &mut WorkStats,
     ) -> Result<Arc<OverlayChecksum>, ChecksumError> {
         let repo = self.repo.to_thread_local();
-        let root = repo
-            .find_commit(commit)
-            .and_then(|c| c.tree_id().map(|id| id.detach()))
-            .map_err(|e| GitError(format!("cannot read commit {commit}: {e}")))?;
+        let root = root_tree(&repo, commit)?;
         let objects = RepoObjects::new(&repo, &self.caches, self.limits);
         let closure = closure::walk(&objects, root, overlay.as_bytes())?;
         drop(objects);
@@ -510,23 +507,12 @@ impl ChecksumEngine {
             {
                 let size = blob_size(repo, *oid)?;
                 if size > self.limits.max_blob_bytes {
-                    return Err(OverlayError {
-                        kind: OverlayErrorKind::TooLarge {
-                            what: if *kind == EntryKind::Link {
-                                "symlink"
-                            } else {
-                                "file"
-                            },
-                            path: tree::show(target),
-                            too_large: tree::TooLarge {
-                                size,
-                                limit: self.limits.max_blob_bytes,
-                                setting: "limits.maxBlobBytes",
-                            },
-                        },
-                        chain: Vec::new(),
-                    }
-                    .into());
+                    let what = if *kind == EntryKind::Link {
+                        "symlink"
+                    } else {
+                        "file"
+                    };
+                    return Err(too_large(what, target, size, self.limits).into());
                 }
                 missing.push((*oid, size));
             }
@@ -583,6 +569,239 @@ impl ChecksumEngine {
         }
         Ok(entries)
     }
+}
+
+/// What `kustomize build` reads of an overlay at a commit, laid out to be
+/// written to disk (contract section 8: the input of a rendering). The
+/// same closure walk as the checksum, so the rendering reads exactly what
+/// the checksum covers. Paths are real repository paths (no symlink in
+/// their parent directories), `/`-separated, never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayTree {
+    pub commit: ObjectId,
+    /// The overlay path, cleaned (`.` for the repository root).
+    pub overlay: Arc<str>,
+    pub files: Vec<TreeFile>,
+    pub links: Vec<TreeLink>,
+    /// Directories a symlink target passes through only to leave again
+    /// with `..` (`x -> a/b/../c`): nothing under them is read, but the
+    /// kernel needs them to exist.
+    pub dirs: Vec<Vec<u8>>,
+    /// Entry names with nothing to write: remote references, plugin
+    /// configs (their file is among `files`), submodules.
+    pub not_written: Vec<Vec<u8>>,
+}
+
+/// A regular file of an [`OverlayTree`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeFile {
+    pub path: Vec<u8>,
+    pub blob: ObjectId,
+    /// From the object header; within `limits.maxBlobBytes`.
+    pub size: u64,
+    /// Mode 100755 in git.
+    pub executable: bool,
+}
+
+/// A symlink of an [`OverlayTree`]: its path and its target's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeLink {
+    pub path: Vec<u8>,
+    pub target: Vec<u8>,
+}
+
+impl ChecksumEngine {
+    /// The closure of `overlay` at `commit` as files, symlinks and
+    /// directories to write (see [`OverlayTree`]). Errors as
+    /// [`checksum`](Self::checksum) would give them; nothing is cached
+    /// beyond the objects read.
+    pub fn overlay_tree(
+        &self,
+        commit: ObjectId,
+        overlay: &str,
+    ) -> Result<OverlayTree, ChecksumError> {
+        let overlay = overlay_key(overlay)?;
+        let repo = self.repo.to_thread_local();
+        let root = root_tree(&repo, commit)?;
+        let objects = RepoObjects::new(&repo, &self.caches, self.limits);
+        let closure = closure::walk(&objects, root, overlay.as_bytes())?;
+        let mut out = OverlayTree {
+            commit,
+            overlay,
+            files: Vec::new(),
+            links: Vec::new(),
+            dirs: Vec::new(),
+            not_written: Vec::new(),
+        };
+        // Executable names per parent directory, each tree read once.
+        let mut executables: HashMap<Vec<u8>, HashSet<Vec<u8>>> = HashMap::new();
+        for ((kind, target), content) in closure {
+            match (kind, content) {
+                (EntryKind::File, closure::Content::Blob(blob)) => {
+                    let size = blob_size(&repo, blob)?;
+                    if size > self.limits.max_blob_bytes {
+                        return Err(too_large("file", &target, size, self.limits).into());
+                    }
+                    let (parent, name) = match target.iter().rposition(|&b| b == b'/') {
+                        Some(i) => (target[..i].to_vec(), target[i + 1..].to_vec()),
+                        None => (Vec::new(), target.clone()),
+                    };
+                    let executable = match executables.get(&parent) {
+                        Some(names) => names.contains(&name),
+                        None => {
+                            let names = executable_names(&objects, root, &parent)?;
+                            let found = names.contains(&name);
+                            executables.insert(parent, names);
+                            found
+                        }
+                    };
+                    out.files.push(TreeFile {
+                        path: target,
+                        blob,
+                        size,
+                        executable,
+                    });
+                }
+                (EntryKind::Link, closure::Content::Blob(blob)) => {
+                    let link_target = objects.blob(blob).map_err(|e| match e {
+                        BlobError::Git(e) => ChecksumError::Git(e),
+                        BlobError::TooLarge(t) => {
+                            too_large("symlink", &target, t.size, self.limits).into()
+                        }
+                    })?;
+                    out.dirs
+                        .extend(dirs_left_again(&objects, root, &target, &link_target));
+                    out.links.push(TreeLink {
+                        path: target,
+                        target: link_target.to_vec(),
+                    });
+                }
+                (kind, _) => {
+                    let mut name = kind.as_str().as_bytes().to_vec();
+                    name.push(b':');
+                    name.extend_from_slice(&target);
+                    out.not_written.push(name);
+                }
+            }
+        }
+        out.dirs.sort_unstable();
+        out.dirs.dedup();
+        Ok(out)
+    }
+
+    /// Writes the bytes of `blob` (of `size` bytes, from an
+    /// [`OverlayTree`]) to `out`. Large blobs go one at a time in the whole
+    /// process, as for hashing.
+    pub fn copy_blob(
+        &self,
+        blob: ObjectId,
+        size: u64,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let _one_at_a_time = (size > LARGE_BLOB_BYTES)
+            .then(|| LARGE_BLOB.lock().unwrap_or_else(PoisonError::into_inner));
+        let repo = self.repo.to_thread_local();
+        let object = repo
+            .find_object(blob)
+            .map_err(|e| std::io::Error::other(format!("cannot read blob {blob}: {e}")))?;
+        if object.kind != gix::object::Kind::Blob {
+            return Err(std::io::Error::other(format!(
+                "object {blob} is not a blob"
+            )));
+        }
+        out.write_all(&object.data)
+    }
+}
+
+/// The root tree of `commit`.
+fn root_tree(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, GitError> {
+    repo.find_commit(commit)
+        .and_then(|c| c.tree_id().map(|id| id.detach()))
+        .map_err(|e| GitError(format!("cannot read commit {commit}: {e}")))
+}
+
+/// A closure blob over `limits.maxBlobBytes` (refused from its header).
+fn too_large(what: &'static str, path: &[u8], size: u64, limits: SizeLimits) -> OverlayError {
+    OverlayError {
+        kind: OverlayErrorKind::TooLarge {
+            what,
+            path: tree::show(path),
+            too_large: tree::TooLarge {
+                size,
+                limit: limits.max_blob_bytes,
+                setting: "limits.maxBlobBytes",
+            },
+        },
+        chain: Vec::new(),
+    }
+}
+
+/// The names of the executable files in the real directory `dir`. The
+/// decoded trees the walk caches drop modes, so the raw tree is read.
+fn executable_names(
+    objects: &RepoObjects<'_>,
+    root: ObjectId,
+    dir: &[u8],
+) -> Result<HashSet<Vec<u8>>, ChecksumError> {
+    let tree_id = match tree::resolve(objects, root, dir) {
+        Ok(tree::Resolved {
+            target: tree::Target::Dir(id),
+            ..
+        }) => id,
+        Ok(_) => return Ok(HashSet::new()),
+        Err(tree::ResolveError::Git(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(GitError(format!("cannot find directory {}: {e}", tree::show(dir))).into());
+        }
+    };
+    let data = objects.read(tree_id, gix::object::Kind::Tree)?;
+    let parsed = gix::objs::TreeRef::from_bytes(&data, gix::hash::Kind::Sha1)
+        .map_err(|e| GitError(format!("corrupt tree object {tree_id}: {e}")))?;
+    Ok(parsed
+        .entries
+        .iter()
+        .filter(|e| e.mode.is_executable())
+        .map(|e| e.filename.to_vec())
+        .collect())
+}
+
+/// The real directories a symlink target walks into only to leave with
+/// the next component, `..` (the `a/b` of `a/b/../c`), resolved from the
+/// link's real parent directory as the kernel would.
+fn dirs_left_again(
+    objects: &RepoObjects<'_>,
+    root: ObjectId,
+    link: &[u8],
+    target: &[u8],
+) -> Vec<Vec<u8>> {
+    let parent = link
+        .iter()
+        .rposition(|&b| b == b'/')
+        .map_or(&b""[..], |i| &link[..i]);
+    let parts: Vec<&[u8]> = target.split(|&b| b == b'/').collect();
+    let mut dirs = Vec::new();
+    for i in 0..parts.len().saturating_sub(1) {
+        if parts.get(i + 1) != Some(&&b".."[..]) || matches!(parts[i], b"" | b"." | b"..") {
+            continue;
+        }
+        let mut path = parent.to_vec();
+        for part in &parts[..=i] {
+            path.push(b'/');
+            path.extend_from_slice(part);
+        }
+        // The walk resolved this link already; a failure here only means
+        // the directory is not needed.
+        if let Ok(tree::Resolved {
+            path,
+            target: tree::Target::Dir(_),
+            ..
+        }) = tree::resolve(objects, root, &path)
+            && !path.is_empty()
+        {
+            dirs.push(path);
+        }
+    }
+    dirs
 }
 
 /// The cache key of an overlay path: cleaned as the computation cleans it.

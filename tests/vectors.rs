@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::*;
 
 struct Vector {
@@ -90,29 +88,10 @@ const VECTORS: &[Vector] = &[
     },
 ];
 
-fn build(name: &str) -> Repo {
-    let tmp = tempfile::Builder::new()
-        .prefix("sg-vectors-")
-        .tempdir()
-        .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/build.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(tmp.path())
-        .output()
-        .expect("failed to run bash");
-    assert!(
-        out.status.success(),
-        "tests/vectors/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Repo::open(tmp, name)
-}
-
 #[test]
 fn vectors_match_their_pinned_checksums() {
     for v in VECTORS {
-        let r = build(v.repo);
+        let r = vector_repo(v.repo);
         assert_eq!(
             r.head(),
             v.revision,
@@ -152,7 +131,7 @@ link:overlays/prod/east/base
 
 #[test]
 fn symlinked_vector_list_output_is_pinned() {
-    let r = build("symlinked");
+    let r = vector_repo("symlinked");
     let run = checksum_run(&r, "overlays/prod/east", None, &["--list"]);
     assert_eq!(run.ok(), SYMLINKED_LIST);
     let run = checksum_run(&r, "overlays/prod/east", None, &[]);
@@ -164,7 +143,7 @@ fn symlinked_vector_list_output_is_pinned() {
 
 #[test]
 fn vector_json_output_is_pinned() {
-    let r = build("symlinked");
+    let r = vector_repo("symlinked");
     let doc = json(&r, "overlays/prod/east", None);
     assert_eq!(doc["version"], 1);
     assert_eq!(doc["checksum"], VECTORS[1].checksum);

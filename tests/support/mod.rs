@@ -404,6 +404,27 @@ impl Repo {
     }
 }
 
+/// One repository of `tests/vectors/build.sh` (`plain`, `symlinked`,
+/// `generators`, `helm`, `helm-repo-slash`), built fresh.
+pub fn vector_repo(name: &str) -> Repo {
+    let tmp = tempfile::Builder::new()
+        .prefix("sg-vectors-")
+        .tempdir()
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/build.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(tmp.path())
+        .output()
+        .expect("failed to run bash");
+    assert!(
+        out.status.success(),
+        "tests/vectors/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Repo::open(tmp, name)
+}
+
 // ---------------------------------------------------------------------------
 // kubectl kustomize
 // ---------------------------------------------------------------------------
@@ -439,6 +460,16 @@ pub fn kustomize_dir(root: &Path, overlay: &str) -> Result<String, String> {
             .join("\n");
         Err(err)
     }
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 // ---------------------------------------------------------------------------

@@ -1143,16 +1143,8 @@ impl SgProcess {
         self.status_kib("VmHWM")
     }
 
-    /// A `kB` field of /proc/PID/status.
     fn status_kib(&self, field: &str) -> u64 {
-        let pid = self.child.id();
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        support::proc_status_kib(self.child.id(), field)
     }
 
     pub fn base(&self) -> String {

@@ -1,0 +1,565 @@
+//! The renderer (contract section 8) on real git repositories with real
+//! `kubectl kustomize`, and against hostile commands (small shell scripts
+//! in a tempdir): hanging, flooding, failing, printing garbage, dumping
+//! their environment. Every test renders into its own work directory and
+//! checks it is empty afterwards.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gix::ObjectId;
+use serde_json::Value;
+use stale_guard::checksum::{Checksum, ChecksumEngine};
+use stale_guard::content::Identity;
+use stale_guard::render::{RenderError, RenderSettings, Renderer, Rendering};
+use support::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn settings(command: &[&str], work: &Path) -> RenderSettings {
+    RenderSettings {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        timeout: Duration::from_secs(30),
+        work_dir: Some(work.to_owned()),
+        ..RenderSettings::default()
+    }
+}
+
+/// `kubectl kustomize --load-restrictor LoadRestrictionsNone`, as
+/// `support::kustomize_dir` runs it on checkouts.
+fn kubectl(work: &Path) -> RenderSettings {
+    RenderSettings {
+        args: vec!["--load-restrictor".into(), "LoadRestrictionsNone".into()],
+        ..settings(&["kubectl", "kustomize"], work)
+    }
+}
+
+/// The commit `rev` names and the checksum of `overlay` there.
+fn key(repo: &Repo, rev: &str, overlay: &str) -> (ObjectId, Checksum) {
+    let engine = ChecksumEngine::open(repo.path()).unwrap();
+    let commit = engine.resolve_commit(rev).unwrap();
+    (commit, engine.checksum(commit, overlay).unwrap().checksum)
+}
+
+fn render(
+    rt: &tokio::runtime::Runtime,
+    renderer: &Renderer,
+    repo: &Repo,
+    rev: &str,
+    overlay: &str,
+) -> Result<Arc<Rendering>, RenderError> {
+    let (commit, sum) = key(repo, rev, overlay);
+    let engine = ChecksumEngine::open(repo.path()).unwrap();
+    rt.block_on(renderer.render(engine, commit, overlay, sum))
+}
+
+/// An executable `#!/bin/sh` script in `dir`; returns its path.
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+const CONFIGMAP: &str = "printf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: c\\n'";
+
+/// A one-overlay repository.
+fn small_repo() -> Repo {
+    let r = Repo::new();
+    r.write(
+        "o/kustomization.yaml",
+        "configMapGenerator:\n- name: c\n  literals: [a=b]\n",
+    );
+    r.commit("overlay");
+    r
+}
+
+/// Parses `kubectl kustomize` output independently of the renderer.
+fn documents(yaml: &str) -> BTreeMap<String, Value> {
+    use serde::Deserialize as _;
+    let mut out = BTreeMap::new();
+    for de in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value = Value::deserialize(de).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let id = Identity::of(&value).expect("identity").to_string();
+        assert!(out.insert(id.clone(), value).is_none(), "{id} twice");
+    }
+    out
+}
+
+fn objects(r: &Rendering) -> BTreeMap<String, Value> {
+    r.objects()
+        .map(|(id, v)| (id.to_string(), v.clone()))
+        .collect()
+}
+
+fn assert_empty(work: &Path) {
+    let left: Vec<_> = fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the work dir: {left:?}");
+}
+
+#[test]
+fn renders_the_gitops_overlays_like_kubectl_kustomize_on_a_checkout() {
+    let g = gitops_repo();
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(kubectl(work.path()));
+    let rt = runtime();
+    let checkout = g.repo.checkout("HEAD");
+    for overlay in GITOPS_OVERLAYS {
+        let t = Instant::now();
+        let expected = documents(&kustomize_dir(checkout.path(), overlay).unwrap());
+        let bare = t.elapsed();
+        let t = Instant::now();
+        let rendering = render(&rt, &renderer, &g.repo, "HEAD", overlay)
+            .unwrap_or_else(|e| panic!("{overlay}: {e}"));
+        let took = t.elapsed();
+        assert_eq!(objects(&rendering), expected, "{overlay}");
+        assert!(!expected.is_empty());
+        eprintln!(
+            "{overlay}: {} objects, {} bytes; rendered in {took:?}, bare kubectl kustomize {bare:?}",
+            rendering.len(),
+            rendering.bytes
+        );
+    }
+    // The incident overlay over its history: each distinct checksum
+    // rendered once, each equal to kustomize on that commit's checkout.
+    for c in &g.commits {
+        let d = g.repo.checkout(c);
+        if !d.path().join(INCIDENT_OVERLAY).exists() {
+            continue;
+        }
+        let expected = documents(&kustomize_dir(d.path(), INCIDENT_OVERLAY).unwrap());
+        let rendering = render(&rt, &renderer, &g.repo, c, INCIDENT_OVERLAY).unwrap();
+        assert_eq!(objects(&rendering), expected, "{INCIDENT_OVERLAY} at {c}");
+    }
+    let stats = renderer.stats();
+    assert_eq!(stats.failed, 0);
+    eprintln!("{stats:?}");
+    assert_empty(work.path());
+}
+
+/// The tree kustomize sees: the closure's files (with git's executable
+/// bit) and symlinks, their directories, a directory a link target only
+/// passes through, and nothing else of the repository.
+#[test]
+fn writes_exactly_the_closure_with_modes_links_and_passed_directories() {
+    let r = Repo::new();
+    r.write(
+        "o/kustomization.yaml",
+        "resources:\n- base\nconfigMapGenerator:\n- name: c\n  files:\n  - run.sh\n  - data\n",
+    );
+    r.write("o/run.sh", "echo hi\n");
+    fs::set_permissions(r.path().join("o/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    // `shared/sub` holds nothing the overlay reads; the link passes it.
+    r.symlink("o/data", "../shared/sub/../data.txt");
+    r.write("shared/data.txt", "d=1\n");
+    r.write("shared/sub/unrelated.txt", "not read\n");
+    r.symlink("o/base", "../bases/b");
+    r.write("bases/b/kustomization.yaml", "resources:\n- cm.yaml\n");
+    r.write(
+        "bases/b/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: base\n",
+    );
+    // Not read by the overlay: never written.
+    r.symlink("evil", "/etc");
+    r.symlink("o/up", "../../../../..");
+    r.write("README.md", "hello\n");
+    r.commit("fixture");
+
+    let tools = tempfile::tempdir().unwrap();
+    let listing = tools.path().join("listing");
+    let lister = script(
+        tools.path(),
+        "lister",
+        &format!(
+            "cd tree && find . -mindepth 1 -printf '%y %m %P %l\\n' > {}\n{CONFIGMAP}",
+            listing.display()
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    render(
+        &rt,
+        &Renderer::new(settings(&[&lister], work.path())),
+        &r,
+        "HEAD",
+        "o",
+    )
+    .unwrap();
+    let mut got: Vec<String> = fs::read_to_string(&listing)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_end().to_owned())
+        .collect();
+    got.sort();
+    let expected = [
+        "d 755 bases",
+        "d 755 bases/b",
+        "d 755 o",
+        "d 755 shared",
+        "d 755 shared/sub",
+        "f 644 bases/b/cm.yaml",
+        "f 644 bases/b/kustomization.yaml",
+        "f 644 o/kustomization.yaml",
+        "f 644 shared/data.txt",
+        "f 755 o/run.sh",
+        "l 777 o/base ../bases/b",
+        "l 777 o/data ../shared/sub/../data.txt",
+    ];
+    assert_eq!(got, expected);
+
+    // And real kustomize renders it as on a checkout.
+    let rendering = render(&rt, &Renderer::new(kubectl(work.path())), &r, "HEAD", "o").unwrap();
+    assert_eq!(
+        objects(&rendering),
+        documents(&r.kustomize("HEAD", "o").unwrap())
+    );
+    assert_empty(work.path());
+}
+
+/// Symlinks that leave the repository, relative and absolute, with a
+/// canary next to the work directory: the render fails on the ones the
+/// overlay reads, the canary is neither read nor changed, and nothing is
+/// created outside the (emptied) work directory.
+#[test]
+fn symlinks_out_of_the_tree_read_and_write_nothing_outside() {
+    let outer = tempfile::tempdir().unwrap();
+    let canary = outer.path().join("canary");
+    fs::write(&canary, "secret=canary\n").unwrap();
+    let work = outer.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let depth = "../".repeat(outer.path().components().count() + 8);
+    let relative = format!(
+        "{depth}{}",
+        canary.display().to_string().trim_start_matches('/')
+    );
+    let r = Repo::new();
+    let rt = runtime();
+    let renderer = Renderer::new(kubectl(&work));
+    for (name, target) in [
+        ("rel", relative.as_str()),
+        ("abs", canary.to_str().unwrap()),
+    ] {
+        r.write(
+            &format!("{name}/kustomization.yaml"),
+            "configMapGenerator:\n- name: c\n  envs:\n  - leak\n",
+        );
+        r.symlink(&format!("{name}/leak"), target);
+        // A directory link out of the tree, as a resource.
+        r.write(
+            &format!("{name}-dir/kustomization.yaml"),
+            "resources:\n- out\n",
+        );
+        r.symlink(&format!("{name}-dir/out"), &format!("{target}/.."));
+    }
+    r.commit("hostile links");
+    for overlay in ["rel", "abs", "rel-dir", "abs-dir"] {
+        let engine = ChecksumEngine::open(r.path()).unwrap();
+        let commit = engine.resolve_commit("HEAD").unwrap();
+        // No checksum exists for these overlays; any key will do: the
+        // renderer must refuse before writing anything.
+        let result = rt.block_on(renderer.render(engine, commit, overlay, Checksum([0; 32])));
+        let err = result.expect_err(overlay);
+        assert!(matches!(err, RenderError::Overlay(_)), "{overlay}: {err:?}");
+        assert!(
+            err.to_string().contains("the repository"),
+            "{overlay}: {err}"
+        );
+        assert_eq!(fs::read_to_string(&canary).unwrap(), "secret=canary\n");
+        let mut around: Vec<_> = fs::read_dir(outer.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        around.sort();
+        assert_eq!(around, ["canary", "work"]);
+        assert_empty(&work);
+    }
+    let stats = renderer.stats();
+    assert_eq!((stats.started, stats.failed), (4, 4));
+}
+
+/// A process that never ends is killed at the timeout, with the children
+/// it started; the failure is not cached (the next call runs again).
+#[test]
+fn a_hanging_command_times_out_and_its_children_are_gone() {
+    let tools = tempfile::tempdir().unwrap();
+    let pidfile = tools.path().join("child.pid");
+    let hang = script(
+        tools.path(),
+        "hang",
+        &format!("sleep 300 &\necho $! > {}\nwait", pidfile.display()),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_secs(1);
+    let renderer = Renderer::new(RenderSettings {
+        timeout,
+        ..settings(&[&hang], work.path())
+    });
+    let rt = runtime();
+    let repo = small_repo();
+    let t = Instant::now();
+    let err = render(&rt, &renderer, &repo, "HEAD", "o").unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(err, RenderError::Timeout(timeout));
+    assert!(took < timeout + Duration::from_secs(10), "{took:?}");
+    let pid = fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    // Killed: gone, or a zombie waiting for a reaper that is not us.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        if stat.is_empty() || state.starts_with('Z') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "child {pid} still running: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(renderer.cached(&key(&repo, "HEAD", "o").1).is_none());
+    render(&rt, &renderer, &repo, "HEAD", "o").unwrap_err();
+    let stats = renderer.stats();
+    assert_eq!((stats.started, stats.timed_out), (2, 2));
+    assert_empty(work.path());
+}
+
+/// A command that prints 1 GiB is killed at the output cap; the test
+/// process never holds more than the cap.
+#[test]
+fn a_flood_of_output_is_cut_at_the_cap_without_buffering_it() {
+    let tools = tempfile::tempdir().unwrap();
+    let flood = script(tools.path(), "flood", "head -c 1073741824 /dev/zero");
+    let work = tempfile::tempdir().unwrap();
+    let limit = 1 << 20;
+    let renderer = Renderer::new(RenderSettings {
+        max_output_bytes: limit,
+        ..settings(&[&flood], work.path())
+    });
+    let rt = runtime();
+    let repo = small_repo();
+    let me = std::process::id();
+    let before = proc_status_kib(me, "VmRSS");
+    let err = render(&rt, &renderer, &repo, "HEAD", "o").unwrap_err();
+    let peak = proc_status_kib(me, "VmHWM");
+    eprintln!("VmRSS before {before} KiB, VmHWM after {peak} KiB");
+    // The other tests of this binary hold a few MiB at most.
+    assert!(
+        peak < before + 128 * 1024,
+        "peak RSS {peak} KiB, {before} KiB before"
+    );
+    assert_eq!(err, RenderError::OutputTooLarge { limit });
+    assert_empty(work.path());
+}
+
+#[test]
+fn a_failing_command_gives_its_error_line_and_the_failure_is_cached() {
+    let tools = tempfile::tempdir().unwrap();
+    let fail = script(
+        tools.path(),
+        "fail",
+        "echo '# Warning: a warning first' >&2\n\
+         echo \"Error: accumulating resources: missing.yaml in $1\" >&2\n\
+         echo 'more detail' >&2\nexit 1",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(settings(&[&fail], work.path()));
+    let rt = runtime();
+    let repo = small_repo();
+    let err = render(&rt, &renderer, &repo, "HEAD", "o").unwrap_err();
+    // The temporary directory is cut from paths: the message is stable.
+    assert_eq!(
+        err,
+        RenderError::Kustomize {
+            first_line: "Error: accumulating resources: missing.yaml in o".into()
+        }
+    );
+    assert_eq!(render(&rt, &renderer, &repo, "HEAD", "o").unwrap_err(), err);
+    assert_eq!(renderer.stats().started, 1);
+
+    // Real kubectl's error line (klog): two resources with one id, which
+    // only kustomize sees.
+    let bad = Repo::new();
+    bad.write("o/kustomization.yaml", "resources:\n- a.yaml\n- b.yaml\n");
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n";
+    bad.write("o/a.yaml", cm).write("o/b.yaml", cm);
+    bad.commit("bad");
+    let Err(RenderError::Kustomize { first_line }) =
+        render(&rt, &Renderer::new(kubectl(work.path())), &bad, "HEAD", "o")
+    else {
+        panic!("kubectl kustomize should fail");
+    };
+    assert!(
+        first_line.starts_with("accumulating resources"),
+        "{first_line}"
+    );
+    assert!(first_line.contains("already registered id"), "{first_line}");
+    assert!(first_line.contains("'o/b.yaml'"), "{first_line}");
+    assert!(
+        !first_line.contains(&work.path().display().to_string()),
+        "{first_line}"
+    );
+    assert_empty(work.path());
+}
+
+#[test]
+fn invalid_yaml_and_a_missing_command_are_errors() {
+    let tools = tempfile::tempdir().unwrap();
+    let garbage = script(tools.path(), "garbage", "printf 'a: [\\n  b: }\\n'");
+    let work = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let repo = small_repo();
+    let err = render(
+        &rt,
+        &Renderer::new(settings(&[&garbage], work.path())),
+        &repo,
+        "HEAD",
+        "o",
+    )
+    .unwrap_err();
+    assert!(matches!(err, RenderError::Parse(_)), "{err:?}");
+    let missing = tools.path().join("no-such-command");
+    let renderer = Renderer::new(settings(&[missing.to_str().unwrap()], work.path()));
+    let err = render(&rt, &renderer, &repo, "HEAD", "o").unwrap_err();
+    assert!(matches!(err, RenderError::Spawn(_)), "{err:?}");
+    // Not cached: installing the command fixes it.
+    render(&rt, &renderer, &repo, "HEAD", "o").unwrap_err();
+    assert_eq!(renderer.stats().started, 2);
+    assert_empty(work.path());
+}
+
+/// 50 reviews asking at once run the command once; a caller that gives up
+/// does not cancel the run; later calls come from the cache.
+#[test]
+fn concurrent_renders_of_one_checksum_run_the_command_once() {
+    let tools = tempfile::tempdir().unwrap();
+    let runs = tools.path().join("runs");
+    let slow = script(
+        tools.path(),
+        "slow",
+        &format!("echo run >> {}\nsleep 1\n{CONFIGMAP}", runs.display()),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(settings(&[&slow], work.path()));
+    let rt = runtime();
+    let repo = small_repo();
+    let (commit, sum) = key(&repo, "HEAD", "o");
+    let results = rt.block_on(async {
+        // The first caller gives up at once; its run goes on.
+        let engine = ChecksumEngine::open(repo.path()).unwrap();
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(10),
+            renderer.render(engine, commit, "o", sum),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let renderer = renderer.clone();
+            let engine = ChecksumEngine::open(repo.path()).unwrap();
+            tasks.spawn(async move { renderer.render(engine, commit, "o", sum).await });
+        }
+        tasks.join_all().await
+    });
+    let first = results[0].as_ref().unwrap();
+    for r in &results {
+        assert!(Arc::ptr_eq(r.as_ref().unwrap(), first));
+    }
+    assert_eq!(first.len(), 1);
+    assert_eq!(fs::read_to_string(&runs).unwrap(), "run\n");
+    let cached = renderer.cached(&sum).unwrap().unwrap();
+    assert!(Arc::ptr_eq(&cached, first));
+    render(&rt, &renderer, &repo, "HEAD", "o").unwrap();
+    assert_eq!(fs::read_to_string(&runs).unwrap(), "run\n");
+    let stats = renderer.stats();
+    assert_eq!((stats.started, stats.succeeded, stats.joined), (1, 1, 50));
+    assert_eq!(stats.cache_entries, 1);
+    assert!(stats.cache_bytes > 0);
+    assert_empty(work.path());
+}
+
+/// The command sees PATH, and HOME and TMPDIR inside its private
+/// directory: nothing else of the server's environment.
+#[test]
+fn the_command_runs_with_a_clean_environment() {
+    let tools = tempfile::tempdir().unwrap();
+    let dump = tools.path().join("env");
+    let cwd = tools.path().join("cwd");
+    let envdump = script(
+        tools.path(),
+        "envdump",
+        &format!(
+            "tr '\\0' '\\n' < /proc/$$/environ > {}\npwd > {}\n{CONFIGMAP}",
+            dump.display(),
+            cwd.display()
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    render(
+        &rt,
+        &Renderer::new(settings(&[&envdump], work.path())),
+        &small_repo(),
+        "HEAD",
+        "o",
+    )
+    .unwrap();
+    let env = fs::read_to_string(&dump).unwrap();
+    let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(
+        vars.keys().copied().collect::<Vec<_>>(),
+        ["HOME", "PATH", "TMPDIR"]
+    );
+    assert_eq!(Some(vars["PATH"]), std::env::var("PATH").ok().as_deref());
+    let ws = fs::read_to_string(&cwd).unwrap().trim().to_owned();
+    assert!(ws.starts_with(work.path().to_str().unwrap()), "{ws}");
+    assert_eq!(vars["HOME"], format!("{ws}/home"));
+    assert_eq!(vars["TMPDIR"], format!("{ws}/tmp"));
+    assert_empty(work.path());
+}
+
+/// The checksum vectors' repositories render as on a checkout; the Helm
+/// ones fail on both (kubectl kustomize without `--enable-helm`).
+#[test]
+fn renders_the_vector_repositories_like_kubectl_kustomize() {
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(kubectl(work.path()));
+    let rt = runtime();
+    for (name, overlay) in [
+        ("plain", "overlay"),
+        ("symlinked", "overlays/prod/east"),
+        ("generators", "app"),
+        ("helm", "deploy"),
+        ("helm-repo-slash", "deploy"),
+    ] {
+        let r = vector_repo(name);
+        match (
+            r.kustomize("HEAD", overlay),
+            render(&rt, &renderer, &r, "HEAD", overlay),
+        ) {
+            (Ok(yaml), Ok(rendering)) => {
+                assert_eq!(objects(&rendering), documents(&yaml), "{name}")
+            }
+            (Err(_), Err(RenderError::Kustomize { .. })) => {}
+            (expected, got) => panic!("{name}: kustomize {expected:?}, rendered {got:?}"),
+        }
+    }
+    assert_empty(work.path());
+}
