@@ -293,6 +293,21 @@ fn default_render_cache() -> usize {
     256 << 20
 }
 
+impl RenderConfig {
+    /// The renderer's settings.
+    pub fn settings(&self) -> crate::render::RenderSettings {
+        crate::render::RenderSettings {
+            command: self.command.clone(),
+            args: self.args.clone(),
+            timeout: self.timeout,
+            concurrency: self.concurrency,
+            max_output_bytes: self.max_output_bytes as u64,
+            cache_bytes: self.cache_bytes as u64,
+            work_dir: None,
+        }
+    }
+}
+
 impl Default for RenderConfig {
     fn default() -> Self {
         RenderConfig {

@@ -63,6 +63,11 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric stale-guard exports.
@@ -89,6 +94,12 @@ pub struct Metrics {
     pub checksum_queued: Gauge,
     pub cache_entries: Family<CacheSizeLabels, Gauge>,
     pub cache_weight: Family<CacheSizeLabels, Gauge>,
+    /// Content verification (contract section 8).
+    pub content_comparisons: Family<ResultLabels, Counter>,
+    pub renders: Gauge,
+    pub render_failures: Gauge,
+    pub render_seconds: FloatGauge,
+    pub render_cache_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -205,6 +216,36 @@ impl Metrics {
             "Weight of each checksum cache, in the unit of its bound (entries; tree and closure entries for trees and results)",
             cache_weight.clone(),
         );
+        let content_comparisons = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "content_comparisons",
+            "Objects compared with head's rendering (content: verify), by result: match, mismatch, not_rendered, render_failed",
+            content_comparisons.clone(),
+        );
+        let renders = Gauge::default();
+        registry.register(
+            "renders",
+            "Overlay renderings run (kustomize processes started) since start",
+            renders.clone(),
+        );
+        let render_failures = Gauge::default();
+        registry.register(
+            "render_failures",
+            "Overlay renderings that failed (non-zero exit, timeout, output too large, unparsable)",
+            render_failures.clone(),
+        );
+        let render_seconds = FloatGauge::default();
+        registry.register(
+            "render_seconds",
+            "Seconds spent rendering overlays since start (materialise, run, parse)",
+            render_seconds.clone(),
+        );
+        let render_cache_bytes = Gauge::default();
+        registry.register(
+            "render_cache_bytes",
+            "Bytes of parsed renderings held in the rendering cache (render.cacheBytes)",
+            render_cache_bytes.clone(),
+        );
         Metrics {
             registry,
             reviews,
@@ -225,10 +266,22 @@ impl Metrics {
             checksum_queued,
             cache_entries,
             cache_weight,
+            content_comparisons,
+            renders,
+            render_failures,
+            render_seconds,
+            render_cache_bytes,
         }
     }
 
     /// Counts one review with its decision and reason code.
+    /// Counts one content comparison by its result.
+    pub fn count_comparison(&self, result: &'static str) {
+        self.content_comparisons
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     pub fn count_review(&self, decision: ReviewDecision, reason: Reason) {
         let Some(slot) = self
             .review_counters

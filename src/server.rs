@@ -5,6 +5,7 @@
 //! router and its state, so tests can drive it without a network too.
 
 mod cold;
+mod content;
 
 use crate::admission;
 use crate::checksum::{Caches, ChecksumEngine, ChecksumError};
@@ -55,6 +56,8 @@ pub struct AppState {
     pub tls_ready: AtomicBool,
     /// Cold checksum computations: bounded and shared per key.
     cold: cold::ColdWork<ColdKey, ChecksumFact>,
+    /// Renders for rules with `content: verify`, all sources together.
+    renderer: Option<Arc<crate::render::Renderer>>,
 }
 
 /// A rule compiled once from the config: everything matching, gathering
@@ -67,6 +70,9 @@ struct Rule {
     /// The overlay as a checksum cache key.
     overlay_key: Arc<str>,
     source: Source,
+    provenance: policy::Provenance,
+    /// Present for `content: verify`.
+    renderings: Option<content::Renderings>,
 }
 
 /// (source, commit, overlay as configured).
@@ -101,9 +107,16 @@ impl AppState {
                     policy: rule_policy(&config, r),
                     overlay_key,
                     source,
+                    provenance: r.provenance,
+                    renderings: (r.content == policy::ContentCheck::Verify)
+                        .then(content::Renderings::default),
                 })
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<anyhow::Result<Vec<Rule>>>()?;
+        let renderer = rules
+            .iter()
+            .any(|r| r.renderings.is_some())
+            .then(|| Arc::new(crate::render::Renderer::new(config.render.settings())));
         let cold = cold::ColdWork::new(
             config.limits.checksum_threads(),
             config.limits.checksum_queue,
@@ -115,7 +128,30 @@ impl AppState {
             metrics: Metrics::new(),
             tls_ready: AtomicBool::new(false),
             cold,
+            renderer,
         })
+    }
+
+    /// True once every rule with `content: verify` has head's rendering and
+    /// has looked for its earlier ones (what explains a mismatch).
+    pub fn renderings_ready(&self) -> bool {
+        self.rules
+            .iter()
+            .filter_map(|r| r.renderings.as_ref())
+            .all(|r| r.filled())
+    }
+
+    /// Starts, for each rule with `content: verify`, the task that renders
+    /// each new head before a review asks for it.
+    pub fn spawn_renderers<F>(self: &Arc<Self>, stop: impl Fn() -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.renderings.is_some() {
+                tokio::spawn(content::follow_head(self.clone(), index, stop()));
+            }
+        }
     }
 }
 
@@ -190,7 +226,7 @@ async fn validate(
             return json_error(StatusCode::BAD_REQUEST, e.0);
         }
     };
-    let decision = st.decide(&req, api_timeout(query.as_deref())).await;
+    let decision = st.decide(&req, &body, api_timeout(query.as_deref())).await;
     let latency = started.elapsed();
     st.metrics
         .count_review(decision_label(&decision), decision.reason);
@@ -214,6 +250,38 @@ fn budget_refusal(rejection: &BytesRejection) -> Option<&crate::tls::BodyBudgetE
         source = error.source();
     }
     None
+}
+
+/// The object under review as a tree, with its identity (its namespace,
+/// when the object has none, the request's): what content verification
+/// compares. Parsed from the body again only for rules that verify content.
+fn reviewed_object(
+    req: &admission::Request<'_>,
+    body: &[u8],
+) -> Result<(crate::content::Identity, serde_json::Value), String> {
+    #[derive(serde::Deserialize)]
+    struct Review {
+        request: ObjectOnly,
+    }
+    #[derive(serde::Deserialize)]
+    struct ObjectOnly {
+        object: serde_json::Value,
+    }
+    let review: Review = serde_json::from_slice(body)
+        .map_err(|e| crate::echo::message(format!("the object cannot be read: {e}")))?;
+    let object = review.request.object;
+    let mut identity = crate::content::Identity::of(&object).ok_or_else(|| {
+        "the object has no apiVersion, kind or metadata.name to look it up in the rendering by"
+            .to_owned()
+    })?;
+    if identity.namespace.is_none() {
+        identity.namespace = req
+            .namespace
+            .as_deref()
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_owned);
+    }
+    Ok((identity, object))
 }
 
 /// The part of a rule the decision reads.
@@ -267,9 +335,12 @@ impl AppState {
     }
 
     /// The verdict for one request. Never fails: every problem is a verdict.
+    /// `body` is the review the request was parsed from: content
+    /// verification reads the whole object from it.
     pub async fn decide(
         &self,
         req: &crate::admission::Request<'_>,
+        body: &[u8],
         api_timeout: Option<Duration>,
     ) -> Decision {
         if let Some(why) = admission::out_of_scope(req) {
@@ -285,18 +356,39 @@ impl AppState {
         let rule_policy = &rule.policy;
         let facts = admission::request_facts(&self.config, req);
         let failure = &self.config.failure;
-        let revision = match admission::valid_revision(&facts) {
-            Some(revision) if !policy::decided_by_annotations(rule_policy, &facts) => revision,
-            _ => {
-                // The annotations decide before any fact is consulted (and
-                // before anything is fetched).
-                let unused = MirrorFacts::Unavailable { why: String::new() };
-                return policy::decide(rule_policy, &facts, &unused, failure.mirror_unavailable);
-            }
+        let revision = match rule.provenance {
+            policy::Provenance::None => None,
+            _ => match admission::valid_revision(&facts) {
+                Some(revision) if !policy::decided_by_annotations(rule_policy, &facts) => {
+                    Some(revision)
+                }
+                _ => {
+                    // The annotations decide before any fact is consulted
+                    // (and before anything is fetched).
+                    let unused = MirrorFacts::Unavailable { why: String::new() };
+                    return policy::decide(
+                        rule_policy,
+                        &facts,
+                        &unused,
+                        failure.mirror_unavailable,
+                    );
+                }
+            },
+        };
+        // The object as a tree, for content verification only.
+        let object = match &rule.renderings {
+            Some(_) => match reviewed_object(req, body) {
+                Ok(object) => Some(object),
+                Err(why) => {
+                    return policy::unverifiable_object(rule_policy, &facts, &why);
+                }
+            },
+            None => None,
         };
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;
-        let mut gather = std::pin::pin!(self.gather(rule, revision, deadline));
+        let mut gather =
+            std::pin::pin!(self.gather(rule, &facts, revision, object.is_some(), deadline));
         // Warm, the facts are in memory and the first poll finishes: only a
         // review that has to wait (a fetch, a cold checksum) gets a timer.
         let first = std::future::poll_fn(|cx| Poll::Ready(gather.as_mut().poll(cx))).await;
@@ -305,12 +397,41 @@ impl AppState {
             Poll::Pending => tokio::time::timeout_at(deadline, gather).await,
         };
         match gathered {
-            Ok(Ok(mirror_facts)) => policy::decide(
-                rule_policy,
-                &facts,
-                &mirror_facts,
-                failure.mirror_unavailable,
-            ),
+            Ok(Ok((mirror_facts, rendered))) => {
+                let decision = match (&object, &rendered) {
+                    (Some((identity, object)), Some(rendered)) => {
+                        let content = self.content_facts(rule, identity, rendered);
+                        let reviewed = policy::ReviewedObject { identity, object };
+                        policy::decide_checks(
+                            rule_policy,
+                            rule.provenance,
+                            &facts,
+                            &mirror_facts,
+                            Some((reviewed, &content)),
+                            failure.mirror_unavailable,
+                        )
+                    }
+                    _ => policy::decide_checks(
+                        rule_policy,
+                        rule.provenance,
+                        &facts,
+                        &mirror_facts,
+                        None,
+                        failure.mirror_unavailable,
+                    ),
+                };
+                if rendered.is_some() {
+                    self.metrics.count_comparison(
+                        match decision.overridden.unwrap_or(decision.reason) {
+                            policy::Reason::ContentMismatch => "mismatch",
+                            policy::Reason::NotRendered => "not_rendered",
+                            policy::Reason::OverlayError => "render_failed",
+                            _ => "match",
+                        },
+                    );
+                }
+                decision
+            }
             Ok(Err(Unanswered::Overloaded { queued })) => {
                 self.metrics.checksum_overloaded.inc();
                 policy::overloaded(rule_policy, &facts, queued, failure.decision_timeout_action)
@@ -322,19 +443,63 @@ impl AppState {
         }
     }
 
+    /// The content facts a verdict reads, from gathered renderings: each
+    /// rendering's object with the request's identity, and where each
+    /// earlier rendering's commit stands.
+    fn content_facts<'r>(
+        &self,
+        rule: &Rule,
+        identity: &crate::content::Identity,
+        rendered: &'r content::Rendered,
+    ) -> policy::ContentFacts<'r> {
+        match rendered {
+            content::Rendered::Failed(why) => {
+                policy::ContentFacts::RenderFailed { why: why.clone() }
+            }
+            content::Rendered::Ready {
+                head,
+                grace,
+                history,
+            } => {
+                let mirror = &rule.source.mirror;
+                let at = |commit: ObjectId, rendering: &'r crate::render::Rendering| {
+                    policy::RenderedAt {
+                        commit: Revision(oid_bytes(commit)),
+                        position: Position::of(&mirror.facts(commit)),
+                        object: rendering.find(identity),
+                    }
+                };
+                policy::ContentFacts::Rendered {
+                    head: policy::RenderedAt {
+                        commit: Revision(oid_bytes(head.commit)),
+                        position: Position::Head,
+                        object: head.find(identity),
+                    },
+                    in_grace: grace.as_ref().map(|(commit, r)| at(*commit, r)),
+                    history: history.iter().map(|e| at(e.commit, &e.rendering)).collect(),
+                }
+            }
+        }
+    }
+
     async fn gather(
         &self,
         compiled: &Rule,
-        revision: Revision,
+        request: &policy::RequestFacts,
+        revision: Option<Revision>,
+        want_content: bool,
         deadline: tokio::time::Instant,
-    ) -> Result<MirrorFacts, Unanswered> {
+    ) -> Result<(MirrorFacts, Option<content::Rendered>), Unanswered> {
         let (rule, rule_policy, source) = (&compiled.config, &compiled.policy, &compiled.source);
         let now = SystemTime::now();
         let mut status = source.mirror.status();
         let max = self.config.failure.max_mirror_staleness;
-        let oid = ObjectId::Sha1(revision.0);
-        let mut facts = source.mirror.facts(oid);
-        if !facts.known && status.is_fresh(max, now) {
+        let oid = revision.map(|r| ObjectId::Sha1(r.0));
+        let mut facts = oid.map(|oid| source.mirror.facts(oid));
+        if let (Some(oid), Some(f)) = (oid, &facts)
+            && !f.known
+            && status.is_fresh(max, now)
+        {
             let lookup = source.mirror.ensure_known(oid, deadline).await;
             if lookup == crate::mirror::Lookup::StillUnknown
                 && tokio::time::Instant::now() >= deadline
@@ -345,56 +510,68 @@ impl AppState {
             }
             // The fetch may have moved the head too.
             status = source.mirror.status();
-            facts = source.mirror.facts(oid);
+            facts = Some(source.mirror.facts(oid));
         }
         let head = match (&status.head, status.staleness(now)) {
             (Some(head), Some(age)) if age <= max => head.clone(),
             (_, Some(age)) => {
-                return Ok(MirrorFacts::Unavailable {
-                    why: format!(
-                        "the mirror of {} last fetched {} ago, longer than maxMirrorStaleness ({})",
-                        rule.source,
-                        policy::human_age(age.as_secs().try_into().unwrap_or(i64::MAX)),
-                        policy::human_age(max.as_secs().try_into().unwrap_or(i64::MAX)),
-                    ),
-                });
+                let why = format!(
+                    "the mirror of {} last fetched {} ago, longer than maxMirrorStaleness ({})",
+                    rule.source,
+                    policy::human_age(age.as_secs().try_into().unwrap_or(i64::MAX)),
+                    policy::human_age(max.as_secs().try_into().unwrap_or(i64::MAX)),
+                );
+                return Ok((MirrorFacts::Unavailable { why }, None));
             }
             (_, None) => {
-                return Ok(MirrorFacts::Unavailable {
-                    why: format!("the mirror of {} has never synced", rule.source),
-                });
+                let why = format!("the mirror of {} has never synced", rule.source);
+                return Ok((MirrorFacts::Unavailable { why }, None));
             }
         };
+        let since_move = now
+            .duration_since(head.observed_at)
+            .unwrap_or(Duration::ZERO);
         let head_facts = HeadFacts {
             commit: Revision(oid_bytes(head.commit)),
             commit_time: head.commit_time,
-            previous: head.previous.map(|p| {
-                (
-                    Revision(oid_bytes(p)),
-                    now.duration_since(head.observed_at)
-                        .unwrap_or(Duration::ZERO),
-                )
-            }),
+            previous: head.previous.map(|p| (Revision(oid_bytes(p)), since_move)),
         };
-        let position = Position::of(&facts);
-        let (need_revision, need_head) =
-            policy::needed_checksums(rule_policy, revision, &head_facts, position);
-        let at_revision = if need_revision {
-            Some(self.checksum(compiled, oid).await?)
-        } else {
-            None
+        let (position, at_revision, at_head) = match (revision, oid, &facts) {
+            (Some(revision), Some(oid), Some(facts)) => {
+                let position = Position::of(facts);
+                let (need_revision, need_head) =
+                    policy::needed_checksums(rule_policy, revision, &head_facts, position);
+                let at_revision = if need_revision {
+                    Some(self.checksum(compiled, oid).await?)
+                } else {
+                    None
+                };
+                let at_head = if need_head {
+                    Some(self.checksum(compiled, head.commit).await?)
+                } else {
+                    None
+                };
+                (position, at_revision, at_head)
+            }
+            // `provenance: none`: no claim to place.
+            _ => (Position::Head, None, None),
         };
-        let at_head = if need_head {
-            Some(self.checksum(compiled, head.commit).await?)
-        } else {
-            None
-        };
-        Ok(MirrorFacts::Available {
+        let mirror_facts = MirrorFacts::Available {
             head: head_facts,
             position,
             at_revision,
             at_head,
-        })
+        };
+        // Render only when the provenance passed: a denial needs none.
+        let rendered = if want_content
+            && policy::provenance_passes(rule_policy, compiled.provenance, request, &mirror_facts)
+        {
+            let in_grace = head.previous.is_some() && since_move <= rule_policy.grace_period;
+            Some(self.renderings(compiled, &head, in_grace).await?)
+        } else {
+            None
+        };
+        Ok((mirror_facts, rendered))
     }
 
     /// The overlay checksum at `commit`: from the cache inline, else
@@ -508,6 +685,14 @@ impl AppState {
         self.metrics
             .checksum_queued
             .set(saturating_i64(self.cold.queued() as u64));
+        if let Some(renderer) = &self.renderer {
+            let stats = renderer.stats();
+            let m = &self.metrics;
+            m.renders.set(saturating_i64(stats.started));
+            m.render_failures.set(saturating_i64(stats.failed));
+            m.render_seconds.set(stats.seconds);
+            m.render_cache_bytes.set(saturating_i64(stats.cache_bytes));
+        }
         for (name, source) in &self.sources {
             for (cache, entries, weight) in source.caches.sizes() {
                 let labels = crate::metrics::CacheSizeLabels {
@@ -721,6 +906,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     for source in state.sources.values() {
         source.mirror.clone().spawn_poller(shutdown.wait());
     }
+    state.spawn_renderers(|| shutdown.wait());
     tracing::info!(%local_addr, "stale-guard webhook serving");
     Ok(Running {
         local_addr,

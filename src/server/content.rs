@@ -1,0 +1,303 @@
+//! The I/O side of content verification (contract section 8): for each
+//! rule with `content: verify`, head's rendering is started as soon as the
+//! mirror sees a new head, and the earlier distinct renderings are kept to
+//! explain a mismatch. The comparison and the verdict are `policy`'s.
+
+use super::{AppState, Rule, Unanswered};
+use crate::checksum::{Checksum, ChecksumEngine};
+use crate::mirror::Head;
+use crate::render::{Renderer, Rendering};
+use gix::ObjectId;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// One earlier distinct rendering of a rule's overlay.
+#[derive(Clone)]
+pub(super) struct Earlier {
+    /// The newest commit on the first-parent history that rendered it (the
+    /// one its successor replaced).
+    pub commit: ObjectId,
+    pub rendering: Arc<Rendering>,
+}
+
+/// A content rule's renderings beyond the cache: the head's as last
+/// prepared, and the earlier ones, newest first.
+#[derive(Default)]
+pub(super) struct Renderings {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<(ObjectId, Arc<Rendering>)>,
+    history: VecDeque<Earlier>,
+    /// Whether the first-parent walk that fills `history` at start began,
+    /// and whether it is over.
+    walked: bool,
+    filled: bool,
+}
+
+impl Renderings {
+    /// Whether head was rendered and the earlier renderings were looked
+    /// for (those that could be rendered are kept).
+    pub(super) fn filled(&self) -> bool {
+        lock(&self.state).filled
+    }
+
+    /// The earlier renderings, newest first, without head's checksum.
+    fn history(&self, head: &Checksum) -> Vec<Earlier> {
+        lock(&self.state)
+            .history
+            .iter()
+            .filter(|e| e.rendering.checksum != *head)
+            .cloned()
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a review of a content rule compares with.
+pub(super) enum Rendered {
+    /// Head's overlay cannot be checksummed or rendered: why.
+    Failed(String),
+    Ready {
+        head: Arc<Rendering>,
+        /// The previous head and its rendering, within the grace period.
+        grace: Option<(ObjectId, Arc<Rendering>)>,
+        history: Vec<Earlier>,
+    },
+}
+
+impl AppState {
+    fn engine(&self, rule: &Rule) -> ChecksumEngine {
+        ChecksumEngine::with_caches(rule.source.mirror.repository(), rule.source.caches.clone())
+            .with_size_limits(self.config.limits.size_limits())
+    }
+
+    /// The rendering of the rule's overlay at `commit`, whose overlay
+    /// checksum is `sum`: cached, or the one run for that checksum.
+    async fn rendering(
+        &self,
+        renderer: &Renderer,
+        rule: &Rule,
+        commit: ObjectId,
+        sum: Checksum,
+    ) -> Result<Arc<Rendering>, String> {
+        let result = match renderer.cached(&sum) {
+            Some(cached) => cached,
+            None => {
+                renderer
+                    .render(self.engine(rule), commit, &rule.config.overlay, sum)
+                    .await
+            }
+        };
+        result.map_err(|e| crate::echo::message(e.to_string()))
+    }
+
+    /// Head's rendering, the previous head's within the grace period, and
+    /// the earlier ones: everything a content verdict reads.
+    pub(super) async fn renderings(
+        &self,
+        rule: &Rule,
+        head: &Head,
+        in_grace: bool,
+    ) -> Result<Rendered, Unanswered> {
+        let (Some(renderer), Some(kept)) = (&self.renderer, &rule.renderings) else {
+            return Ok(Rendered::Failed(
+                "content verification is not set up for this rule".to_owned(),
+            ));
+        };
+        let sum = match self.checksum(rule, head.commit).await? {
+            Ok(sum) => sum,
+            Err(why) => return Ok(Rendered::Failed(why)),
+        };
+        let at_head = match self.rendering(renderer, rule, head.commit, sum).await {
+            Ok(r) => r,
+            Err(why) => return Ok(Rendered::Failed(why)),
+        };
+        let mut grace = None;
+        if in_grace
+            && let Some(previous) = head.previous
+            && let Ok(prev_sum) = self.checksum(rule, previous).await?
+            && let Ok(r) = self.rendering(renderer, rule, previous, prev_sum).await
+        {
+            grace = Some((previous, r));
+        }
+        Ok(Rendered::Ready {
+            history: kept.history(&at_head.checksum),
+            head: at_head,
+            grace,
+        })
+    }
+}
+
+/// Keeps a content rule's renderings following the head: renders each new
+/// head at once (before a review asks), moves the replaced one into the
+/// history, and at the first head walks back the first-parent history for
+/// the earlier distinct renderings. Runs until `stop` resolves.
+pub(super) async fn follow_head(
+    state: Arc<AppState>,
+    index: usize,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let Some(rule) = state.rules.get(index) else {
+        return;
+    };
+    let mut heads = rule.source.mirror.head_changes();
+    loop {
+        let head = *heads.borrow_and_update();
+        if let Some(head) = head {
+            state.prepare(rule, head).await;
+        }
+        tokio::select! {
+            changed = heads.changed() => if changed.is_err() { return },
+            () = &mut stop => return,
+        }
+    }
+}
+
+impl AppState {
+    async fn prepare(&self, rule: &Rule, head: ObjectId) {
+        let (Some(renderer), Some(kept)) = (&self.renderer, &rule.renderings) else {
+            return;
+        };
+        let name = &rule.config.name;
+        let sum = match self.blocking_checksum(rule, head).await {
+            Some(sum) => sum,
+            None => return,
+        };
+        let rendering = match self.rendering(renderer, rule, head, sum).await {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::warn!(rule = %name, %head, error = %why, "head's rendering failed");
+                return;
+            }
+        };
+        tracing::info!(rule = %name, %head, objects = rendering.len(), took_ms = rendering.took.as_millis() as u64, "head rendered");
+        let walk = {
+            let mut st = lock(&kept.state);
+            if let Some((commit, previous)) = st.current.take()
+                && previous.checksum != rendering.checksum
+            {
+                st.history
+                    .retain(|e| e.rendering.checksum != previous.checksum);
+                st.history.push_front(Earlier {
+                    commit,
+                    rendering: previous,
+                });
+            }
+            st.history
+                .retain(|e| e.rendering.checksum != rendering.checksum);
+            st.history.truncate(self.config.render.history);
+            st.current = Some((head, rendering.clone()));
+            !std::mem::replace(&mut st.walked, true)
+        };
+        if walk && self.config.render.history > 0 {
+            self.fill_history(renderer, rule, kept, head, rendering.checksum)
+                .await;
+        }
+        lock(&kept.state).filled = true;
+    }
+
+    /// The overlay checksum at `commit` off the async workers (the
+    /// background path: not counted against the review's cold limits).
+    async fn blocking_checksum(&self, rule: &Rule, commit: ObjectId) -> Option<Checksum> {
+        let engine = self.engine(rule);
+        let overlay = rule.config.overlay.clone();
+        let result = tokio::task::spawn_blocking(move || engine.checksum(commit, &overlay)).await;
+        match result {
+            Ok(Ok(sum)) => Some(sum.checksum),
+            Ok(Err(e)) => {
+                tracing::warn!(rule = %rule.config.name, %commit, error = %e, "overlay cannot be checksummed for rendering");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(rule = %rule.config.name, error = %e, "checksum task failed");
+                None
+            }
+        }
+    }
+
+    /// Walks the first-parent history back from `head` (at most
+    /// `render.historyDepth` commits) for the last `render.history`
+    /// distinct overlay checksums, and renders them, newest first.
+    async fn fill_history(
+        &self,
+        renderer: &Renderer,
+        rule: &Rule,
+        kept: &Renderings,
+        head: ObjectId,
+        head_sum: Checksum,
+    ) {
+        let engine = self.engine(rule);
+        let overlay = rule.config.overlay.clone();
+        let (want, depth) = (self.config.render.history, self.config.render.history_depth);
+        let repo = rule.source.mirror.repository();
+        let found = tokio::task::spawn_blocking(move || {
+            earlier_checksums(&repo, &engine, &overlay, head, head_sum, want, depth)
+        })
+        .await
+        .unwrap_or_default();
+        for (commit, sum) in found {
+            match self.rendering(renderer, rule, commit, sum).await {
+                Ok(rendering) => {
+                    let mut st = lock(&kept.state);
+                    if st.history.len() < want
+                        && !st.history.iter().any(|e| e.rendering.checksum == sum)
+                    {
+                        st.history.push_back(Earlier { commit, rendering });
+                    }
+                }
+                Err(why) => {
+                    tracing::info!(rule = %rule.config.name, %commit, error = %why, "an earlier rendering failed; not kept");
+                }
+            }
+        }
+    }
+}
+
+/// Going back from `head` by first parents, the newest commit of each run
+/// of equal overlay checksums other than head's, up to `want` of them,
+/// looking at no more than `depth` commits. Commits whose overlay cannot
+/// be checksummed end a run and are skipped.
+fn earlier_checksums(
+    repo: &gix::ThreadSafeRepository,
+    engine: &ChecksumEngine,
+    overlay: &str,
+    head: ObjectId,
+    head_sum: Checksum,
+    want: usize,
+    depth: usize,
+) -> Vec<(ObjectId, Checksum)> {
+    let repo = repo.to_thread_local();
+    let mut found: Vec<(ObjectId, Checksum)> = Vec::new();
+    let mut last = Some(head_sum);
+    let mut commit = head;
+    for _ in 0..depth {
+        let Some(parent) = repo
+            .find_commit(commit)
+            .ok()
+            .and_then(|c| c.parent_ids().next().map(|id| id.detach()))
+        else {
+            break;
+        };
+        commit = parent;
+        let sum = engine.checksum(commit, overlay).ok().map(|s| s.checksum);
+        if let Some(s) = sum
+            && sum != last
+            && s != head_sum
+            && !found.iter().any(|(_, f)| *f == s)
+        {
+            found.push((commit, s));
+            if found.len() >= want {
+                break;
+            }
+        }
+        last = sum;
+    }
+    found
+}
