@@ -206,6 +206,22 @@ pub struct VerifyArgs {
     pub checksum_key: String,
     /// The rendered, stamped manifests (`-` for stdin).
     pub file: PathBuf,
+    /// Compare each object with the overlay's rendering at --rev (what
+    /// `content: verify` does in the webhook) instead of checking the
+    /// annotations.
+    #[arg(long)]
+    pub content: bool,
+    /// With --content: the render command, split on spaces; the overlay
+    /// directory is appended.
+    #[arg(long, default_value = "kustomize build")]
+    pub render_command: String,
+    /// With --content: an argument for the render command (repeatable),
+    /// e.g. --render-arg=--enable-helm.
+    #[arg(long = "render-arg", allow_hyphen_values = true)]
+    pub render_args: Vec<String>,
+    /// With --content: how long the render command may run.
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    pub render_timeout: std::time::Duration,
     #[command(flatten)]
     pub sizes: SizeArgs,
 }
@@ -406,14 +422,45 @@ fn stamp(args: &StampArgs) -> Result<(), Failure> {
 fn verify(args: &VerifyArgs) -> Result<(), Failure> {
     let keys = crate::stamp::Keys::new(&args.revision_key, &args.checksum_key)?;
     let input = read_input(&args.file)?;
-    let v = crate::stamp::verify(
-        &args.repo,
-        &args.overlay,
-        &args.rev,
-        &keys,
-        args.sizes.limits(),
-        &input,
-    )?;
+    let v = if args.content {
+        let command: Vec<String> = args
+            .render_command
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if command.is_empty() {
+            return Err(Failure::usage("--render-command: must name a program"));
+        }
+        let settings = crate::config::RenderConfig {
+            command,
+            args: args.render_args.clone(),
+            timeout: args.render_timeout,
+            concurrency: 1,
+            ..crate::config::RenderConfig::default()
+        }
+        .settings();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))?;
+        runtime.block_on(crate::stamp::verify_content(
+            &args.repo,
+            &args.overlay,
+            &args.rev,
+            args.sizes.limits(),
+            settings,
+            &input,
+        ))?
+    } else {
+        crate::stamp::verify(
+            &args.repo,
+            &args.overlay,
+            &args.rev,
+            &keys,
+            args.sizes.limits(),
+            &input,
+        )?
+    };
     std::io::stdout()
         .lock()
         .write_all(v.report().as_bytes())

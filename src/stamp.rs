@@ -575,6 +575,83 @@ pub fn verify(
     })
 }
 
+/// `verify --content`: each object compared with the object of the same
+/// identity in the overlay's rendering at `rev`, by the comparison the
+/// webhook uses (contract section 8), so CI and the webhook agree. The
+/// annotations are not read.
+pub async fn verify_content(
+    repo: &Path,
+    overlay: &str,
+    rev: &str,
+    limits: SizeLimits,
+    settings: crate::render::RenderSettings,
+    input: &str,
+) -> Result<Verification, StampError> {
+    let mut docs = parse_documents(input)?;
+    let sum = checksum_at(repo, rev, overlay, limits)?;
+    let engine = ChecksumEngine::open(repo)
+        .map_err(|e| StampError::Usage(e.to_string()))?
+        .with_size_limits(limits);
+    let renderer = crate::render::Renderer::new(settings);
+    let rendering = renderer
+        .render(engine, sum.commit, overlay, sum.checksum)
+        .await
+        .map_err(|e| {
+            StampError::Failed(format!(
+                "OverlayError: overlay {overlay:?} cannot be rendered at {rev}: {e}"
+            ))
+        })?;
+    let mut objects = Vec::new();
+    for doc in &mut docs {
+        let where_ = format!("document {}", doc.number);
+        for_each_object(&mut doc.value, &where_, &mut |object, _| {
+            objects.push(ObjectReport {
+                object: describe(object),
+                failure: content_failure(object, &rendering, rev),
+            });
+            Ok::<(), StampError>(())
+        })?;
+    }
+    Ok(Verification {
+        head: sum.commit.to_string(),
+        checksum: sum.checksum,
+        objects,
+    })
+}
+
+/// Why one input object would be denied by content verification, if it
+/// would.
+fn content_failure(
+    object: &Mapping,
+    rendering: &crate::render::Rendering,
+    rev: &str,
+) -> Option<(Reason, String)> {
+    let json = match serde_json::to_value(object) {
+        Ok(json) => json,
+        Err(e) => {
+            return Some((
+                Reason::NotRendered,
+                crate::echo::message(format!("the object cannot be read as JSON: {e}")),
+            ));
+        }
+    };
+    let Some(identity) = crate::content::Identity::of(&json) else {
+        return Some((
+            Reason::NotRendered,
+            "the object has no apiVersion, kind or metadata.name".to_owned(),
+        ));
+    };
+    match rendering.find(&identity) {
+        None => Some((
+            Reason::NotRendered,
+            format!("the rendering at {rev} has no {identity}"),
+        )),
+        Some(rendered) => crate::content::compare(rendered, &json)
+            .err()
+            .map(|d| (Reason::ContentMismatch, crate::echo::message(d.to_string()))),
+    }
+}
+
 fn near_miss_hint(near_misses: &[String]) -> String {
     if near_misses.is_empty() {
         String::new()
