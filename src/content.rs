@@ -3,8 +3,51 @@
 //!
 //! Everything here is pure: no I/O, so the webhook (`server`), the CI check
 //! (`verify --content`) and the fuzz targets judge with the same code.
+//!
+//! # Comparison
+//!
+//! [`compare`] holds the rendering to be a subset of the object: every field
+//! the rendering sets must be in the object with an equal value; fields only
+//! the object has (server defaults, `status`, `metadata.uid`, labels other
+//! tools add, fields of mutating webhooks) are ignored.
+//!
+//! - `apiVersion` is compared first: fields are compared only in the same
+//!   version, so another version is a [`Difference`] at `apiVersion` that
+//!   says so.
+//! - Maps compare key by key, recursively. `null` in the rendering sets
+//!   nothing; so does a map or list that holds nothing but such values
+//!   (`resources: {}`, `args: []`), which then matches an object that lacks
+//!   the field (the API server drops empty fields). The top-level `status`
+//!   of the rendering is ignored.
+//! - Scalars: numbers compare by value (`1` equals `1.0`), a number never
+//!   equals a string (`1` is not `"1"`), strings compare exactly, except at
+//!   quantity fields (below).
+//!
+//! # Paths
+//!
+//! A [`Difference`] names the first differing field (rendered keys in
+//! sorted order) as a path: keys that are plain identifiers (a letter or
+//! `_`, then letters, digits, `_` or `-`) joined by `.`, other keys quoted
+//! (`metadata.annotations["fluxcd.io/checksum"]`); list elements by their
+//! index in the object's list (`env[1]`), as `kubectl get -o yaml` shows it.
+//!
+//! # Bounds
+//!
+//! Nesting deeper than [`MAX_DEPTH`] levels, and more than [`MAX_STEPS`]
+//! values visited, end the comparison with a [`Difference`] saying so,
+//! never a stack overflow or unbounded work.
 
-use serde_json::Value;
+use std::fmt;
+
+use serde_json::{Map, Number, Value};
+
+use crate::echo;
+
+/// Levels of nesting compared; deeper is a [`Difference`].
+pub const MAX_DEPTH: usize = 256;
+/// Values visited by one [`compare`]; more is a [`Difference`] (the object
+/// is too large to compare), so that no request costs unbounded work.
+pub const MAX_STEPS: usize = 4_000_000;
 
 /// Who an object is: API group (from `apiVersion`), kind, namespace, name.
 /// A rendered namespaced object without a namespace has `namespace: None`
@@ -73,10 +116,625 @@ pub fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }
 
+/// The first field where the object differs from the rendering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// `spec.rules[0].http.paths[0].backend.service.name`; keys that are not
+    /// plain identifiers are quoted like
+    /// `metadata.annotations["fluxcd.io/checksum"]` (module docs).
+    pub path: String,
+    /// The object's value at `path` as compact JSON, cut with
+    /// [`crate::echo`]; `None` when the object lacks the field.
+    pub found: Option<String>,
+    /// The rendered value at `path`, compact JSON, cut the same way.
+    pub rendered: String,
+    /// Why, when the values alone do not say it (another `apiVersion`, a
+    /// list too large to compare, a Secret's hidden values).
+    pub note: Option<String>,
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.found {
+            Some(found) => write!(
+                f,
+                "{}: found {found}, head renders {}",
+                self.path, self.rendered
+            )?,
+            None => write!(f, "{}: missing, head renders {}", self.path, self.rendered)?,
+        }
+        if let Some(note) = &self.note {
+            write!(f, "; {note}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares an admitted `object` with the `rendered` object of the same
+/// identity (module docs): `Ok` when the rendering is a subset of it, else
+/// the first field where they differ.
+pub fn compare(rendered: &Value, object: &Value) -> Result<(), Difference> {
+    Comparer::new(rendered)
+        .root(rendered, object)
+        .map_err(|miss| miss.difference())
+}
+
+/// Whether `object` matches `rendered`: `compare(..).is_ok()`.
+pub fn matches(rendered: &Value, object: &Value) -> bool {
+    compare(rendered, object).is_ok()
+}
+
+/// One step of a path.
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    /// An index into the object's list (or the rendering's, where the
+    /// object's list is shorter).
+    Index(usize),
+}
+
+/// A value as a [`Difference`] shows it.
+#[derive(Debug, Clone, Copy)]
+enum Shown<'a> {
+    Missing,
+    Value(&'a Value),
+    /// Said in words, not quoted (a value too deep to write).
+    Text(&'static str),
+}
+
+/// A difference before it is written out: found while matching list
+/// elements, most are discarded, so nothing is formatted until the end.
+#[derive(Debug)]
+struct Miss<'a> {
+    path: Vec<Seg<'a>>,
+    found: Shown<'a>,
+    rendered: Shown<'a>,
+    note: Option<String>,
+}
+
+type Step<'a> = Result<(), Box<Miss<'a>>>;
+
+impl Miss<'_> {
+    fn difference(&self) -> Difference {
+        let show = |s: &Shown<'_>| match s {
+            Shown::Missing => None,
+            Shown::Value(v) => Some(echo::value(&compact(v))),
+            Shown::Text(t) => Some((*t).to_owned()),
+        };
+        Difference {
+            path: path_text(&self.path),
+            found: show(&self.found),
+            rendered: show(&self.rendered).unwrap_or_else(|| "nothing".to_owned()),
+            note: self.note.clone(),
+        }
+    }
+}
+
+fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("(unprintable: {e})"))
+}
+
+fn is_identifier(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn path_text(path: &[Seg<'_>]) -> String {
+    use std::fmt::Write as _;
+    if path.is_empty() {
+        return ".".to_owned();
+    }
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) if is_identifier(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Key(k) => {
+                let key = echo::value(k);
+                let _ = write!(out, "[{}]", compact(&Value::String(key)));
+            }
+            Seg::Index(i) => {
+                let _ = write!(out, "[{i}]");
+            }
+        }
+    }
+    out
+}
+
+/// The state of one comparison: where it is, and the work done so far.
+struct Comparer<'a> {
+    path: Vec<Seg<'a>>,
+    steps: usize,
+}
+
+impl<'a> Comparer<'a> {
+    fn new(_rendered: &'a Value) -> Self {
+        Comparer {
+            path: Vec::with_capacity(16),
+            steps: 0,
+        }
+    }
+
+    fn miss(&self, found: Shown<'a>, rendered: Shown<'a>) -> Box<Miss<'a>> {
+        Box::new(Miss {
+            path: self.path.clone(),
+            found,
+            rendered,
+            note: None,
+        })
+    }
+
+    fn abort(&self, found: Shown<'a>, rendered: Shown<'a>, note: String) -> Box<Miss<'a>> {
+        Box::new(Miss {
+            path: self.path.clone(),
+            found,
+            rendered,
+            note: Some(note),
+        })
+    }
+
+    fn root(&mut self, rendered: &'a Value, object: &'a Value) -> Step<'a> {
+        let (Value::Object(r), Value::Object(o)) = (rendered, object) else {
+            return self.value(rendered, Some(object), 0);
+        };
+        if let Some(version) = r.get("apiVersion").filter(|v| !v.is_null()) {
+            let found = o.get("apiVersion");
+            if found != Some(version) {
+                self.path.push(Seg::Key("apiVersion"));
+                let mut miss = self.miss(
+                    found.map_or(Shown::Missing, Shown::Value),
+                    Shown::Value(version),
+                );
+                if let (Some(Value::String(found)), Value::String(version)) = (found, version) {
+                    miss.note = Some(format!(
+                        "the object arrived in {}, head renders {} (fields are compared only in the same version)",
+                        echo::value(found),
+                        echo::value(version)
+                    ));
+                }
+                return Err(miss);
+            }
+        }
+        for (key, value) in r {
+            if key == "status" || key == "apiVersion" {
+                continue;
+            }
+            self.entry(key, value, o, 1)?;
+        }
+        Ok(())
+    }
+
+    /// The rendered `key: value` of a map against the object's map.
+    fn entry(
+        &mut self,
+        key: &'a str,
+        value: &'a Value,
+        object: &'a Map<String, Value>,
+        depth: usize,
+    ) -> Step<'a> {
+        self.path.push(Seg::Key(key));
+        self.value(value, object.get(key), depth)?;
+        self.path.pop();
+        Ok(())
+    }
+
+    fn value(&mut self, rendered: &'a Value, object: Option<&'a Value>, depth: usize) -> Step<'a> {
+        self.steps += 1;
+        if depth > MAX_DEPTH {
+            return Err(self.abort(
+                Shown::Text("(nested too deep)"),
+                Shown::Text("(nested too deep)"),
+                format!("nested deeper than {MAX_DEPTH} levels: not compared"),
+            ));
+        }
+        if self.steps > MAX_STEPS {
+            return Err(self.abort(
+                Shown::Text("(not compared)"),
+                Shown::Text("(not compared)"),
+                format!("the object is too large to compare (more than {MAX_STEPS} values)"),
+            ));
+        }
+        let found = object.map_or(Shown::Missing, Shown::Value);
+        match (rendered, object) {
+            (Value::Null, _) => Ok(()),
+            (_, None | Some(Value::Null)) if sets_nothing(rendered, depth) => Ok(()),
+            (Value::Object(r), Some(Value::Object(o))) => {
+                for (key, value) in r {
+                    self.entry(key, value, o, depth + 1)?;
+                }
+                Ok(())
+            }
+            (Value::Array(r), Some(o @ Value::Array(oa))) => {
+                self.list(rendered, r, o, oa, depth + 1)
+            }
+            (Value::Object(_) | Value::Array(_), _) => {
+                Err(self.miss(found, Shown::Value(rendered)))
+            }
+            (_, Some(o)) if self.scalar_eq(rendered, o) => Ok(()),
+            _ => Err(self.miss(found, Shown::Value(rendered))),
+        }
+    }
+
+    /// Lists compare element by element, in order, and are as long.
+    fn list(
+        &mut self,
+        whole: &'a Value,
+        rendered: &'a [Value],
+        object_whole: &'a Value,
+        object: &'a [Value],
+        depth: usize,
+    ) -> Step<'a> {
+        self.ordered(whole, rendered, object_whole, object, depth)
+    }
+
+    /// Element by element, in order; the object's list as long.
+    fn ordered(
+        &mut self,
+        whole: &'a Value,
+        rendered: &'a [Value],
+        object_whole: &'a Value,
+        object: &'a [Value],
+        depth: usize,
+    ) -> Step<'a> {
+        for (i, r) in rendered.iter().enumerate() {
+            self.path.push(Seg::Index(i));
+            self.value(r, object.get(i), depth)?;
+            self.path.pop();
+        }
+        if object.len() > rendered.len() {
+            let mut miss = self.miss(Shown::Value(object_whole), Shown::Value(whole));
+            miss.note = Some(format!(
+                "the object's list has {} elements, head renders {}",
+                object.len(),
+                rendered.len()
+            ));
+            return Err(miss);
+        }
+        Ok(())
+    }
+
+    fn scalar_eq(&self, rendered: &Value, object: &Value) -> bool {
+        match (rendered, object) {
+            (Value::Number(r), Value::Number(o)) => numbers_eq(r, o),
+            _ => rendered == object,
+        }
+    }
+}
+
+/// Whether a rendered value sets no field: `null`, or a map or list of
+/// nothing but such values.
+fn sets_nothing(v: &Value, depth: usize) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => depth <= MAX_DEPTH && m.values().all(|v| sets_nothing(v, depth + 1)),
+        _ => false,
+    }
+}
+
+/// Numbers by value: integers exactly, an integral float equal to the
+/// integer it spells (`1.0 == 1`), floats as floats.
+fn numbers_eq(a: &Number, b: &Number) -> bool {
+    fn integer(n: &Number) -> Option<i128> {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    }
+    fn integral(f: f64) -> Option<i128> {
+        // Within ±2^120 the conversion is exact.
+        (f.is_finite() && f.fract() == 0.0 && f.abs() < 1.329_228e36).then_some(f as i128)
+    }
+    match (integer(a), integer(b)) {
+        (Some(x), Some(y)) => x == y,
+        (Some(x), None) => b.as_f64().and_then(integral) == Some(x),
+        (None, Some(y)) => a.as_f64().and_then(integral) == Some(y),
+        (None, None) => a.as_f64() == b.as_f64(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// What a row expects: a match, or the difference's path, found and
+    /// rendered values, and a piece of its note.
+    enum Want {
+        Match,
+        Differ(&'static str, Option<&'static str>, &'static str),
+        DifferNote(&'static str, &'static str),
+    }
+    use Want::{Differ, DifferNote, Match};
+
+    fn deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"},
+                "annotations": {"fluxcd.io/checksum": "abc"}},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{
+                        "name": "web", "image": "web:1.2",
+                        "args": ["--port", "8080"],
+                        "env": [{"name": "A", "value": "1"}, {"name": "FOO", "value": "bar"},
+                                {"name": "B", "value": "2"}],
+                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+                        "ports": [{"containerPort": 8080}]
+                    }]}
+                }
+            }
+        })
+    }
+
+    /// `deployment()` as the API server admits it: metadata and defaults
+    /// added, `status` set.
+    fn admitted() -> Value {
+        let mut o = deployment();
+        let meta = o["metadata"].as_object_mut().unwrap();
+        meta.insert("namespace".into(), json!("prod"));
+        meta.insert("uid".into(), json!("8c6c2f5e-1f1a-4f4e-9a43-5c8c3a0b8d11"));
+        meta.insert("resourceVersion".into(), json!("123456"));
+        meta.insert("generation".into(), json!(4));
+        meta.insert("creationTimestamp".into(), json!("2026-12-01T10:00:00Z"));
+        meta.insert(
+            "managedFields".into(),
+            json!([{"manager": "kustomize-controller",
+            "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]),
+        );
+        o["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("7");
+        o["spec"]["strategy"] = json!({"type": "RollingUpdate"});
+        o["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+        o["status"] = json!({"replicas": 3, "readyReplicas": 2});
+        o
+    }
+
+    /// `v` with the value at `pointer` set (a map's key added if new).
+    fn with(mut v: Value, pointer: &str, value: Value) -> Value {
+        if let Some(slot) = v.pointer_mut(pointer) {
+            *slot = value;
+        } else {
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let key = key.replace("~1", "/").replace("~0", "~");
+            v.pointer_mut(parent).unwrap()[key] = value;
+        }
+        v
+    }
+
+    fn without(mut v: Value, pointer: &str) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        match v.pointer_mut(parent).unwrap() {
+            Value::Object(m) => {
+                m.remove(key).unwrap();
+            }
+            Value::Array(a) => {
+                a.remove(key.parse().unwrap());
+            }
+            _ => panic!("{pointer}"),
+        }
+        v
+    }
+
+    fn config_map(data: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "prod"}, "data": data})
+    }
+
+    fn ingress(service: &str) -> Value {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web"},
+            "spec": {"rules": [{"host": "web.example.com", "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": service, "port": {"number": 80}}}}]}}]}})
+    }
+
+    fn rows() -> Vec<(&'static str, Value, Value, Want)> {
+        const C0: &str = "/spec/template/spec/containers/0";
+        vec![
+            (
+                "server-added metadata and status are ignored",
+                deployment(),
+                admitted(),
+                Match,
+            ),
+            (
+                "the rendering's status is ignored",
+                with(deployment(), "/status", json!({"replicas": 1})),
+                admitted(),
+                Match,
+            ),
+            (
+                "keys in another order",
+                serde_json::from_str(
+                    r#"{"kind": "ConfigMap", "data": {"b": "2", "a": "1"},
+                    "metadata": {"name": "settings"}, "apiVersion": "v1"}"#,
+                )
+                .unwrap(),
+                serde_json::from_str(
+                    r#"{"apiVersion": "v1", "metadata": {"name": "settings",
+                    "namespace": "prod"}, "data": {"a": "1", "b": "2"}, "kind": "ConfigMap"}"#,
+                )
+                .unwrap(),
+                Match,
+            ),
+            (
+                "a namespace-less rendering matches the object in its namespace",
+                without(deployment(), "/metadata/annotations"),
+                with(deployment(), "/metadata/namespace", json!("prod")),
+                Match,
+            ),
+            (
+                "null in the rendering is ignored",
+                with(deployment(), "/metadata/creationTimestamp", Value::Null),
+                admitted(),
+                Match,
+            ),
+            (
+                "an empty map in the rendering matches a missing field",
+                with(deployment(), "/spec/strategy", json!({})),
+                deployment(),
+                Match,
+            ),
+            (
+                "1 equals 1.0",
+                with(deployment(), "/spec/replicas", json!(1)),
+                with(admitted(), "/spec/replicas", json!(1.0)),
+                Match,
+            ),
+            (
+                "a number is not the same number as a string",
+                with(deployment(), "/spec/replicas", json!(3)),
+                with(admitted(), "/spec/replicas", json!("3")),
+                Differ("spec.replicas", Some("\"3\""), "3"),
+            ),
+            (
+                "a field the object lacks",
+                deployment(),
+                without(admitted(), "/spec/selector"),
+                Differ("spec.selector", None, r#"{"matchLabels":{"app":"web"}}"#),
+            ),
+            (
+                "an annotation key with dots and a slash is quoted",
+                with(
+                    deployment(),
+                    "/metadata/annotations/fluxcd.io~1checksum",
+                    json!("new"),
+                ),
+                admitted(),
+                Differ(
+                    r#"metadata.annotations["fluxcd.io/checksum"]"#,
+                    Some("\"abc\""),
+                    "\"new\"",
+                ),
+            ),
+            (
+                "lists of scalars are compared in order",
+                deployment(),
+                with(admitted(), &format!("{C0}/args"), json!(["8080", "--port"])),
+                Differ(
+                    "spec.template.spec.containers[0].args[0]",
+                    Some("\"8080\""),
+                    "\"--port\"",
+                ),
+            ),
+            (
+                "a list of scalars with an extra element",
+                deployment(),
+                with(
+                    admitted(),
+                    &format!("{C0}/args"),
+                    json!(["--port", "8080", "-v"]),
+                ),
+                DifferNote(
+                    "spec.template.spec.containers[0].args",
+                    "has 3 elements, head renders 2",
+                ),
+            ),
+            (
+                "strings compare exactly outside quantity fields",
+                config_map(json!({"version": "1.10"})),
+                config_map(json!({"version": "1.1"})),
+                Differ("data.version", Some("\"1.1\""), "\"1.10\""),
+            ),
+            (
+                "an object in another version",
+                deployment(),
+                with(admitted(), "/apiVersion", json!("apps/v1beta1")),
+                DifferNote(
+                    "apiVersion",
+                    "the object arrived in apps/v1beta1, head renders apps/v1 (fields are compared only in the same version)",
+                ),
+            ),
+            (
+                "an Ingress whose backend service differs",
+                ingress("web-v2"),
+                with(ingress("web-v1"), "/metadata/namespace", json!("prod")),
+                Differ(
+                    "spec.rules[0].http.paths[0].backend.service.name",
+                    Some("\"web-v1\""),
+                    "\"web-v2\"",
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_rendering_is_a_subset_of_the_object() {
+        let mut failed = Vec::new();
+        for (name, rendered, object, want) in rows() {
+            let got = compare(&rendered, &object);
+            assert_eq!(matches(&rendered, &object), got.is_ok(), "{name}");
+            let ok = match (&want, &got) {
+                (Match, Ok(())) => true,
+                (Differ(path, found, shown), Err(d)) => {
+                    d.path == *path
+                        && d.found.as_deref() == *found
+                        && d.rendered == *shown
+                        && d.to_string().starts_with(&format!("{path}: "))
+                }
+                (DifferNote(path, note), Err(d)) => {
+                    d.path == *path && d.note.as_deref().is_some_and(|n| n.contains(note))
+                }
+                _ => false,
+            };
+            if !ok {
+                failed.push(format!("{name}: got {got:?}"));
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    #[test]
+    fn a_difference_reads_as_a_sentence() {
+        let d = compare(
+            &config_map(json!({"a": "x"})),
+            &config_map(json!({"a": "y"})),
+        )
+        .unwrap_err();
+        assert_eq!(d.to_string(), r#"data.a: found "y", head renders "x""#);
+        let d = compare(&config_map(json!({"a": "x"})), &config_map(json!({}))).unwrap_err();
+        assert_eq!(d.to_string(), r#"data.a: missing, head renders "x""#);
+        let long = "v".repeat(10_000);
+        let d = compare(
+            &config_map(json!({"a": long})),
+            &config_map(json!({"a": "y"})),
+        )
+        .unwrap_err();
+        assert!(
+            d.rendered.chars().count() <= echo::CUT_ABOVE,
+            "{}",
+            d.rendered
+        );
+        assert!(d.rendered.contains("(10002 bytes)"), "{}", d.rendered);
+    }
+
+    #[test]
+    fn deep_nesting_is_a_difference_not_a_stack_overflow() {
+        // Built iteratively; 1,000 levels is beyond MAX_DEPTH.
+        let mut deep = json!("leaf");
+        for _ in 0..1_000 {
+            deep = json!({"a": deep});
+        }
+        let rendered = config_map(deep.clone());
+        let d = compare(&rendered, &rendered).unwrap_err();
+        assert!(
+            d.note
+                .as_deref()
+                .unwrap()
+                .contains("nested deeper than 256"),
+            "{d}"
+        );
+        assert!(d.path.starts_with("data.a.a.a"), "{}", d.path);
+    }
 
     #[test]
     fn identity_takes_the_group_and_an_optional_namespace() {
