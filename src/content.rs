@@ -23,6 +23,19 @@
 //!   equals a string (`1` is not `"1"`), strings compare exactly, except at
 //!   quantity fields (below).
 //!
+//! - Lists of maps: each rendered element must match a different object
+//!   element, in any order (an injected sidecar container does not break
+//!   the match). Pairs are guessed first (the first free object element of
+//!   the same `name`, for containers, env, volumes, ports, volumeMounts;
+//!   an unnamed element the one at its index), then found by augmenting
+//!   paths (Kuhn's algorithm) for what the guess left. A named element
+//!   only matches object elements of its `name`, so named lists cost one
+//!   comparison per element. At most [`MAX_ELEMENT_COMPARISONS`] element
+//!   comparisons are made; beyond, the list is "too large to compare".
+//! - Any other list (scalars, lists, a mix) compares element by element,
+//!   in order, and must be as long as the object's. An empty rendered list
+//!   matches an empty list or a list of maps.
+//!
 //! # Paths
 //!
 //! A [`Difference`] names the first differing field (rendered keys in
@@ -30,6 +43,10 @@
 //! `_`, then letters, digits, `_` or `-`) joined by `.`, other keys quoted
 //! (`metadata.annotations["fluxcd.io/checksum"]`); list elements by their
 //! index in the object's list (`env[1]`), as `kubectl get -o yaml` shows it.
+//! A rendered element that fails to match is reported against the object
+//! element of the same `name` (an unnamed one: of the same index), at the
+//! deepest field where they differ; one the object lacks altogether is
+//! named `env[name=FOO]`, or, unnamed, by its index in the rendering.
 //!
 //! # Bounds
 //!
@@ -37,6 +54,7 @@
 //! values visited, end the comparison with a [`Difference`] saying so,
 //! never a stack overflow or unbounded work.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::{Map, Number, Value};
@@ -171,6 +189,8 @@ enum Seg<'a> {
     /// An index into the object's list (or the rendering's, where the
     /// object's list is shorter).
     Index(usize),
+    /// A rendered element the object lacks, by its `name`.
+    Named(&'a str),
 }
 
 /// A value as a [`Difference`] shows it.
@@ -190,6 +210,9 @@ struct Miss<'a> {
     found: Shown<'a>,
     rendered: Shown<'a>,
     note: Option<String>,
+    /// The comparison cannot go on (too deep, too large): no other list
+    /// element is tried.
+    abort: bool,
 }
 
 type Step<'a> = Result<(), Box<Miss<'a>>>;
@@ -243,6 +266,18 @@ fn path_text(path: &[Seg<'_>]) -> String {
             Seg::Index(i) => {
                 let _ = write!(out, "[{i}]");
             }
+            Seg::Named(name) => {
+                let plain = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-:/".contains(&b));
+                let name = echo::value(name);
+                if plain {
+                    let _ = write!(out, "[name={name}]");
+                } else {
+                    let _ = write!(out, "[name={}]", compact(&Value::String(name)));
+                }
+            }
         }
     }
     out
@@ -252,6 +287,8 @@ fn path_text(path: &[Seg<'_>]) -> String {
 struct Comparer<'a> {
     path: Vec<Seg<'a>>,
     steps: usize,
+    /// List elements compared with one another so far.
+    comparisons: usize,
 }
 
 impl<'a> Comparer<'a> {
@@ -259,6 +296,7 @@ impl<'a> Comparer<'a> {
         Comparer {
             path: Vec::with_capacity(16),
             steps: 0,
+            comparisons: 0,
         }
     }
 
@@ -268,6 +306,7 @@ impl<'a> Comparer<'a> {
             found,
             rendered,
             note: None,
+            abort: false,
         })
     }
 
@@ -277,6 +316,7 @@ impl<'a> Comparer<'a> {
             found,
             rendered,
             note: Some(note),
+            abort: true,
         })
     }
 
@@ -362,7 +402,9 @@ impl<'a> Comparer<'a> {
         }
     }
 
-    /// Lists compare element by element, in order, and are as long.
+    /// A list of maps matches when each rendered element matches a
+    /// different object element, in any order; any other list compares
+    /// element by element, in order.
     fn list(
         &mut self,
         whole: &'a Value,
@@ -371,7 +413,212 @@ impl<'a> Comparer<'a> {
         object: &'a [Value],
         depth: usize,
     ) -> Step<'a> {
-        self.ordered(whole, rendered, object_whole, object, depth)
+        let maps = if rendered.is_empty() {
+            object.iter().all(Value::is_object)
+        } else {
+            rendered.iter().all(Value::is_object)
+        };
+        if maps {
+            let list = List {
+                whole,
+                rendered,
+                object_whole,
+                object,
+                depth,
+            };
+            self.assign(&list)
+        } else {
+            self.ordered(whole, rendered, object_whole, object, depth)
+        }
+    }
+
+    /// Pairs each rendered element with a different object element it
+    /// matches: first the cheap guess (the first free object element of
+    /// the same `name`, else the one at the same index), then augmenting
+    /// paths (Kuhn's algorithm) for the elements the guess left.
+    fn assign(&mut self, list: &List<'a>) -> Step<'a> {
+        let m = list.object.len();
+        let mut owner: Vec<Option<usize>> = vec![None; m];
+        let mut names = Names::default();
+        let mut tried: HashMap<(usize, usize), bool> = HashMap::new();
+        let mut left = Vec::new();
+        for (i, r) in list.rendered.iter().enumerate() {
+            let guess = match name_of(r) {
+                Some(name) => names.first_free(name, list.object, &owner),
+                None => (i < m && owner[i].is_none()).then_some(i),
+            };
+            if let Some(j) = guess {
+                if self.element(list, i, j)? {
+                    owner[j] = Some(i);
+                    continue;
+                }
+                tried.insert((i, j), false);
+            }
+            left.push(i);
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        names.index(list.object);
+        let mut search = Search {
+            owner,
+            tried,
+            names,
+            visited: vec![0; m],
+            round: 0,
+        };
+        for i in left {
+            if !self.augment(list, &mut search, i)? {
+                return Err(self.unmatched(list, &search, i));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether rendered element `i` matches object element `j`; an error
+    /// only when the comparison cannot go on.
+    fn element(&mut self, list: &List<'a>, i: usize, j: usize) -> Result<bool, Box<Miss<'a>>> {
+        self.comparisons += 1;
+        if self.comparisons > MAX_ELEMENT_COMPARISONS {
+            return Err(self.abort(
+                Shown::Value(list.object_whole),
+                Shown::Value(list.whole),
+                format!(
+                    "the list is too large to compare (more than {MAX_ELEMENT_COMPARISONS} element comparisons)"
+                ),
+            ));
+        }
+        let (Some(r), Some(o)) = (list.rendered.get(i), list.object.get(j)) else {
+            return Ok(false);
+        };
+        let len = self.path.len();
+        self.path.push(Seg::Index(j));
+        let result = self.value(r, Some(o), list.depth);
+        self.path.truncate(len);
+        match result {
+            Ok(()) => Ok(true),
+            Err(miss) if miss.abort => Err(miss),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// One augmenting-path search from rendered element `root`, with an
+    /// explicit stack (a path can be as long as the list).
+    fn augment(
+        &mut self,
+        list: &List<'a>,
+        s: &mut Search<'a>,
+        root: usize,
+    ) -> Result<bool, Box<Miss<'a>>> {
+        s.round += 1;
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        while let Some(top) = stack.last_mut() {
+            let (i, at) = *top;
+            let Some(j) = s.candidate(list, i, at) else {
+                stack.pop();
+                continue;
+            };
+            top.1 += 1;
+            if s.visited.get(j) == Some(&s.round) {
+                continue;
+            }
+            let fits = match s.tried.get(&(i, j)) {
+                Some(&fits) => fits,
+                None => {
+                    let fits = self.element(list, i, j)?;
+                    s.tried.insert((i, j), fits);
+                    fits
+                }
+            };
+            if !fits {
+                continue;
+            }
+            if let Some(seen) = s.visited.get_mut(j) {
+                *seen = s.round;
+            }
+            match s.owner.get(j).copied().flatten() {
+                Some(holder) => stack.push((holder, 0)),
+                None => {
+                    // Each element on the stack takes the candidate it
+                    // last tried.
+                    for &(k, next) in &stack {
+                        if let Some(jk) = next.checked_sub(1).and_then(|a| s.candidate(list, k, a))
+                            && let Some(slot) = s.owner.get_mut(jk)
+                        {
+                            *slot = Some(k);
+                        }
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The difference to report for rendered element `i`, which matches no
+    /// free object element: against the object element of the same `name`
+    /// (else the same index), at the deepest field where they differ.
+    fn unmatched(&mut self, list: &List<'a>, s: &Search<'a>, i: usize) -> Box<Miss<'a>> {
+        let Some(r) = list.rendered.get(i) else {
+            return self.miss(Shown::Value(list.object_whole), Shown::Value(list.whole));
+        };
+        let candidates: &[usize] = match name_of(r) {
+            Some(name) => s.names.of(name),
+            None if i < list.object.len() => std::slice::from_ref(&i),
+            None => &[],
+        };
+        for &j in candidates {
+            let Some(o) = list.object.get(j) else {
+                continue;
+            };
+            let len = self.path.len();
+            self.path.push(Seg::Index(j));
+            let result = self.value(r, Some(o), list.depth);
+            self.path.truncate(len);
+            if let Err(miss) = result {
+                return miss;
+            }
+        }
+        let taken = match (candidates.first(), name_of(r)) {
+            (Some(&j), _) => Some(j),
+            (None, Some(_)) => None,
+            // Unnamed, past the object's end: does it match any?
+            (None, None) => {
+                let mut found = None;
+                for j in 0..list.object.len() {
+                    match self.element(list, i, j) {
+                        Ok(true) => {
+                            found = Some(j);
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(miss) => return miss,
+                    }
+                }
+                found
+            }
+        };
+        if let Some(j) = taken {
+            // It matches, but only elements other rendered ones take.
+            self.path.push(Seg::Index(j));
+            let mut miss = self.miss(
+                list.object.get(j).map_or(Shown::Missing, Shown::Value),
+                Shown::Value(r),
+            );
+            self.path.pop();
+            miss.note = Some(
+                "each rendered element must match a different element of the object, and the elements this one matches are taken by others"
+                    .to_owned(),
+            );
+            return miss;
+        }
+        self.path.push(match name_of(r) {
+            Some(name) => Seg::Named(name),
+            None => Seg::Index(i),
+        });
+        let miss = self.miss(Shown::Missing, Shown::Value(r));
+        self.path.pop();
+        miss
     }
 
     /// Element by element, in order; the object's list as long.
@@ -404,6 +651,96 @@ impl<'a> Comparer<'a> {
         match (rendered, object) {
             (Value::Number(r), Value::Number(o)) => numbers_eq(r, o),
             _ => rendered == object,
+        }
+    }
+}
+
+/// Element comparisons one [`compare`] makes while pairing list elements;
+/// more is a [`Difference`] (the list is too large to compare).
+pub const MAX_ELEMENT_COMPARISONS: usize = 100_000;
+
+/// A list of maps being paired.
+struct List<'a> {
+    whole: &'a Value,
+    rendered: &'a [Value],
+    object_whole: &'a Value,
+    object: &'a [Value],
+    depth: usize,
+}
+
+fn name_of(v: &Value) -> Option<&str> {
+    v.get("name")?.as_str()
+}
+
+/// The object's list elements by `name`, built only when needed.
+#[derive(Default)]
+struct Names<'a> {
+    index: Option<HashMap<&'a str, Vec<usize>>>,
+}
+
+impl<'a> Names<'a> {
+    /// Short lists are scanned rather than indexed.
+    const SCAN: usize = 16;
+
+    fn index(&mut self, object: &'a [Value]) {
+        if self.index.is_none() {
+            let mut index: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (j, o) in object.iter().enumerate() {
+                if let Some(name) = name_of(o) {
+                    index.entry(name).or_default().push(j);
+                }
+            }
+            self.index = Some(index);
+        }
+    }
+
+    fn of(&self, name: &str) -> &[usize] {
+        self.index
+            .as_ref()
+            .and_then(|index| index.get(name))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn first_free(
+        &mut self,
+        name: &str,
+        object: &'a [Value],
+        owner: &[Option<usize>],
+    ) -> Option<usize> {
+        let free = |j: &usize| owner.get(*j).is_some_and(Option::is_none);
+        if object.len() <= Self::SCAN {
+            return (0..object.len())
+                .find(|j| free(j) && object.get(*j).and_then(name_of) == Some(name));
+        }
+        self.index(object);
+        self.of(name).iter().copied().find(free)
+    }
+}
+
+/// The state of the augmenting-path search over one list.
+struct Search<'a> {
+    /// Object element -> the rendered element it is paired with.
+    owner: Vec<Option<usize>>,
+    /// Element comparisons made: (rendered, object) -> matched.
+    tried: HashMap<(usize, usize), bool>,
+    names: Names<'a>,
+    /// Object elements visited, by search round.
+    visited: Vec<u32>,
+    round: u32,
+}
+
+impl Search<'_> {
+    /// The `at`-th object element rendered element `i` may match: those
+    /// of its `name`, or, unnamed, any (the same index first).
+    fn candidate(&self, list: &List<'_>, i: usize, at: usize) -> Option<usize> {
+        let m = list.object.len();
+        match list.rendered.get(i).and_then(name_of) {
+            Some(name) => self.names.of(name).get(at).copied(),
+            None if i < m => match at {
+                0 => Some(i),
+                _ => Some(if at - 1 < i { at - 1 } else { at }).filter(|&j| j < m),
+            },
+            None => (at < m).then_some(at),
         }
     }
 }
@@ -640,6 +977,116 @@ mod tests {
                 ),
             ),
             (
+                "an injected sidecar container",
+                deployment(),
+                with(
+                    admitted(),
+                    "/spec/template/spec/containers",
+                    json!([
+                        {"name": "istio-proxy", "image": "istio/proxyv2:1.24", "args": ["proxy"]},
+                        admitted().pointer(C0).unwrap().clone(),
+                    ]),
+                ),
+                Match,
+            ),
+            (
+                "named elements in another order",
+                deployment(),
+                with(
+                    admitted(),
+                    &format!("{C0}/env"),
+                    json!([{"name": "B", "value": "2"},
+                    {"name": "FOO", "value": "bar"}, {"name": "A", "value": "1"}]),
+                ),
+                Match,
+            ),
+            (
+                "an env var removed",
+                deployment(),
+                without(admitted(), &format!("{C0}/env/1")),
+                Differ(
+                    "spec.template.spec.containers[0].env[name=FOO]",
+                    None,
+                    r#"{"name":"FOO","value":"bar"}"#,
+                ),
+            ),
+            (
+                "an env var changed, named by its index in the object",
+                deployment(),
+                with(
+                    admitted(),
+                    &format!("{C0}/env"),
+                    json!([{"name": "B", "value": "2"},
+                    {"name": "FOO", "value": "baz"}, {"name": "A", "value": "1"}]),
+                ),
+                Differ(
+                    "spec.template.spec.containers[0].env[1].value",
+                    Some("\"baz\""),
+                    "\"bar\"",
+                ),
+            ),
+            (
+                "two equal rendered elements need two object elements",
+                with(
+                    deployment(),
+                    &format!("{C0}/ports"),
+                    json!([{"containerPort": 8080}, {"containerPort": 8080}]),
+                ),
+                with(
+                    admitted(),
+                    &format!("{C0}/ports"),
+                    json!([{"containerPort": 8080, "protocol": "TCP"}]),
+                ),
+                DifferNote(
+                    "spec.template.spec.containers[0].ports[0]",
+                    "a different element",
+                ),
+            ),
+            (
+                "unnamed elements in another order",
+                with(
+                    deployment(),
+                    "/spec/template/spec/tolerations",
+                    json!([{"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Exists"}]),
+                ),
+                with(
+                    admitted(),
+                    "/spec/template/spec/tolerations",
+                    json!([
+                    {"key": "node.kubernetes.io/not-ready", "operator": "Exists"},
+                    {"key": "b", "operator": "Exists"}, {"key": "a", "operator": "Exists"}]),
+                ),
+                Match,
+            ),
+            (
+                "a pairing found only by moving another element (augmenting path)",
+                with(
+                    deployment(),
+                    "/spec/template/spec/tolerations",
+                    json!([{"key": "a"}, {"key": "a", "effect": "NoSchedule"}]),
+                ),
+                with(
+                    admitted(),
+                    "/spec/template/spec/tolerations",
+                    json!([{"key": "a", "effect": "NoSchedule"}, {"key": "a"}]),
+                ),
+                Match,
+            ),
+            (
+                "an unnamed element the object lacks",
+                with(
+                    deployment(),
+                    "/spec/template/spec/tolerations",
+                    json!([{"key": "a"}, {"key": "b"}, {"key": "c"}]),
+                ),
+                with(
+                    admitted(),
+                    "/spec/template/spec/tolerations",
+                    json!([{"key": "a"}, {"key": "b"}]),
+                ),
+                Differ("spec.template.spec.tolerations[2]", None, r#"{"key":"c"}"#),
+            ),
+            (
                 "strings compare exactly outside quantity fields",
                 config_map(json!({"version": "1.10"})),
                 config_map(json!({"version": "1.1"})),
@@ -691,6 +1138,46 @@ mod tests {
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    fn config_list(items: Vec<Value>) -> Value {
+        json!({"apiVersion": "example.com/v1", "kind": "List", "metadata": {"name": "l"},
+            "items": items})
+    }
+
+    #[test]
+    fn long_lists_pair_by_name_and_cap_the_work() {
+        let n = 10_000;
+        let named: Vec<Value> = (0..n)
+            .map(|i| json!({"name": format!("e{i}"), "v": i}))
+            .collect();
+        let unnamed: Vec<Value> = (0..n).map(|i| json!({"v": i})).collect();
+        let reversed = |v: &[Value]| v.iter().rev().cloned().collect::<Vec<_>>();
+        let start = std::time::Instant::now();
+        assert_eq!(
+            compare(&config_list(named.clone()), &config_list(reversed(&named))),
+            Ok(())
+        );
+        assert_eq!(
+            compare(&config_list(unnamed.clone()), &config_list(unnamed.clone())),
+            Ok(())
+        );
+        // In reverse, unnamed elements could need n^2/2 comparisons.
+        let d = compare(
+            &config_list(unnamed.clone()),
+            &config_list(reversed(&unnamed)),
+        )
+        .unwrap_err();
+        assert_eq!(d.path, "items");
+        assert!(
+            d.note.as_deref().unwrap().contains("too large to compare"),
+            "{d}"
+        );
+        assert!(d.found.unwrap().contains("bytes)"));
+        eprintln!(
+            "three 10,000-element lists compared in {:.2?}",
+            start.elapsed()
+        );
     }
 
     #[test]
