@@ -20,8 +20,8 @@
 //!   the field (the API server drops empty fields). The top-level `status`
 //!   of the rendering is ignored.
 //! - Scalars: numbers compare by value (`1` equals `1.0`), a number never
-//!   equals a string (`1` is not `"1"`), strings compare exactly, except at
-//!   quantity fields (below).
+//!   equals a string (`1` is not `"1"`), strings compare exactly (`"1.10"`
+//!   is not `"1.1"`), except at quantity fields (below).
 //!
 //! - Lists of maps: each rendered element must match a different object
 //!   element, in any order (an injected sidecar container does not break
@@ -35,6 +35,33 @@
 //! - Any other list (scalars, lists, a mix) compares element by element,
 //!   in order, and must be as long as the object's. An empty rendered list
 //!   matches an empty list or a list of maps.
+//!
+//!
+//! # Quantities
+//!
+//! Where the Kubernetes schema types a field as `resource.Quantity`, the
+//! API server canonicalises it (`0.5` is kept as `500m`, `1024Mi` as
+//! `1Gi`), so there values (strings or numbers) compare by quantity, parsed
+//! exactly by [`parse_quantity`]; a value that does not parse compares as
+//! text. The fields, by kind (built-in kinds only: the API server keeps a
+//! custom resource's fields as applied, so they compare exactly):
+//!
+//! - in a pod spec (Pod `spec`, PodTemplate `template.spec`, `spec.template.spec` of
+//!   ReplicationController, Deployment, ReplicaSet, DaemonSet (`apps` or
+//!   `extensions`), StatefulSet, Job, and CronJob
+//!   `spec.jobTemplate.spec.template.spec`): every value under
+//!   `{containers,initContainers,ephemeralContainers}[].resources.{requests,limits}`
+//!   and the pod-level `resources.{requests,limits}`, `overhead`,
+//!   `volumes[].emptyDir.sizeLimit`, and
+//!   `volumes[].ephemeral.volumeClaimTemplate.spec.resources.{requests,limits}`
+//!   (`resources.claims` holds names, not quantities);
+//! - PersistentVolumeClaim `spec.resources.{requests,limits}`, and the same
+//!   in StatefulSet `spec.volumeClaimTemplates[].spec`;
+//! - PersistentVolume `spec.capacity`; ResourceQuota `spec.hard`;
+//!   LimitRange `spec.limits[].{max,min,default,defaultRequest,maxLimitRequestRatio}`;
+//! - HorizontalPodAutoscaler (`autoscaling`)
+//!   `spec.metrics[].{resource,containerResource,pods,object,external}.target.{value,averageValue}`;
+//! - CSIStorageCapacity (`storage.k8s.io`) `capacity`, `maximumVolumeSize`.
 //!
 //! # Paths
 //!
@@ -285,6 +312,8 @@ fn path_text(path: &[Seg<'_>]) -> String {
 
 /// The state of one comparison: where it is, and the work done so far.
 struct Comparer<'a> {
+    /// Which built-in kind the rendering is, for its quantity fields.
+    kind: Kind,
     path: Vec<Seg<'a>>,
     steps: usize,
     /// List elements compared with one another so far.
@@ -292,8 +321,9 @@ struct Comparer<'a> {
 }
 
 impl<'a> Comparer<'a> {
-    fn new(_rendered: &'a Value) -> Self {
+    fn new(rendered: &'a Value) -> Self {
         Comparer {
+            kind: Kind::of(rendered),
             path: Vec::with_capacity(16),
             steps: 0,
             comparisons: 0,
@@ -398,6 +428,7 @@ impl<'a> Comparer<'a> {
                 Err(self.miss(found, Shown::Value(rendered)))
             }
             (_, Some(o)) if self.scalar_eq(rendered, o) => Ok(()),
+            (_, Some(o)) if self.quantities_eq(rendered, o) => Ok(()),
             _ => Err(self.miss(found, Shown::Value(rendered))),
         }
     }
@@ -647,6 +678,13 @@ impl<'a> Comparer<'a> {
         Ok(())
     }
 
+    /// At a quantity field of a built-in kind, whether both values are
+    /// quantities of the same value (`500m` and `0.5`).
+    fn quantities_eq(&self, rendered: &Value, object: &Value) -> bool {
+        quantity_at(self.kind, &self.path)
+            && matches!((quantity(rendered), quantity(object)), (Some(r), Some(o)) if r == o)
+    }
+
     fn scalar_eq(&self, rendered: &Value, object: &Value) -> bool {
         match (rendered, object) {
             (Value::Number(r), Value::Number(o)) => numbers_eq(r, o),
@@ -743,6 +781,270 @@ impl Search<'_> {
             None => (at < m).then_some(at),
         }
     }
+}
+
+/// The built-in kinds with quantity fields (module docs), by the schema
+/// of their fields; every other kind, custom resources included, is kept
+/// as applied by the API server and compares exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Other,
+    /// A pod spec at `spec`.
+    Pod,
+    /// At `template.spec`.
+    PodTemplate,
+    /// At `spec.template.spec`: ReplicationController, Deployment,
+    /// ReplicaSet, DaemonSet, Job.
+    Workload,
+    /// A workload with `spec.volumeClaimTemplates`.
+    StatefulSet,
+    /// At `spec.jobTemplate.spec.template.spec`.
+    CronJob,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    ResourceQuota,
+    LimitRange,
+    HorizontalPodAutoscaler,
+    CsiStorageCapacity,
+}
+
+impl Kind {
+    fn of(rendered: &Value) -> Kind {
+        let group = rendered
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map_or("", group_of);
+        let kind = rendered.get("kind").and_then(Value::as_str).unwrap_or("");
+        match (group, kind) {
+            ("", "Pod") => Kind::Pod,
+            ("", "PodTemplate") => Kind::PodTemplate,
+            ("", "ReplicationController")
+            | ("apps" | "extensions", "Deployment" | "ReplicaSet" | "DaemonSet")
+            | ("batch", "Job") => Kind::Workload,
+            ("apps", "StatefulSet") => Kind::StatefulSet,
+            ("batch", "CronJob") => Kind::CronJob,
+            ("", "PersistentVolumeClaim") => Kind::PersistentVolumeClaim,
+            ("", "PersistentVolume") => Kind::PersistentVolume,
+            ("", "ResourceQuota") => Kind::ResourceQuota,
+            ("", "LimitRange") => Kind::LimitRange,
+            ("autoscaling", "HorizontalPodAutoscaler") => Kind::HorizontalPodAutoscaler,
+            ("storage.k8s.io", "CSIStorageCapacity") => Kind::CsiStorageCapacity,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// Whether `path` is a quantity field of `kind` (module docs list them).
+fn quantity_at(kind: Kind, path: &[Seg<'_>]) -> bool {
+    const POD_SPEC: &[&str] = &["spec"];
+    const TEMPLATE: &[&str] = &["spec", "template", "spec"];
+    match kind {
+        Kind::Other => false,
+        Kind::Pod => after(path, POD_SPEC).is_some_and(pod_spec),
+        Kind::PodTemplate => after(path, &["template", "spec"]).is_some_and(pod_spec),
+        Kind::Workload => after(path, TEMPLATE).is_some_and(pod_spec),
+        Kind::StatefulSet => {
+            after(path, TEMPLATE).is_some_and(pod_spec)
+                || after(path, &["spec", "volumeClaimTemplates", "[]", "spec"])
+                    .is_some_and(claim_spec)
+        }
+        Kind::CronJob => {
+            after(path, &["spec", "jobTemplate", "spec", "template", "spec"]).is_some_and(pod_spec)
+        }
+        Kind::PersistentVolumeClaim => after(path, &["spec"]).is_some_and(claim_spec),
+        Kind::PersistentVolume => fits(path, &["spec", "capacity", "*"]),
+        Kind::ResourceQuota => fits(path, &["spec", "hard", "*"]),
+        Kind::LimitRange => fits(
+            path,
+            &[
+                "spec",
+                "limits",
+                "[]",
+                "max|min|default|defaultRequest|maxLimitRequestRatio",
+                "*",
+            ],
+        ),
+        Kind::HorizontalPodAutoscaler => fits(
+            path,
+            &[
+                "spec",
+                "metrics",
+                "[]",
+                "resource|containerResource|pods|object|external",
+                "target",
+                "value|averageValue",
+            ],
+        ),
+        Kind::CsiStorageCapacity => fits(path, &["capacity|maximumVolumeSize"]),
+    }
+}
+
+/// Quantity fields of a pod spec.
+fn pod_spec(rest: &[Seg<'_>]) -> bool {
+    fits(
+        rest,
+        &[
+            "containers|initContainers|ephemeralContainers",
+            "[]",
+            "resources",
+            "requests|limits",
+            "*",
+        ],
+    ) || fits(rest, &["resources", "requests|limits", "*"])
+        || fits(rest, &["overhead", "*"])
+        || fits(rest, &["volumes", "[]", "emptyDir", "sizeLimit"])
+        || after(
+            rest,
+            &["volumes", "[]", "ephemeral", "volumeClaimTemplate", "spec"],
+        )
+        .is_some_and(claim_spec)
+}
+
+/// Quantity fields of a PersistentVolumeClaim spec.
+fn claim_spec(rest: &[Seg<'_>]) -> bool {
+    fits(rest, &["resources", "requests|limits", "*"])
+}
+
+/// Whether a path step is what a pattern token names: `*` any key, `[]`
+/// any list element, else one of the `|`-separated keys.
+fn step_is(seg: &Seg<'_>, token: &str) -> bool {
+    match seg {
+        Seg::Key(k) => token == "*" || token.split('|').any(|t| t == *k),
+        Seg::Index(_) | Seg::Named(_) => token == "[]",
+    }
+}
+
+/// The rest of `path` after `prefix`.
+fn after<'p, 'a>(path: &'p [Seg<'a>], prefix: &[&str]) -> Option<&'p [Seg<'a>]> {
+    let (head, rest) = path.split_at_checked(prefix.len())?;
+    head.iter()
+        .zip(prefix)
+        .all(|(s, t)| step_is(s, t))
+        .then_some(rest)
+}
+
+fn fits(path: &[Seg<'_>], pattern: &[&str]) -> bool {
+    after(path, pattern).is_some_and(<[_]>::is_empty)
+}
+
+/// A quantity's value in units of 10^-9, as the API server keeps it, or
+/// `None` when it is not one (or too large to hold).
+fn quantity(v: &Value) -> Option<i128> {
+    match v {
+        Value::String(s) => parse_quantity(s),
+        Value::Number(n) => parse_quantity(&n.to_string()),
+        _ => None,
+    }
+}
+
+/// The largest quantity the API server keeps in the SI and binary forms,
+/// 2^63-1, in units of 10^-9.
+const QUANTITY_CAP: i128 = i64::MAX as i128 * 1_000_000_000;
+
+/// Parses a Kubernetes `resource.Quantity` exactly, as the API server
+/// does: `<sign><digits>[.<digits>]<suffix>`, the suffix a decimal SI one
+/// (`n u m "" k M G T P E`), a binary one (`Ki Mi Gi Ti Pi Ei`) or an
+/// exponent (`e3`, `E-2`). The value is in units of 10^-9 (the API server
+/// rounds a smaller non-zero magnitude up to 1n), capped at 2^63-1 in the
+/// SI and binary forms as the API server caps it; `None` for anything else,
+/// or a value an `i128` cannot hold (compared then as text).
+pub fn parse_quantity(s: &str) -> Option<i128> {
+    let bytes = s.as_bytes();
+    let (negative, rest) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, bytes),
+    };
+    let digits = |b: &[u8]| b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let (int, rest) = rest.split_at(digits(rest));
+    let (frac, suffix) = match rest.split_first() {
+        Some((b'.', after_point)) => after_point.split_at(digits(after_point)),
+        _ => (&[][..], rest),
+    };
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let (exp10, binary, capped): (i64, u32, bool) = match suffix {
+        b"" => (0, 0, true),
+        b"n" => (-9, 0, true),
+        b"u" => (-6, 0, true),
+        b"m" => (-3, 0, true),
+        b"k" => (3, 0, true),
+        b"M" => (6, 0, true),
+        b"G" => (9, 0, true),
+        b"T" => (12, 0, true),
+        b"P" => (15, 0, true),
+        b"E" => (18, 0, true),
+        b"Ki" => (0, 10, true),
+        b"Mi" => (0, 20, true),
+        b"Gi" => (0, 30, true),
+        b"Ti" => (0, 40, true),
+        b"Pi" => (0, 50, true),
+        b"Ei" => (0, 60, true),
+        [b'e' | b'E', exponent @ ..] => (exponent_of(exponent)?, 0, false),
+        _ => return None,
+    };
+    // The significant digits: no leading or trailing zeros.
+    let all: Vec<u8> = int.iter().chain(frac).copied().collect();
+    let Some(first) = all.iter().position(|&d| d != b'0') else {
+        return Some(0);
+    };
+    let last = all.iter().rposition(|&d| d != b'0').unwrap_or(first);
+    let significant = all.get(first..=last)?;
+    let trailing = (all.len() - 1 - last) as i64;
+    // value = significant * 10^scale * 2^binary, in units of 10^-9.
+    let scale = exp10 - frac.len() as i64 + trailing + 9;
+    let magnitude = if scale >= 0 {
+        u32::try_from(scale)
+            .ok()
+            .and_then(|k| 10i128.checked_pow(k))
+            .and_then(|p| integer(significant)?.checked_mul(p))
+            .and_then(|v| v.checked_mul(1i128 << binary))
+    } else if binary == 0 {
+        // Rounded up: the dropped digits end in a non-zero one.
+        let keep = significant.len() as i64 + scale;
+        if keep <= 0 {
+            Some(1)
+        } else {
+            integer(significant.get(..keep as usize)?).and_then(|v| v.checked_add(1))
+        }
+    } else {
+        let v = integer(significant)?.checked_mul(1i128 << binary)?;
+        let k = u32::try_from(-scale).ok();
+        Some(match k.and_then(|k| 10i128.checked_pow(k)) {
+            Some(d) => v / d + i128::from(v % d != 0),
+            None => 1,
+        })
+    };
+    let magnitude = match magnitude {
+        Some(v) if capped => v.min(QUANTITY_CAP),
+        Some(v) => v,
+        // Beyond i128 means far beyond the cap.
+        None if capped => QUANTITY_CAP,
+        None => return None,
+    };
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// An exponent suffix's number: an optional sign and decimal digits,
+/// within an `i32` as the API server reads it.
+fn exponent_of(text: &[u8]) -> Option<i64> {
+    let digits = match text.split_first() {
+        Some((b'+' | b'-', rest)) => rest,
+        _ => text,
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: i64 = std::str::from_utf8(text).ok()?.parse().ok()?;
+    i32::try_from(n).ok().map(i64::from)
+}
+
+/// Decimal digits as an integer, `None` beyond `i128`.
+fn integer(digits: &[u8]) -> Option<i128> {
+    digits.iter().try_fold(0i128, |v, d| {
+        v.checked_mul(10)?.checked_add(i128::from(d - b'0'))
+    })
 }
 
 /// Whether a rendered value sets no field: `null`, or a map or list of
@@ -1087,6 +1389,124 @@ mod tests {
                 Differ("spec.template.spec.tolerations[2]", None, r#"{"key":"c"}"#),
             ),
             (
+                "500m equals 0.5 in a container's requests",
+                deployment(),
+                with(
+                    admitted(),
+                    &format!("{C0}/resources/requests/cpu"),
+                    json!("0.5"),
+                ),
+                Match,
+            ),
+            (
+                "1Gi equals 1024Mi in a container's requests",
+                deployment(),
+                with(
+                    admitted(),
+                    &format!("{C0}/resources/requests/memory"),
+                    json!("1024Mi"),
+                ),
+                Match,
+            ),
+            (
+                "a number in a quantity field equals its canonical string",
+                with(
+                    deployment(),
+                    &format!("{C0}/resources/limits"),
+                    json!({"cpu": 1, "memory": 1.5e9}),
+                ),
+                with(
+                    admitted(),
+                    &format!("{C0}/resources/limits"),
+                    json!({"cpu": "1", "memory": "1500M"}),
+                ),
+                Match,
+            ),
+            (
+                "a different quantity",
+                deployment(),
+                with(
+                    admitted(),
+                    &format!("{C0}/resources/requests/cpu"),
+                    json!("600m"),
+                ),
+                Differ(
+                    "spec.template.spec.containers[0].resources.requests.cpu",
+                    Some("\"600m\""),
+                    "\"500m\"",
+                ),
+            ),
+            (
+                "a quantity-looking string outside quantity fields",
+                config_map(json!({"cpu": "500m"})),
+                config_map(json!({"cpu": "0.5"})),
+                Differ("data.cpu", Some("\"0.5\""), "\"500m\""),
+            ),
+            (
+                "a custom resource's resources compare exactly",
+                json!({"apiVersion": "example.com/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                    "spec": {"template": {"spec": {"containers": [{"name": "a",
+                        "resources": {"requests": {"cpu": "500m"}}}]}}}}),
+                json!({"apiVersion": "example.com/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                    "spec": {"template": {"spec": {"containers": [{"name": "a",
+                        "resources": {"requests": {"cpu": "0.5"}}}]}}}}),
+                Differ(
+                    "spec.template.spec.containers[0].resources.requests.cpu",
+                    Some("\"0.5\""),
+                    "\"500m\"",
+                ),
+            ),
+            (
+                "a CronJob's init container, a pod overhead and an emptyDir sizeLimit",
+                json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+                    "spec": {"jobTemplate": {"spec": {"template": {"spec": {
+                        "initContainers": [{"name": "i", "resources": {"limits": {"memory": "1Gi"}}}],
+                        "overhead": {"cpu": "0.25"},
+                        "volumes": [{"name": "t", "emptyDir": {"sizeLimit": "1G"}}]}}}}}}),
+                json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+                    "spec": {"jobTemplate": {"spec": {"template": {"spec": {
+                        "initContainers": [{"name": "i", "resources": {"limits": {"memory": "1073741824"}}}],
+                        "overhead": {"cpu": "250m"},
+                        "volumes": [{"name": "t", "emptyDir": {"sizeLimit": "1e9"}}]}}}}}}),
+                Match,
+            ),
+            (
+                "StatefulSet claim templates",
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+                    "spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"},
+                        "spec": {"resources": {"requests": {"storage": "0.5Gi"}}}}]}}),
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+                    "spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"},
+                        "spec": {"resources": {"requests": {"storage": "512Mi"}}}}]}}),
+                Match,
+            ),
+            (
+                "ResourceQuota hard",
+                json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
+                    "spec": {"hard": {"requests.cpu": "2", "pods": 10}}}),
+                json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
+                    "spec": {"hard": {"requests.cpu": "2000m", "pods": "10"}}}),
+                Match,
+            ),
+            (
+                "LimitRange limits",
+                json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "l"},
+                    "spec": {"limits": [{"type": "Container", "default": {"cpu": "0.5"},
+                        "max": {"memory": "2Gi"}}]}}),
+                json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "l"},
+                    "spec": {"limits": [{"type": "Container", "default": {"cpu": "500m"},
+                        "max": {"memory": "2048Mi"}}]}}),
+                Match,
+            ),
+            (
+                "PersistentVolume capacity",
+                json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv"},
+                    "spec": {"capacity": {"storage": "1Ti"}}}),
+                json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv"},
+                    "spec": {"capacity": {"storage": "1024Gi"}}}),
+                Match,
+            ),
+            (
                 "strings compare exactly outside quantity fields",
                 config_map(json!({"version": "1.10"})),
                 config_map(json!({"version": "1.1"})),
@@ -1177,6 +1597,83 @@ mod tests {
         eprintln!(
             "three 10,000-element lists compared in {:.2?}",
             start.elapsed()
+        );
+    }
+
+    #[test]
+    fn quantities_parse_exactly() {
+        let same = [
+            ("500m", "0.5"),
+            ("1Gi", "1024Mi"),
+            ("1", "1000m"),
+            ("1e3", "1k"),
+            ("1E3", "1k"),
+            ("1e+3", "1000"),
+            ("1e-3", "1m"),
+            ("1.10", "1.1"),
+            ("1.5Gi", "1536Mi"),
+            ("+1", "1"),
+            ("-1", "-1000m"),
+            (".5", "500m"),
+            ("1.", "1"),
+            ("0", "0Ki"),
+            ("000", "-0.0"),
+            ("2Ei", "2305843009213693952"),
+            ("0.1n", "1n"),
+            ("1e-40", "1n"),
+            ("0.5Ki", "512"),
+            ("0.0000000001Ki", "103n"),
+            ("0.0000000000001Ki", "1n"),
+            ("100000000000000000000", "9223372036854775807"),
+            ("10000E", "9223372036854775807"),
+            ("-10000Ei", "-9223372036854775807"),
+        ];
+        for (a, b) in same {
+            let (x, y) = (parse_quantity(a), parse_quantity(b));
+            assert!(x.is_some() && x == y, "{a} {x:?} vs {b} {y:?}");
+        }
+        let different = [
+            ("1", "1001m"),
+            ("1Ki", "1k"),
+            ("1E", "1Ei"),
+            ("1n", "1u"),
+            ("1e3", "1e4"),
+        ];
+        for (a, b) in different {
+            let (x, y) = (parse_quantity(a), parse_quantity(b));
+            assert!(
+                x.is_some() && y.is_some() && x != y,
+                "{a} {x:?} vs {b} {y:?}"
+            );
+        }
+        assert_eq!(parse_quantity("1.5"), Some(1_500_000_000));
+        for bad in [
+            "",
+            "abc",
+            "1K",
+            "1e",
+            "1 ",
+            " 1",
+            "1.2.3",
+            "--1",
+            "1Mi3",
+            ".",
+            "+",
+            "1Ee3",
+            "1e99999999999",
+            "1e3.5",
+            "1m1",
+            "1mi",
+            "e3",
+            "1ee3",
+        ] {
+            assert_eq!(parse_quantity(bad), None, "{bad:?}");
+        }
+        // Beyond i128 in the exponent form (not capped): compared as text.
+        assert_eq!(parse_quantity("1e40"), None);
+        assert_eq!(
+            parse_quantity(&format!("1{}", "0".repeat(5000))),
+            Some(QUANTITY_CAP)
         );
     }
 
