@@ -36,6 +36,13 @@
 //!   in order, and must be as long as the object's. An empty rendered list
 //!   matches an empty list or a list of maps.
 //!
+//! - A Secret (core group): each rendered `stringData` entry compares with
+//!   the object's `stringData` entry if it has one, else with its
+//!   base64-decoded `data` entry (the API server folds `stringData` into
+//!   `data`, and a `stringData` entry overrides the `data` one of the same
+//!   key, which is then not compared); rendered `data` entries compare with
+//!   the object's by decoded bytes. A difference there shows the sizes of
+//!   the values, never the values.
 //!
 //! # Quantities
 //!
@@ -227,6 +234,8 @@ enum Shown<'a> {
     Value(&'a Value),
     /// Said in words, not quoted (a value too deep to write).
     Text(&'static str),
+    /// A Secret's value: only its size in bytes is shown.
+    Hidden(usize),
 }
 
 /// A difference before it is written out: found while matching list
@@ -250,6 +259,7 @@ impl Miss<'_> {
             Shown::Missing => None,
             Shown::Value(v) => Some(echo::value(&compact(v))),
             Shown::Text(t) => Some((*t).to_owned()),
+            Shown::Hidden(n) => Some(format!("({n} bytes, not shown)")),
         };
         Difference {
             path: path_text(&self.path),
@@ -314,6 +324,8 @@ fn path_text(path: &[Seg<'_>]) -> String {
 struct Comparer<'a> {
     /// Which built-in kind the rendering is, for its quantity fields.
     kind: Kind,
+    /// The rendering is a Secret (core group).
+    secret: bool,
     path: Vec<Seg<'a>>,
     steps: usize,
     /// List elements compared with one another so far.
@@ -324,6 +336,12 @@ impl<'a> Comparer<'a> {
     fn new(rendered: &'a Value) -> Self {
         Comparer {
             kind: Kind::of(rendered),
+            secret: rendered.get("kind").and_then(Value::as_str) == Some("Secret")
+                && rendered
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .map(group_of)
+                    == Some(""),
             path: Vec::with_capacity(16),
             steps: 0,
             comparisons: 0,
@@ -376,9 +394,113 @@ impl<'a> Comparer<'a> {
             if key == "status" || key == "apiVersion" {
                 continue;
             }
-            self.entry(key, value, o, 1)?;
+            match (key.as_str(), value) {
+                ("data", Value::Object(data)) if self.secret => {
+                    let overridden = r.get("stringData").and_then(Value::as_object);
+                    self.secret_data(data, overridden, o)?;
+                }
+                ("stringData", Value::Object(strings)) if self.secret => {
+                    self.secret_strings(strings, o)?;
+                }
+                _ => self.entry(key, value, o, 1)?,
+            }
         }
         Ok(())
+    }
+
+    /// A Secret's rendered `data` against the object's, by decoded bytes
+    /// (a rendering may wrap or pad its base64 differently); an entry the
+    /// rendered `stringData` also sets is skipped, as the API server
+    /// overwrites it with that one.
+    fn secret_data(
+        &mut self,
+        data: &'a Map<String, Value>,
+        overridden: Option<&'a Map<String, Value>>,
+        object: &'a Map<String, Value>,
+    ) -> Step<'a> {
+        let found_data = object.get("data").and_then(Value::as_object);
+        self.path.push(Seg::Key("data"));
+        for (key, value) in data {
+            let wins = overridden
+                .and_then(|o| o.get(key))
+                .is_some_and(|v| !v.is_null());
+            if value.is_null() || wins {
+                continue;
+            }
+            let found = found_data.and_then(|d| d.get(key));
+            let same = match (value, found) {
+                (Value::String(r), Some(Value::String(o))) => {
+                    r == o || matches!((decode(r), decode(o)), (Some(r), Some(o)) if r == o)
+                }
+                (_, found) => found == Some(value),
+            };
+            if !same {
+                self.path.push(Seg::Key(key));
+                return Err(self.hidden_miss(found, hidden_size(value, true), None));
+            }
+        }
+        self.path.pop();
+        Ok(())
+    }
+
+    /// A Secret's rendered `stringData`: against the object's `stringData`
+    /// where it has the entry, else against its base64-decoded `data`,
+    /// where the API server folds `stringData`.
+    fn secret_strings(
+        &mut self,
+        strings: &'a Map<String, Value>,
+        object: &'a Map<String, Value>,
+    ) -> Step<'a> {
+        for (key, value) in strings {
+            if value.is_null() {
+                continue;
+            }
+            if let Some(found) = object
+                .get("stringData")
+                .and_then(|s| s.get(key))
+                .filter(|v| !v.is_null())
+            {
+                if found != value {
+                    self.path.extend([Seg::Key("stringData"), Seg::Key(key)]);
+                    return Err(self.hidden_miss(Some(found), hidden_size(value, false), None));
+                }
+                continue;
+            }
+            let found = object.get("data").and_then(|d| d.get(key));
+            let same = match (value, found) {
+                (Value::String(r), Some(Value::String(o))) => {
+                    decode(o).is_some_and(|o| o == r.as_bytes())
+                }
+                _ => false,
+            };
+            if !same {
+                self.path.extend([Seg::Key("data"), Seg::Key(key)]);
+                let shown = path_text(&[Seg::Key("stringData"), Seg::Key(key)]);
+                let note = format!("head renders it as {shown}");
+                return Err(self.hidden_miss(found, hidden_size(value, false), Some(note)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A difference in a Secret's values, which are not shown: only their
+    /// sizes (decoded, for `data`).
+    fn hidden_miss(
+        &self,
+        found: Option<&'a Value>,
+        rendered: usize,
+        note: Option<String>,
+    ) -> Box<Miss<'a>> {
+        let mut miss = self.miss(
+            found.map_or(Shown::Missing, |f| Shown::Hidden(hidden_size(f, true))),
+            Shown::Hidden(rendered),
+        );
+        let hidden = "a Secret's values are not shown";
+        miss.note = Some(match note {
+            Some(note) => format!("{note}; {hidden}"),
+            None => hidden.to_owned(),
+        });
+        miss
     }
 
     /// The rendered `key: value` of a map against the object's map.
@@ -1047,6 +1169,33 @@ fn integer(digits: &[u8]) -> Option<i128> {
     })
 }
 
+/// Base64 as the API server reads a Secret's `data` (Go's
+/// `StdEncoding`: padded, line breaks ignored, trailing bits allowed).
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
+fn decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    if text.contains(['\r', '\n']) {
+        let joined: String = text.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+        BASE64.decode(joined).ok()
+    } else {
+        BASE64.decode(text).ok()
+    }
+}
+
+/// The size shown for a Secret's value: its bytes, decoded when it is
+/// base64 `data`.
+fn hidden_size(v: &Value, base64: bool) -> usize {
+    match v {
+        Value::String(s) if base64 => decode(s).map_or(s.len(), |d| d.len()),
+        Value::String(s) => s.len(),
+        other => compact(other).len(),
+    }
+}
+
 /// Whether a rendered value sets no field: `null`, or a map or list of
 /// nothing but such values.
 fn sets_nothing(v: &Value, depth: usize) -> bool {
@@ -1166,6 +1315,30 @@ mod tests {
     fn config_map(data: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "settings", "namespace": "prod"}, "data": data})
+    }
+
+    fn secret(fields: Value) -> Value {
+        let mut s = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "db", "namespace": "prod"}});
+        for (k, v) in fields.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        s
+    }
+
+    #[test]
+    fn a_secret_difference_shows_no_value() {
+        let d = compare(
+            &secret(json!({"stringData": {"password": "hunter2-new"}})),
+            &secret(json!({"data": {"password": "aHVudGVyMi1vbGQ="}})),
+        )
+        .unwrap_err();
+        let text = d.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("aHVudGVy"),
+            "{text}"
+        );
+        assert!(text.contains("not shown"), "{text}");
     }
 
     fn ingress(service: &str) -> Value {
@@ -1505,6 +1678,65 @@ mod tests {
                 json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv"},
                     "spec": {"capacity": {"storage": "1024Gi"}}}),
                 Match,
+            ),
+            (
+                "a Secret's stringData matches the object's decoded data",
+                secret(json!({"stringData": {"password": "s3cret", "tls.key": "k"}})),
+                secret(json!({"data": {"password": "czNjcmV0", "tls.key": "aw=="}})),
+                Match,
+            ),
+            (
+                "a Secret's stringData differs from the object's data",
+                secret(json!({"stringData": {"password": "s3cret"}})),
+                secret(json!({"data": {"password": "b2xk"}})),
+                Differ(
+                    "data.password",
+                    Some("(3 bytes, not shown)"),
+                    "(6 bytes, not shown)",
+                ),
+            ),
+            (
+                "a Secret's stringData the object lacks, with a key to quote",
+                secret(json!({"stringData": {"tls.key": "k"}})),
+                secret(json!({"data": {"password": "czNjcmV0"}})),
+                DifferNote(
+                    r#"data["tls.key"]"#,
+                    r#"head renders it as stringData["tls.key"]"#,
+                ),
+            ),
+            (
+                "a Secret's stringData against the object's stringData",
+                secret(json!({"stringData": {"password": "s3cret"}})),
+                secret(json!({"stringData": {"password": "s3cret"}, "data": {"password": "b2xk"}})),
+                Match,
+            ),
+            (
+                "a Secret's data compares decoded (line breaks ignored)",
+                secret(json!({"data": {"password": "czNj\ncmV0"}})),
+                secret(json!({"data": {"password": "czNjcmV0"}})),
+                Match,
+            ),
+            (
+                "a Secret's data differs",
+                secret(json!({"data": {"password": "czNjcmV0"}})),
+                secret(json!({"data": {"password": "b2xk"}})),
+                Differ(
+                    "data.password",
+                    Some("(3 bytes, not shown)"),
+                    "(6 bytes, not shown)",
+                ),
+            ),
+            (
+                "a Secret's stringData overrides its data",
+                secret(json!({"data": {"password": "b2xk"}, "stringData": {"password": "s3cret"}})),
+                secret(json!({"data": {"password": "czNjcmV0"}})),
+                Match,
+            ),
+            (
+                "data in a ConfigMap is not decoded",
+                config_map(json!({"password": "czNj\ncmV0"})),
+                config_map(json!({"password": "czNjcmV0"})),
+                Differ("data.password", Some("\"czNjcmV0\""), "\"czNj\\ncmV0\""),
             ),
             (
                 "strings compare exactly outside quantity fields",
