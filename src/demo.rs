@@ -2,7 +2,8 @@
 //! but git. Builds a GitOps repository (a nested overlay whose base is
 //! reached through a symlink, six weeks of history), generates
 //! certificates, starts the real webhook on loopback over TLS, and sends
-//! three applies through real HTTPS requests.
+//! three applies through real HTTPS requests; with kustomize (or kubectl)
+//! on the PATH, a fourth without any annotation, checked by its content.
 
 use crate::checksum::ChecksumEngine;
 use crate::config::Config;
@@ -17,6 +18,8 @@ const REVISION_KEY: &str = "stale-guard.io/revision";
 /// The incident's key: it must be read whole, never split on its dots.
 const CHECKSUM_KEY: &str = "fluxcd.io/checksum";
 const DAY: i64 = 86_400;
+/// The pipeline that cannot stamp: its applies carry no annotation.
+const ARGO_USER: &str = "system:serviceaccount:argocd:argocd-application-controller";
 
 /// What the demo printed, for the caller to decide the exit code.
 pub struct Outcome {
@@ -61,6 +64,22 @@ pub async fn run(serve: bool) -> anyhow::Result<Outcome> {
     std::fs::write(certs.join("tls.crt"), &bundle.cert_pem)?;
     std::fs::write(certs.join("tls.key"), &bundle.key_pem)?;
 
+    // Content verification needs a kustomize to render with.
+    let render_command = render_command();
+    let content_rule = match &render_command {
+        Some(command) => format!(
+            r#"
+  - name: prod-east-content
+    match: {{ namespaces: [prod-apps], kinds: [Ingress], users: ["{ARGO_USER}"] }}
+    source: gitops
+    overlay: {OVERLAY}
+    provenance: none
+    content: verify
+render: {{ command: {command:?}, history: 40 }}
+"#
+        ),
+        None => String::new(),
+    };
     let config = Config::parse(&format!(
         r#"
 listen: "127.0.0.1:0"
@@ -71,10 +90,10 @@ sources:
   - {{ name: gitops, url: "{repo}", branch: main, pollInterval: 5s }}
 rules:
   - name: prod-east
-    match: {{ namespaces: [prod-apps], kinds: [Ingress] }}
+    match: {{ namespaces: [prod-apps], kinds: [Ingress], users: ["system:serviceaccount:flux-system:kustomize-controller"] }}
     source: gitops
     overlay: {OVERLAY}
-"#,
+{content_rule}"#,
         certs = certs.display(),
         mirrors = dir.join("mirrors").display(),
         repo = repo.display(),
@@ -92,13 +111,15 @@ rules:
         .build()?;
     wait_ready(&client, &url).await?;
 
-    let applies = [
+    let flux =
+        |annotations: Vec<(&'static str, String)>| review_body(FLUX_USER, ingress(&annotations));
+    let mut applies = vec![
         Apply {
             title: "The fresh apply: rendered from the head, with its checksum".to_owned(),
-            annotations: vec![
+            body: flux(vec![
                 (REVISION_KEY, format!("main@sha1:{}", history.head)),
                 (CHECKSUM_KEY, head_sum.clone()),
-            ],
+            ]),
             expect: ("Fresh", true),
         },
         Apply {
@@ -106,26 +127,55 @@ rules:
                 "The incident: a six-week-old revision {} with its (then correct) checksum",
                 &history.old[..7]
             ),
-            annotations: vec![
+            body: flux(vec![
                 (REVISION_KEY, format!("main@sha1:{}", history.old)),
                 (CHECKSUM_KEY, old_sum),
-            ],
+            ]),
             expect: ("StaleRevision", false),
         },
         Apply {
             title: format!(
                 "A controller that split the key {CHECKSUM_KEY:?} on its dots and stored \"fluxcd\""
             ),
-            annotations: vec![
+            body: flux(vec![
                 (REVISION_KEY, format!("main@sha1:{}", history.head)),
                 ("fluxcd", head_sum),
-            ],
+            ]),
             expect: ("MissingChecksum", false),
         },
     ];
+    match render_command {
+        Some(command) => {
+            // The six-week-old Ingress as kustomize renders it, as the API
+            // server would pass it on: no annotation at all.
+            let old_ingress = rendered_ingress(&repo, &history.old, command).await?;
+            applies.push(Apply {
+                title: format!(
+                    "A pipeline that cannot stamp: no annotation at all, the Ingress as rendered at {}",
+                    &history.old[..7]
+                ),
+                body: review_body(ARGO_USER, as_admitted(old_ingress)),
+                expect: ("ContentMismatch", false),
+            });
+            // The mismatch names the earlier rendering it matches: wait
+            // until they are rendered (in the background, after start).
+            let state = running.state.clone();
+            let started = std::time::Instant::now();
+            while !state.renderings_ready()
+                && started.elapsed() < std::time::Duration::from_secs(60)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        None => writeln!(
+            out,
+            "(content verification skipped: neither kustomize nor kubectl is on the PATH)\n"
+        )?,
+    }
     let mut as_expected = true;
     for (i, apply) in applies.iter().enumerate() {
-        let body = review(&format!("demo-{}", i + 1), &apply.annotations);
+        let mut body = apply.body.clone();
+        body["request"]["uid"] = serde_json::Value::String(format!("demo-{}", i + 1));
         std::fs::write(dir.join(format!("review-{}.json", i + 1)), body.to_string())?;
         let answer: serde_json::Value = client
             .post(&url)
@@ -170,7 +220,7 @@ rules:
     if serve {
         writeln!(
             out,
-            "\nThe webhook keeps running (Ctrl-C stops it). Try:\n  curl --cacert {ca} -H 'Content-Type: application/json' --data-binary @{review} {url}\n(review-1.json is fresh, review-2.json six weeks old, review-3.json has the split key)",
+            "\nThe webhook keeps running (Ctrl-C stops it). Try:\n  curl --cacert {ca} -H 'Content-Type: application/json' --data-binary @{review} {url}\n(review-1.json is fresh, review-2.json six weeks old, review-3.json has the split key, review-4.json, when there, has no annotation and a six-week-old body)",
             ca = certs.join("ca.crt").display(),
             review = dir.join("review-2.json").display(),
         )?;
@@ -184,8 +234,73 @@ rules:
 
 struct Apply {
     title: String,
-    annotations: Vec<(&'static str, String)>,
+    body: serde_json::Value,
     expect: (&'static str, bool),
+}
+
+const FLUX_USER: &str = "system:serviceaccount:flux-system:kustomize-controller";
+
+/// `[kustomize, build]` when kustomize is on the PATH, else `[kubectl,
+/// kustomize]` when kubectl is, else none.
+fn render_command() -> Option<[&'static str; 2]> {
+    let runs = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs("kustomize", "version") {
+        Some(["kustomize", "build"])
+    } else if runs("kubectl", "version") || runs("kubectl", "help") {
+        Some(["kubectl", "kustomize"])
+    } else {
+        None
+    }
+}
+
+/// The demo Ingress as `command` renders the overlay at `rev`.
+async fn rendered_ingress(
+    repo: &Path,
+    rev: &str,
+    command: [&str; 2],
+) -> anyhow::Result<serde_json::Value> {
+    let engine = ChecksumEngine::open(repo)?;
+    let commit = engine.resolve_commit(rev)?;
+    let sum = engine.checksum(commit, OVERLAY)?;
+    let settings = crate::config::RenderConfig {
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        ..crate::config::RenderConfig::default()
+    }
+    .settings();
+    let renderer = crate::render::Renderer::new(settings);
+    let rendering = renderer
+        .render(engine, commit, OVERLAY, sum.checksum)
+        .await
+        .map_err(|e| anyhow::anyhow!("rendering {OVERLAY} at {rev}: {e}"))?;
+    let id = crate::content::Identity {
+        group: "networking.k8s.io".to_owned(),
+        kind: "Ingress".to_owned(),
+        namespace: Some("prod-apps".to_owned()),
+        name: "web".to_owned(),
+    };
+    rendering
+        .find(&id)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the rendering at {rev} has no Ingress prod-apps/web"))
+}
+
+/// What the API server adds to an object before admission.
+fn as_admitted(mut object: serde_json::Value) -> serde_json::Value {
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        meta.insert("uid".into(), "3b1f6a2e-0c4d-4e8a-9f57-2d6c1b8e7a90".into());
+        meta.insert("resourceVersion".into(), "48213".into());
+        meta.insert("generation".into(), 7.into());
+        meta.insert("creationTimestamp".into(), "2026-10-25T09:12:44Z".into());
+    }
+    object["status"] = serde_json::json!({"loadBalancer": {}});
+    object
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
@@ -201,33 +316,39 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     bail!("the webhook did not become ready within 10 s")
 }
 
-/// An AdmissionReview of a server-side apply of the demo Ingress by Flux's
-/// kustomize-controller.
-fn review(uid: &str, annotations: &[(&str, String)]) -> serde_json::Value {
+/// The demo Ingress with `annotations`, as a stamping pipeline applies it.
+fn ingress(annotations: &[(&str, String)]) -> serde_json::Value {
     let annotations: serde_json::Map<String, serde_json::Value> = annotations
         .iter()
         .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v.clone())))
         .collect();
     serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "web", "namespace": "prod-apps", "annotations": annotations},
+        "spec": {"rules": [{"host": "east.example.com"}]}
+    })
+}
+
+/// An AdmissionReview of a server-side apply of `object` (the demo
+/// Ingress) by `user`.
+fn review_body(user: &str, object: serde_json::Value) -> serde_json::Value {
+    let group = user.rsplit_once(':').map_or("", |(g, _)| g);
+    serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
-            "uid": uid,
+            "uid": "",
             "kind": {"group": "networking.k8s.io", "version": "v1", "kind": "Ingress"},
             "resource": {"group": "networking.k8s.io", "version": "v1", "resource": "ingresses"},
             "name": "web",
             "namespace": "prod-apps",
             "operation": "UPDATE",
             "userInfo": {
-                "username": "system:serviceaccount:flux-system:kustomize-controller",
-                "groups": ["system:serviceaccounts", "system:serviceaccounts:flux-system"]
+                "username": user,
+                "groups": ["system:serviceaccounts", group.replace("system:serviceaccount:", "system:serviceaccounts:")]
             },
-            "object": {
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "Ingress",
-                "metadata": {"name": "web", "namespace": "prod-apps", "annotations": annotations},
-                "spec": {"rules": [{"host": "east.example.com"}]}
-            },
+            "object": object,
             "dryRun": false
         }
     })

@@ -1,12 +1,13 @@
 //! The README's first command, `stale-guard demo`, run as a user would: it
-//! must exit 0 and show one allowed and two denied verdicts with their
-//! reason codes, and the denial log lines.
+//! must exit 0 and show one allowed and three denied verdicts with their
+//! reason codes, and the denial log lines. The fourth apply (content
+//! verification) needs kubectl, which these tests require anyway.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
-fn demo_shows_one_allowed_and_two_denied_applies() {
+fn demo_shows_one_allowed_and_three_denied_applies() {
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_stale-guard"))
         .arg("demo")
@@ -19,7 +20,7 @@ fn demo_shows_one_allowed_and_two_denied_applies() {
     assert!(started.elapsed() < Duration::from_secs(60));
 
     assert_eq!(stdout.matches("-> allowed  (Fresh)").count(), 1, "{stdout}");
-    assert_eq!(stdout.matches("-> DENIED").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("-> DENIED").count(), 3, "{stdout}");
     assert!(
         stdout.contains("Error from server (Forbidden): StaleRevision: revision "),
         "{stdout}"
@@ -33,7 +34,16 @@ fn demo_shows_one_allowed_and_two_denied_applies() {
             && stdout.contains("near-miss key \"fluxcd\""),
         "{stdout}"
     );
-    // The audit log lines of both denials, as JSON.
+    // No annotation at all: the body is compared with head's rendering, and
+    // the denial says which six-week-old commit it is.
+    assert!(
+        stdout.contains("Error from server (Forbidden): ContentMismatch: Ingress.networking.k8s.io prod-apps/web differs from the rendering at main@")
+            && stdout.contains("spec.rules[0].http.paths[0].backend.service.name: found \"web-v1\", head renders \"web-v37\"")
+            && stdout.contains("; it matches the rendering at ")
+            && stdout.contains(", 36 commits and 40 days behind main@"),
+        "{stdout}"
+    );
+    // The audit log lines of the denials, as JSON.
     let audit: Vec<serde_json::Value> = stdout
         .lines()
         .filter_map(|l| l.trim().strip_prefix('{').map(|_| l.trim()))
@@ -43,5 +53,9 @@ fn demo_shows_one_allowed_and_two_denied_applies() {
         .iter()
         .filter_map(|v| v["fields"]["reason"].as_str())
         .collect();
-    assert_eq!(reasons, ["StaleRevision", "MissingChecksum"], "{stdout}");
+    assert_eq!(
+        reasons,
+        ["StaleRevision", "MissingChecksum", "ContentMismatch"],
+        "{stdout}"
+    );
 }
