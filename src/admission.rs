@@ -489,6 +489,10 @@ pub fn response_json(req: &Request<'_>, decision: &Decision) -> Vec<u8> {
     if let Some(o) = d.overridden {
         ascii(&mut out, "overridden", o.as_str().as_bytes());
     }
+    if let Some(field) = &d.field {
+        out.extend_from_slice(b",\"field\":");
+        string(&mut out, field);
+    }
     if !d.reason.allows() && d.allowed {
         ascii(&mut out, "enforced", b"false");
     }
@@ -562,6 +566,7 @@ mod tests {
             allowed: false,
             message: "StaleRevision: \"quoted\" \u{1F600} and \\ escapes".into(),
             head: Revision::parse(&"a".repeat(40)).ok(),
+            field: Some("metadata.annotations[\"a.b/c\"]".into()),
             ..base.clone()
         };
         let warned = Decision {

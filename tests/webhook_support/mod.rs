@@ -401,6 +401,7 @@ pub struct Review {
     pub annotations: Vec<(String, String)>,
     /// Replaces the whole `object` (e.g. to drop its metadata).
     pub object_override: Option<Value>,
+    pub dry_run: bool,
 }
 
 impl Review {
@@ -430,7 +431,26 @@ impl Review {
                 ("kustomize.toolkit.fluxcd.io/ssa".into(), "Merge".into()),
             ],
             object_override: None,
+            dry_run: false,
         }
+    }
+
+    /// A server-side apply of `object` (its kind, name and namespace) by
+    /// the Flux controller, without annotations of its own.
+    pub fn of_object(tag: &str, object: &Value) -> Review {
+        let api_version = object["apiVersion"].as_str().unwrap_or("v1");
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let kind = object["kind"].as_str().unwrap_or("").to_owned();
+        let mut review =
+            Review::ingress(tag, object["metadata"]["namespace"].as_str().unwrap_or(""));
+        review.group = group.into();
+        review.version = version.into();
+        review.resource = format!("{}s", kind.to_lowercase());
+        review.kind = kind;
+        review.name = object["metadata"]["name"].as_str().unwrap_or("").into();
+        review.annotations.clear();
+        review.object_override = Some(object.clone());
+        review
     }
 
     pub fn annotate(mut self, key: &str, value: &str) -> Review {
@@ -552,7 +572,7 @@ impl Review {
             },
             "object": object,
             "oldObject": old_object,
-            "dryRun": false,
+            "dryRun": self.dry_run,
             "options": options
         });
         if let Some(sub) = &self.sub_resource {
@@ -800,6 +820,8 @@ pub struct ConfigBuilder {
     pub client_ca: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Top-level YAML appended as given (e.g. a `render:` block).
+    pub extra: String,
 }
 
 fn q(s: &str) -> String {
@@ -824,6 +846,7 @@ impl ConfigBuilder {
             client_ca: None,
             cert_file: None,
             key_file: None,
+            extra: String::new(),
         }
     }
 
@@ -917,6 +940,7 @@ impl ConfigBuilder {
         if let Some(listen) = &self.probes {
             y.push_str(&format!("probes: {{ listen: {} }}\n", q(listen)));
         }
+        y.push_str(&self.extra);
         y
     }
 }
