@@ -42,7 +42,8 @@ use tokio::sync::{Semaphore, watch};
 /// Default cap on what the command may write to stdout.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
 
-/// Default weight of the rendering cache, in output bytes.
+/// Default weight of the rendering cache: the estimated heap of the
+/// parsed objects ([`Rendering::bytes`]).
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// Stderr kept for the error message; the rest is read and dropped so the
@@ -60,8 +61,8 @@ pub struct RenderSettings {
     pub concurrency: usize,
     /// Stdout beyond this kills the command ([`RenderError::OutputTooLarge`]).
     pub max_output_bytes: u64,
-    /// Weight of the cache in output bytes. The parsed objects take several
-    /// times their YAML's size on the heap.
+    /// Weight of the cache: the estimated heap of the renderings it holds
+    /// (about 20 bytes per byte of YAML).
     pub cache_bytes: u64,
     /// Where the private temporary directories are made; `None` for the
     /// system's (`TMPDIR`).
@@ -139,8 +140,12 @@ pub struct Rendering {
     /// The overlay path, cleaned.
     pub overlay: Arc<str>,
     objects: HashMap<Identity, Value>,
-    /// Size of the command's output: the cache weight.
+    /// Estimated heap held by the parsed objects: the cache weight. About
+    /// 20 times `output_bytes` (serde_json's maps are B-trees whose
+    /// smallest node holds room for 11 entries).
     pub bytes: u64,
+    /// Size of the command's output.
+    pub output_bytes: u64,
     /// From the start of the work (after waiting for a permit) to parsed.
     pub took: Duration,
 }
@@ -410,12 +415,17 @@ fn render_blocking(
     let output = run_command(settings, &workspace, &target)?;
     workspace.remove();
     let objects = parse_objects(&output)?;
+    let bytes = objects
+        .iter()
+        .map(|(id, v)| identity_heap(id) + value_heap(v))
+        .sum();
     Ok(Arc::new(Rendering {
         checksum: key,
         commit,
         overlay,
         objects,
-        bytes: output.len() as u64,
+        bytes,
+        output_bytes: output.len() as u64,
         took: start.elapsed(),
     }))
 }
@@ -874,6 +884,55 @@ fn add_object(
     }
     objects.insert(id, value);
     Ok(())
+}
+
+/// Bytes malloc spends on one allocation beyond what was asked.
+const ALLOCATION_OVERHEAD: u64 = 16;
+
+/// A B-tree node of serde_json's map: 11 keys and values, lengths and a
+/// parent link. Nodes are about two thirds full.
+const MAP_NODE_BYTES: u64 = 11 * (size_of::<String>() + size_of::<Value>()) as u64 + 16;
+const MAP_ENTRIES_PER_NODE: usize = 8;
+
+fn string_heap(s: &str) -> u64 {
+    if s.is_empty() {
+        0
+    } else {
+        s.len() as u64 + ALLOCATION_OVERHEAD
+    }
+}
+
+/// The heap a parsed value holds, estimated from its shape (its own
+/// inline `Value` is counted by its parent). For 16 MiB of Deployments
+/// it says 321 MiB where the resident set grew by 339 MiB.
+fn value_heap(v: &Value) -> u64 {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => string_heap(s),
+        Value::Array(items) => {
+            let own = (items.capacity() * size_of::<Value>()) as u64 + ALLOCATION_OVERHEAD;
+            own + items.iter().map(value_heap).sum::<u64>()
+        }
+        Value::Object(map) => {
+            let nodes = map.len().div_ceil(MAP_ENTRIES_PER_NODE) as u64;
+            let own = nodes * (MAP_NODE_BYTES + ALLOCATION_OVERHEAD);
+            own + map
+                .iter()
+                .map(|(k, v)| string_heap(k) + value_heap(v))
+                .sum::<u64>()
+        }
+    }
+}
+
+/// An index entry: the identity's strings, the value inline, the
+/// table's slot.
+fn identity_heap(id: &Identity) -> u64 {
+    let inline = (size_of::<Identity>() + size_of::<Value>() + 8) as u64;
+    inline
+        + string_heap(&id.group)
+        + string_heap(&id.kind)
+        + id.namespace.as_deref().map_or(0, string_heap)
+        + string_heap(&id.name)
 }
 
 #[cfg(test)]
