@@ -17,8 +17,9 @@
 //!
 //! [`Renderer`] runs one process per checksum at most (single flight), at
 //! most `concurrency` at once, and caches results by checksum: failures
-//! too, except timeouts and local trouble (spawning, disk), which another
-//! attempt may not repeat.
+//! too, except timeouts, local trouble (spawning, disk) and failures of an
+//! overlay that reads remote content, which another attempt may not
+//! repeat.
 
 use crate::checksum::{Checksum, ChecksumEngine, ChecksumError, OverlayTree, TreeFile};
 use crate::content::Identity;
@@ -329,8 +330,8 @@ impl Inner {
             self.counters.started.fetch_add(1, Ordering::Relaxed);
             let start = Instant::now();
             let me = Arc::clone(&self);
-            let (outcome, keyed) = tokio::task::spawn_blocking(move || {
-                let mut keyed = false;
+            let (outcome, caching) = tokio::task::spawn_blocking(move || {
+                let mut caching = Caching::Nothing;
                 let outcome = render_blocking(
                     &me.settings,
                     &engine,
@@ -338,12 +339,12 @@ impl Inner {
                     overlay,
                     key,
                     start,
-                    &mut keyed,
+                    &mut caching,
                 );
-                (outcome, keyed)
+                (outcome, caching)
             })
             .await
-            .unwrap_or_else(|e| (Err(local("rendering", e)), false));
+            .unwrap_or_else(|e| (Err(local("rendering", e)), Caching::Nothing));
             let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
             self.counters.micros.fetch_add(micros, Ordering::Relaxed);
             let counter = match &outcome {
@@ -355,15 +356,16 @@ impl Inner {
                 Err(_) => &self.counters.failed,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            (outcome, keyed)
+            (outcome, caching)
         };
-        let (outcome, keyed) = outcome;
-        if keyed
-            && outcome
-                .as_ref()
-                .err()
-                .is_none_or(RenderError::is_deterministic)
-        {
+        let (outcome, caching) = outcome;
+        let cacheable = match (&outcome, caching) {
+            (_, Caching::Nothing) => false,
+            (Ok(_), _) => true,
+            (Err(e), Caching::Everything) => e.is_deterministic(),
+            (Err(_), Caching::Successes) => false,
+        };
+        if cacheable {
             self.cache.insert(key, outcome.clone());
         }
         // Free the slot before publishing: a caller woken by this result
@@ -378,10 +380,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What of a run's outcome may be cached under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caching {
+    /// The overlay is not known to have the key as its checksum: a caller
+    /// that asks with a checksum that does not hold leaves nothing behind.
+    Nothing,
+    /// The overlay reads remote content kustomize fetches: a failure may
+    /// be the network's.
+    Successes,
+    /// Successes and the failures [`RenderError::is_deterministic`] names.
+    Everything,
+}
+
 /// The blocking part of one run: the tree, the process, the parse.
-/// `keyed` is set once the overlay is known to have checksum `key`: only
-/// then may the outcome be cached under it (a caller that asks with a
-/// checksum that does not hold must not leave an entry behind).
+/// `caching` says what of the outcome may be cached.
 fn render_blocking(
     settings: &RenderSettings,
     engine: &ChecksumEngine,
@@ -389,7 +402,7 @@ fn render_blocking(
     overlay: Arc<str>,
     key: Checksum,
     start: Instant,
-    keyed: &mut bool,
+    caching: &mut Caching,
 ) -> Outcome {
     let sum = engine.checksum(commit, &overlay).map_err(overlay_error)?;
     if sum.checksum != key {
@@ -399,10 +412,13 @@ fn render_blocking(
             sum.checksum
         )));
     }
-    *keyed = true;
+    *caching = Caching::Everything;
     let tree = engine
         .overlay_tree(commit, &overlay)
         .map_err(overlay_error)?;
+    if tree.not_written.iter().any(|n| n.starts_with(b"remote:")) {
+        *caching = Caching::Successes;
+    }
     let workspace = Workspace::create(settings.work_dir.as_deref())?;
     materialise(&tree, &workspace.tree, |file, out| {
         engine.copy_blob(file.blob, file.size, out)

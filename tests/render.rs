@@ -416,6 +416,21 @@ fn a_failing_command_gives_its_error_line_and_the_failure_is_cached() {
         !first_line.contains(&work.path().display().to_string()),
         "{first_line}"
     );
+
+    // An overlay that reads remote content: its failure may be the
+    // network's, so it is not cached.
+    let remote = Repo::new();
+    remote.write(
+        "o/kustomization.yaml",
+        "resources:\n- http://127.0.0.1:9/x.yaml\n",
+    );
+    remote.commit("remote");
+    let renderer = Renderer::new(kubectl(work.path()));
+    for _ in 0..2 {
+        let err = render(&rt, &renderer, &remote, "HEAD", "o").unwrap_err();
+        assert!(err.to_string().contains("connection refused"), "{err}");
+    }
+    assert_eq!(renderer.stats().started, 2);
     assert_empty(work.path());
 }
 
