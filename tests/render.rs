@@ -307,7 +307,8 @@ fn a_hanging_command_times_out_and_its_children_are_gone() {
         &format!("sleep 300 &\necho $! > {}\nwait", pidfile.display()),
     );
     let work = tempfile::tempdir().unwrap();
-    let timeout = Duration::from_secs(1);
+    // Long enough for a loaded machine to start the script.
+    let timeout = Duration::from_secs(3);
     let renderer = Renderer::new(RenderSettings {
         timeout,
         ..settings(&[&hang], work.path())
@@ -469,16 +470,20 @@ fn concurrent_renders_of_one_checksum_run_the_command_once() {
     let slow = script(
         tools.path(),
         "slow",
-        &format!("echo run >> {}\nsleep 1\n{CONFIGMAP}", runs.display()),
+        &format!("echo run >> {}\nsleep 2\n{CONFIGMAP}", runs.display()),
     );
     let work = tempfile::tempdir().unwrap();
     let renderer = Renderer::new(settings(&[&slow], work.path()));
     let rt = runtime();
     let repo = small_repo();
     let (commit, sum) = key(&repo, "HEAD", "o");
+    // Opened first: the 50 callers arrive while the run sleeps.
+    let mut engines: Vec<_> = (0..51)
+        .map(|_| ChecksumEngine::open(repo.path()).unwrap())
+        .collect();
     let results = rt.block_on(async {
         // The first caller gives up at once; its run goes on.
-        let engine = ChecksumEngine::open(repo.path()).unwrap();
+        let engine = engines.pop().unwrap();
         let gave_up = tokio::time::timeout(
             Duration::from_millis(10),
             renderer.render(engine, commit, "o", sum),
@@ -486,9 +491,8 @@ fn concurrent_renders_of_one_checksum_run_the_command_once() {
         .await;
         assert!(gave_up.is_err());
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..50 {
+        for engine in engines {
             let renderer = renderer.clone();
-            let engine = ChecksumEngine::open(repo.path()).unwrap();
             tasks.spawn(async move { renderer.render(engine, commit, "o", sum).await });
         }
         tasks.join_all().await
