@@ -176,7 +176,8 @@ type Outcome = Result<Arc<Rendering>, RenderError>;
 /// Counters for metrics (monotonic except the cache's).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RenderStats {
-    /// Processes started (one per checksum not cached nor running).
+    /// Runs started: at most one at a time per checksum, each at most one
+    /// process.
     pub started: u64,
     pub succeeded: u64,
     /// Failed runs, timeouts included.
