@@ -307,7 +307,8 @@ fn a_hanging_command_times_out_and_its_children_are_gone() {
         &format!("sleep 300 &\necho $! > {}\nwait", pidfile.display()),
     );
     let work = tempfile::tempdir().unwrap();
-    let timeout = Duration::from_secs(1);
+    // Long enough for a loaded machine to start the script.
+    let timeout = Duration::from_secs(3);
     let renderer = Renderer::new(RenderSettings {
         timeout,
         ..settings(&[&hang], work.path())
@@ -416,6 +417,21 @@ fn a_failing_command_gives_its_error_line_and_the_failure_is_cached() {
         !first_line.contains(&work.path().display().to_string()),
         "{first_line}"
     );
+
+    // An overlay that reads remote content: its failure may be the
+    // network's, so it is not cached.
+    let remote = Repo::new();
+    remote.write(
+        "o/kustomization.yaml",
+        "resources:\n- http://127.0.0.1:9/x.yaml\n",
+    );
+    remote.commit("remote");
+    let renderer = Renderer::new(kubectl(work.path()));
+    for _ in 0..2 {
+        let err = render(&rt, &renderer, &remote, "HEAD", "o").unwrap_err();
+        assert!(err.to_string().contains("connection refused"), "{err}");
+    }
+    assert_eq!(renderer.stats().started, 2);
     assert_empty(work.path());
 }
 
@@ -454,16 +470,20 @@ fn concurrent_renders_of_one_checksum_run_the_command_once() {
     let slow = script(
         tools.path(),
         "slow",
-        &format!("echo run >> {}\nsleep 1\n{CONFIGMAP}", runs.display()),
+        &format!("echo run >> {}\nsleep 2\n{CONFIGMAP}", runs.display()),
     );
     let work = tempfile::tempdir().unwrap();
     let renderer = Renderer::new(settings(&[&slow], work.path()));
     let rt = runtime();
     let repo = small_repo();
     let (commit, sum) = key(&repo, "HEAD", "o");
+    // Opened first: the 50 callers arrive while the run sleeps.
+    let mut engines: Vec<_> = (0..51)
+        .map(|_| ChecksumEngine::open(repo.path()).unwrap())
+        .collect();
     let results = rt.block_on(async {
         // The first caller gives up at once; its run goes on.
-        let engine = ChecksumEngine::open(repo.path()).unwrap();
+        let engine = engines.pop().unwrap();
         let gave_up = tokio::time::timeout(
             Duration::from_millis(10),
             renderer.render(engine, commit, "o", sum),
@@ -471,9 +491,8 @@ fn concurrent_renders_of_one_checksum_run_the_command_once() {
         .await;
         assert!(gave_up.is_err());
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..50 {
+        for engine in engines {
             let renderer = renderer.clone();
-            let engine = ChecksumEngine::open(repo.path()).unwrap();
             tasks.spawn(async move { renderer.render(engine, commit, "o", sum).await });
         }
         tasks.join_all().await
@@ -491,7 +510,9 @@ fn concurrent_renders_of_one_checksum_run_the_command_once() {
     let stats = renderer.stats();
     assert_eq!((stats.started, stats.succeeded, stats.joined), (1, 1, 50));
     assert_eq!(stats.cache_entries, 1);
-    assert!(stats.cache_bytes > 0);
+    // Weighed by the parsed objects' heap, far more than the YAML.
+    assert_eq!(stats.cache_bytes, first.bytes);
+    assert!(first.bytes > 10 * first.output_bytes, "{first:?}");
     assert_empty(work.path());
 }
 
