@@ -263,10 +263,11 @@ pub struct RenderConfig {
     #[serde(default = "default_render_history_depth")]
     pub history_depth: usize,
     /// Largest rendering read from the command (bytes, or `Ki`/`Mi`/`Gi`);
-    /// beyond it the run is stopped and fails.
+    /// beyond it the run is stopped and fails. Parsed, a rendering takes
+    /// about 20 times its YAML on the heap.
     #[serde(default = "default_render_max_output", with = "byte_size")]
     pub max_output_bytes: usize,
-    /// Parsed renderings kept in memory, weighed by their size.
+    /// Parsed renderings kept in memory, weighed by their estimated heap.
     #[serde(default = "default_render_cache", with = "byte_size")]
     pub cache_bytes: usize,
 }
@@ -286,11 +287,12 @@ fn default_render_history() -> usize {
 fn default_render_history_depth() -> usize {
     1000
 }
+/// 4 MiB of YAML (thousands of objects) parse into about 80 MiB.
 fn default_render_max_output() -> usize {
-    64 << 20
+    4 << 20
 }
 fn default_render_cache() -> usize {
-    256 << 20
+    64 << 20
 }
 
 impl RenderConfig {
@@ -305,6 +307,14 @@ impl RenderConfig {
             cache_bytes: self.cache_bytes as u64,
             work_dir: None,
         }
+    }
+}
+
+impl Config {
+    /// Where renderings write their private trees: beside the mirrors (a
+    /// volume sized for repositories), not in a small `/tmp`.
+    pub fn render_dir(&self) -> PathBuf {
+        self.mirror_dir.join(".render")
     }
 }
 

@@ -832,6 +832,15 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     let shutdown = Shutdown::default();
     std::fs::create_dir_all(&config.mirror_dir)
         .with_context(|| format!("mirrorDir: cannot create {}", config.mirror_dir.display()))?;
+    if config
+        .rules
+        .iter()
+        .any(|r| r.content == crate::policy::ContentCheck::Verify)
+    {
+        let dir = config.render_dir();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("mirrorDir: cannot create {}", dir.display()))?;
+    }
     // Local work only, every source at once: no remote is reached before
     // the listener opens, so a hanging remote cannot keep the pod from
     // answering its probes. Each source's poller clones or fetches in the
