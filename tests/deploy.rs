@@ -952,6 +952,11 @@ fn dockerfile_builds_the_binary_into_a_non_root_git_image() {
         runtime_text.contains("COPY --from="),
         "binary copied from the build stage"
     );
+    // Content verification renders with kustomize (render.command's default).
+    assert!(
+        runtime_text.contains("/usr/local/bin/kustomize"),
+        "runtime lacks kustomize"
+    );
     let user = runtime
         .iter()
         .rev()
