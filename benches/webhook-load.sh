@@ -5,13 +5,20 @@
 #
 #   benches/webhook-load.sh [ROUNDS]        (default 4; DUR=10 seconds a run)
 #   ATTACKS=1 benches/webhook-load.sh 0     (only valid reviews during attacks)
+#   MODE=content benches/webhook-load.sh     (a content: verify rule, no annotations read)
 #
 # With ATTACKS=1, valid reviews (h1, 64 connections) are then measured
 # quiet, while benches/attack_client.py holds request bodies open or
 # holds idle connections from another loopback address (127.0.0.2), and
 # quiet again.
 #
-# Needs h2load (Debian nghttp2-client), wrk, curl, openssl, git.
+# With MODE=content, the repository gains an overlay that renders the
+# floor's Ingress (the sample review's object without the fields the API
+# server adds), and the rule verifies the object against it with
+# `provenance: none`: the review is the floor's, byte for byte.
+#
+# Needs h2load (Debian nghttp2-client), wrk, curl, openssl, git (and
+# kubectl for MODE=content).
 # A warm, in-scope `Fresh` review of about 4.5 KB (the floor's sample review
 # with valid stale-guard annotations), 64 connections, over TLS.
 set -euo pipefail
@@ -47,6 +54,28 @@ ann["stale-guard.io/revision"] = sys.argv[3]
 ann["stale-guard.io/checksum"] = sys.argv[4]
 json.dump(review, open(sys.argv[2], "w"), separators=(",", ":"))
 EOF
+rule_extra=""
+render=""
+overlay=overlays/prod/east
+if [ "${MODE:-annotations}" = content ]; then
+  mkdir -p "$work/repo/overlays/bench"
+  python3 - "$work/floor/sample-review.json" "$work/repo/overlays/bench/ingress.yaml" <<'EOF'
+import json, sys
+obj = json.load(open(sys.argv[1]))["request"]["object"]
+for k in ("uid", "generation", "creationTimestamp", "managedFields", "resourceVersion"):
+    obj["metadata"].pop(k, None)
+obj.pop("status", None)
+json.dump(obj, open(sys.argv[2], "w"), indent=1)
+EOF
+  printf 'resources: [ingress.yaml]\n' > "$work/repo/overlays/bench/kustomization.yaml"
+  git -C "$work/repo" add -A
+  git -C "$work/repo" -c user.name=bench -c user.email=bench@example.com commit -qm bench
+  cp "$work/floor/sample-review.json" "$work/fresh.json"
+  overlay=overlays/bench
+  rule_extra="    provenance: none
+    content: verify"
+  render="render: { command: [kubectl, kustomize] }"
+fi
 cat > "$work/config.yaml" <<EOF
 listen: "127.0.0.1:9443"
 tls: { certFile: $certs/server.crt, keyFile: $certs/server.key }
@@ -57,7 +86,9 @@ rules:
   - name: prod-east
     match: { namespaces: [prod-apps], kinds: [Ingress] }
     source: gitops
-    overlay: overlays/prod/east
+    overlay: $overlay
+$rule_extra
+$render
 EOF
 
 echo "== starting both servers"
