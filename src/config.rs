@@ -42,6 +42,9 @@ pub struct Config {
     /// process exits; keep it below the pod's terminationGracePeriodSeconds.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace_period: Duration,
+    /// The push receiver (contract section 10); absent: none.
+    #[serde(default)]
+    pub receiver: Option<crate::receiver::ReceiverConfig>,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -490,6 +493,9 @@ impl Config {
         self.validate_limits()?;
         self.validate_probes()?;
         self.validate_rules(&sources)?;
+        if let Some(receiver) = &self.receiver {
+            receiver.validate()?;
+        }
         self.validate_failure()
     }
 

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mirror;
 pub mod policy;
+pub mod receiver;
 pub mod scan;
 pub mod server;
 pub mod stamp;

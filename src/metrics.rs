@@ -63,6 +63,12 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// The `result` label of `stale_guard_receiver_pushes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub result: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric stale-guard exports.
@@ -89,6 +95,8 @@ pub struct Metrics {
     pub checksum_queued: Gauge,
     pub cache_entries: Family<CacheSizeLabels, Gauge>,
     pub cache_weight: Family<CacheSizeLabels, Gauge>,
+    pub receiver_pushes: Family<PushLabels, Counter>,
+    pub receiver_push_to_head: Family<SourceLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -205,6 +213,22 @@ impl Metrics {
             "Weight of each checksum cache, in the unit of its bound (entries; tree and closure entries for trees and results)",
             cache_weight.clone(),
         );
+        let receiver_pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "receiver_pushes",
+            "Push events received on receiver.path, by result (accepted, ignored, unauthorized, malformed, too_large)",
+            receiver_pushes.clone(),
+        );
+        // From 50 ms to 2 min: a fetch is bounded by fetchTimeout.
+        let receiver_push_to_head =
+            Family::<SourceLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0])
+            });
+        registry.register(
+            "receiver_push_to_head_seconds",
+            "Seconds from a push received to the fetch it caused done (whether or not the head moved), per source",
+            receiver_push_to_head.clone(),
+        );
         Metrics {
             registry,
             reviews,
@@ -225,6 +249,8 @@ impl Metrics {
             checksum_queued,
             cache_entries,
             cache_weight,
+            receiver_pushes,
+            receiver_push_to_head,
         }
     }
 

@@ -800,6 +800,8 @@ pub struct ConfigBuilder {
     pub client_ca: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// The `receiver:` flow mapping, when set.
+    pub receiver: Option<String>,
 }
 
 fn q(s: &str) -> String {
@@ -824,6 +826,7 @@ impl ConfigBuilder {
             client_ca: None,
             cert_file: None,
             key_file: None,
+            receiver: None,
         }
     }
 
@@ -916,6 +919,9 @@ impl ConfigBuilder {
         }
         if let Some(listen) = &self.probes {
             y.push_str(&format!("probes: {{ listen: {} }}\n", q(listen)));
+        }
+        if let Some(receiver) = &self.receiver {
+            y.push_str(&format!("receiver: {receiver}\n"));
         }
         y
     }
