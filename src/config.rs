@@ -45,6 +45,12 @@ pub struct Config {
     /// The push receiver (contract section 10); absent: none.
     #[serde(default)]
     pub receiver: Option<crate::receiver::ReceiverConfig>,
+    /// How to reach the Kubernetes API; absent: in-cluster.
+    #[serde(default)]
+    pub kube: Option<crate::kube_client::KubeConfig>,
+    /// Replicas share their heads through Leases (contract section 10).
+    #[serde(default)]
+    pub heads: Option<crate::heads::HeadsConfig>,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -495,6 +501,9 @@ impl Config {
         self.validate_rules(&sources)?;
         if let Some(receiver) = &self.receiver {
             receiver.validate()?;
+        }
+        if let Some(heads) = &self.heads {
+            validate_name(&heads.namespace).map_err(|r| invalid("heads.namespace", r))?;
         }
         self.validate_failure()
     }

@@ -14,6 +14,8 @@ pub mod config;
 pub mod content;
 pub mod demo;
 pub mod echo;
+pub mod heads;
+pub mod kube_client;
 pub mod kustomize;
 pub mod memory;
 pub mod metrics;

@@ -69,6 +69,14 @@ pub struct PushLabels {
     pub result: &'static str,
 }
 
+/// Labels of `stale_guard_heads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeadsLabels {
+    pub source: String,
+    /// `recorded`, `conflict`, `followed` or `kept`.
+    pub event: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric stale-guard exports.
@@ -97,6 +105,7 @@ pub struct Metrics {
     pub cache_weight: Family<CacheSizeLabels, Gauge>,
     pub receiver_pushes: Family<PushLabels, Counter>,
     pub receiver_push_to_head: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    pub heads: Family<HeadsLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -229,6 +238,12 @@ impl Metrics {
             "Seconds from a push received to the fetch it caused done (whether or not the head moved), per source",
             receiver_push_to_head.clone(),
         );
+        let heads = Family::<HeadsLabels, Counter>::default();
+        registry.register(
+            "heads",
+            "Shared head records (heads:), per source: recorded (this replica wrote its head), conflict (409: another replica wrote first), followed (a record started a fetch), kept (a record this replica could not prove older was left alone)",
+            heads.clone(),
+        );
         Metrics {
             registry,
             reviews,
@@ -251,6 +266,7 @@ impl Metrics {
             cache_weight,
             receiver_pushes,
             receiver_push_to_head,
+            heads,
         }
     }
 

@@ -784,10 +784,7 @@ impl Pusher {
             let head = self.mirror.head().map(|h| h.commit);
             let at_head = !batch.must_fetch && batch.afters.iter().all(|a| Some(*a) == head);
             if !at_head {
-                if self.mirror.status().fetching {
-                    let _ = self.mirror.refresh().await;
-                }
-                match self.mirror.refresh().await {
+                match fetch_started_now(&self.mirror).await {
                     Ok(report) => info!(
                         source = %self.name,
                         head = %report.head,
@@ -808,6 +805,19 @@ impl Pusher {
             }
         }
     }
+}
+
+/// A branch fetch that starts after this call: a running one (which may
+/// have listed the remote's refs before what the caller learnt of) is
+/// waited for, then the next one is started, or joined when another
+/// caller started it meanwhile.
+pub(crate) async fn fetch_started_now(
+    mirror: &Arc<Mirror>,
+) -> Result<crate::mirror::FetchReport, crate::mirror::FetchFailure> {
+    if mirror.status().fetching {
+        let _ = mirror.refresh().await;
+    }
+    mirror.refresh().await
 }
 
 #[cfg(test)]

@@ -730,6 +730,15 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     for source in state.sources.values() {
         source.mirror.clone().spawn_poller(shutdown.wait());
     }
+    if let Some(heads) = &state.config.heads {
+        let mirrors = state
+            .sources
+            .iter()
+            .map(|(name, s)| (name.clone(), s.mirror.clone()))
+            .collect();
+        let kube = state.config.kube.as_ref();
+        crate::heads::spawn(heads, kube, mirrors, &state.metrics, shutdown.wait()).await;
+    }
     tracing::info!(%local_addr, "stale-guard webhook serving");
     Ok(Running {
         local_addr,
