@@ -754,34 +754,8 @@ fn network_policy_admits_the_api_server_and_reaches_git() {
 /// review port, and an Ingress that routes the receiver path only.
 #[test]
 fn receiver_component_exposes_only_the_receiver_path() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&repo().join("deploy"), &tmp.path().join("deploy"));
-    let overlay = tmp.path().join("deploy/overlays/receiver-check");
-    std::fs::create_dir_all(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../base]\ncomponents: [../../components/receiver]\n",
-    )
-    .unwrap();
-    let docs = kustomize(&overlay);
-
-    let cm: ConfigMap = one(&docs, "ConfigMap", "stale-guard-config");
-    let text = cm.data.unwrap()["config.yaml"].clone();
-    // Uncommenting the block is all the config needs.
-    let mut uncommented = String::new();
-    let mut in_block = false;
-    for line in text.lines() {
-        if line == "# receiver:" {
-            in_block = true;
-        } else if in_block && !line.starts_with("#   ") {
-            in_block = false;
-        }
-        match line.strip_prefix("# ").filter(|_| in_block) {
-            Some(rest) => uncommented.push_str(&format!("{rest}\n")),
-            None => uncommented.push_str(&format!("{line}\n")),
-        }
-    }
-    let config = Config::parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    let docs = render_with_component("receiver");
+    let config = uncommented_config(&docs, "receiver:");
     let receiver = config.receiver.expect("a receiver block to uncomment");
 
     let deploy: Deployment = one(&docs, "Deployment", "stale-guard");
@@ -859,6 +833,91 @@ fn receiver_component_exposes_only_the_receiver_path() {
             NAMESPACE
         );
     }
+}
+
+/// The replicas component, added to the base: a Role on Leases only, bound
+/// to the server's account, the token mounted, the pod name as identity,
+/// and the (commented) `heads:` of the shipped config naming the namespace.
+#[test]
+fn replicas_component_grants_leases_only() {
+    let docs = render_with_component("replicas");
+    let config = uncommented_config(&docs, "heads:");
+    assert_eq!(config.heads.expect("a heads block").namespace, NAMESPACE);
+    let role: Role = one(&docs, "Role", "stale-guard-heads");
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups,
+        Some(vec!["coordination.k8s.io".to_owned()])
+    );
+    assert_eq!(rules[0].resources, Some(vec!["leases".to_owned()]));
+    let verbs: BTreeSet<_> = rules[0].verbs.iter().map(String::as_str).collect();
+    assert_eq!(
+        verbs,
+        BTreeSet::from(["get", "list", "watch", "create", "update"])
+    );
+    let binding: RoleBinding = one(&docs, "RoleBinding", "stale-guard-heads");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.kind.as_str(), subject.name.as_str()),
+        ("ServiceAccount", "stale-guard")
+    );
+    assert_eq!(binding.role_ref.name, "stale-guard-heads");
+    let deploy: Deployment = one(&docs, "Deployment", "stale-guard");
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "stale-guard")
+        .unwrap();
+    let env = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_NAME")
+        .unwrap();
+    let field = env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+    assert_eq!(field.field_path, "metadata.name");
+    // The patch adds to the base's environment, it does not replace it.
+    assert!(container.env.iter().flatten().any(|e| e.name == "RUST_LOG"));
+    find(&docs, "NetworkPolicy", "stale-guard");
+    find(&docs, "NetworkPolicy", "stale-guard-kube-api");
+}
+
+/// Renders deploy/base with `components/<component>` from a copy of the tree.
+fn render_with_component(component: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("deploy"), &tmp.path().join("deploy"));
+    let overlay = tmp.path().join("deploy/overlays/component-check");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../base]\ncomponents: [../../components/{component}]\n"),
+    )
+    .unwrap();
+    kustomize(&overlay)
+}
+
+/// The shipped config with the commented block that starts `# <key>`
+/// uncommented, parsed.
+fn uncommented_config(docs: &[Value], key: &str) -> Config {
+    let cm: ConfigMap = one(docs, "ConfigMap", "stale-guard-config");
+    let text = cm.data.unwrap()["config.yaml"].clone();
+    let mut uncommented = String::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        if line == format!("# {key}") {
+            in_block = true;
+        } else if in_block && !line.starts_with("#   ") {
+            in_block = false;
+        }
+        match line.strip_prefix("# ").filter(|_| in_block) {
+            Some(rest) => uncommented.push_str(&format!("{rest}\n")),
+            None => uncommented.push_str(&format!("{line}\n")),
+        }
+    }
+    Config::parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"))
 }
 
 #[test]
