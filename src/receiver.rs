@@ -707,7 +707,8 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Body
         );
         return rx.answer(PushResult::Ignored, "");
     }
-    info!(sources = %names.join(","), after = ?push.after, "push received; fetching");
+    let after = push.after.map(|a| a.to_string()).unwrap_or_default();
+    info!(sources = %names.join(","), %after, "push received; fetching");
     rx.answer(
         PushResult::Accepted,
         &format!("fetching {}", crate::echo::list(names.iter())),
