@@ -298,3 +298,37 @@ async fn an_older_head_never_overwrites_a_newer_record() {
     assert_eq!(lease["spec"]["holderIdentity"], "replica-elsewhere");
     assert_eq!(c.recorded().as_deref(), Some(third.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_api_a_replica_works_alone() {
+    let c = cluster(1).await;
+    let first = c.origin.tip("main").unwrap();
+    c.wait_all(&first, Duration::from_secs(10)).await;
+    c.api.go_away(Duration::from_secs(600));
+    let second = c.origin.commit("main", "second");
+    c.push(0, &second).await;
+    let start = Instant::now();
+    while c.head(0).as_deref() != Some(second.as_str()) {
+        assert!(start.elapsed() < ALL_WITHIN, "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One warning for the outage, however long it lasts.
+    let warned = |p: &SgProcess| {
+        p.json_lines()
+            .iter()
+            .filter(|l| {
+                fields(l)["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("heads: could not record"))
+            })
+            .count()
+    };
+    let start = Instant::now();
+    while warned(c.replica(0)) == 0 {
+        assert!(start.elapsed() < ALL_WITHIN, "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(warned(c.replica(0)), 1, "{}", c.logs());
+    assert_eq!(c.recorded().as_deref(), Some(first.as_str()));
+}
