@@ -45,6 +45,15 @@ pub struct Config {
     /// process exits; keep it below the pod's terminationGracePeriodSeconds.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace_period: Duration,
+    /// The push receiver (contract section 10); absent: none.
+    #[serde(default)]
+    pub receiver: Option<crate::receiver::ReceiverConfig>,
+    /// How to reach the Kubernetes API; absent: in-cluster.
+    #[serde(default)]
+    pub kube: Option<crate::kube_client::KubeConfig>,
+    /// Replicas share their heads through Leases (contract section 10).
+    #[serde(default)]
+    pub heads: Option<crate::heads::HeadsConfig>,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -592,6 +601,12 @@ impl Config {
         self.validate_probes()?;
         self.validate_rules(&sources)?;
         self.validate_render()?;
+        if let Some(receiver) = &self.receiver {
+            receiver.validate()?;
+        }
+        if let Some(heads) = &self.heads {
+            validate_name(&heads.namespace).map_err(|r| invalid("heads.namespace", r))?;
+        }
         self.validate_failure()
     }
 

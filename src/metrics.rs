@@ -68,6 +68,20 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// The `result` label of `stale_guard_receiver_pushes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub result: &'static str,
+}
+
+/// Labels of `stale_guard_heads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeadsLabels {
+    pub source: String,
+    /// `recorded`, `conflict`, `followed` or `kept`.
+    pub event: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric stale-guard exports.
@@ -100,6 +114,9 @@ pub struct Metrics {
     pub render_failures: Gauge,
     pub render_seconds: FloatGauge,
     pub render_cache_bytes: Gauge,
+    pub receiver_pushes: Family<PushLabels, Counter>,
+    pub receiver_push_to_head: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    pub heads: Family<HeadsLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -246,6 +263,28 @@ impl Metrics {
             "Bytes of parsed renderings held in the rendering cache (render.cacheBytes)",
             render_cache_bytes.clone(),
         );
+        let receiver_pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "receiver_pushes",
+            "Push events received on receiver.path, by result (accepted, ignored, unauthorized, malformed, too_large)",
+            receiver_pushes.clone(),
+        );
+        // From 50 ms to 2 min: a fetch is bounded by fetchTimeout.
+        let receiver_push_to_head =
+            Family::<SourceLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0])
+            });
+        registry.register(
+            "receiver_push_to_head_seconds",
+            "Seconds from a push received to the fetch it caused done (whether or not the head moved), per source",
+            receiver_push_to_head.clone(),
+        );
+        let heads = Family::<HeadsLabels, Counter>::default();
+        registry.register(
+            "heads",
+            "Shared head records (heads:), per source: recorded (this replica wrote its head), conflict (409: another replica wrote first), followed (a record started a fetch), kept (a record this replica could not prove older was left alone)",
+            heads.clone(),
+        );
         Metrics {
             registry,
             reviews,
@@ -271,6 +310,9 @@ impl Metrics {
             render_failures,
             render_seconds,
             render_cache_bytes,
+            receiver_pushes,
+            receiver_push_to_head,
+            heads,
         }
     }
 

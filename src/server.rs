@@ -859,6 +859,11 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         let caches = Arc::new(Caches::new(config.limits.caches));
         sources.insert(name, Source { mirror, caches });
     }
+    // Read before binding, so a missing Secret fails the start.
+    let receiver_secret = match &config.receiver {
+        Some(receiver) => Some(receiver.read_secret()?),
+        None => None,
+    };
     let tls = crate::tls::ReloadingTls::load(crate::tls::TlsFiles {
         cert_file: config.tls.cert_file.clone(),
         key_file: config.tls.key_file.clone(),
@@ -881,6 +886,16 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     };
     let state = Arc::new(AppState::new(config, sources)?);
     state.tls_ready.store(true, Ordering::Relaxed);
+    let mut app = router(state.clone());
+    if let (Some(receiver), Some(secret)) = (&state.config.receiver, receiver_secret) {
+        let mirrors = state
+            .sources
+            .iter()
+            .map(|(name, s)| (name.clone(), s.mirror.clone()));
+        let receiver = crate::receiver::Receiver::new(receiver, secret, mirrors, &state.metrics);
+        receiver.spawn_secret_watcher(Duration::from_secs(2), shutdown.wait());
+        app = app.merge(receiver.router());
+    }
     let mut probe_addr = None;
     let probes = match probes {
         Some(listener) => {
@@ -896,13 +911,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         }
         None => None,
     };
-    let reviews = crate::tls::serve(
-        listener,
-        tls,
-        router(state.clone()),
-        options,
-        shutdown.wait(),
-    );
+    let reviews = crate::tls::serve(listener, tls, app, options, shutdown.wait());
     let task = tokio::spawn(async move {
         match probes {
             Some(probes) => {
@@ -916,6 +925,15 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         source.mirror.clone().spawn_poller(shutdown.wait());
     }
     state.spawn_renderers(|| shutdown.wait());
+    if let Some(heads) = &state.config.heads {
+        let mirrors = state
+            .sources
+            .iter()
+            .map(|(name, s)| (name.clone(), s.mirror.clone()))
+            .collect();
+        let kube = state.config.kube.as_ref();
+        crate::heads::spawn(heads, kube, mirrors, &state.metrics, shutdown.wait()).await;
+    }
     tracing::info!(%local_addr, "stale-guard webhook serving");
     Ok(Running {
         local_addr,

@@ -20,7 +20,7 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -747,6 +747,177 @@ fn network_policy_admits_the_api_server_and_reaches_git() {
             );
         }
     }
+}
+
+/// The receiver component, added to the base: the Secret mounted where the
+/// (commented) `receiver:` of the shipped config reads it, a Service on the
+/// review port, and an Ingress that routes the receiver path only.
+#[test]
+fn receiver_component_exposes_only_the_receiver_path() {
+    let docs = render_with_component("receiver");
+    let config = uncommented_config(&docs, "receiver:");
+    let receiver = config.receiver.expect("a receiver block to uncomment");
+
+    let deploy: Deployment = one(&docs, "Deployment", "stale-guard");
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "stale-guard")
+        .unwrap();
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "receiver-secret")
+        .expect("the receiver Secret mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        mount.sub_path.is_none(),
+        "a subPath mount never sees a rotation"
+    );
+    assert!(
+        receiver.secret_file.starts_with(&mount.mount_path),
+        "{:?} is not under {}",
+        receiver.secret_file,
+        mount.mount_path
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "receiver-secret")
+        .unwrap();
+    let secret = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("stale-guard-receiver"));
+    // The patch adds to the base's mounts, it does not replace them.
+    assert!(
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "tls")
+    );
+
+    let svc: Service = one(&docs, "Service", "stale-guard-receiver");
+    let port = &svc.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(port.target_port, Some(IntOrString::String("https".into())));
+    let ingress: Ingress = one(&docs, "Ingress", "stale-guard-receiver");
+    let ann = ingress.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        ann.get("nginx.ingress.kubernetes.io/backend-protocol")
+            .map(String::as_str),
+        Some("HTTPS")
+    );
+    let spec = ingress.spec.unwrap();
+    assert!(
+        spec.default_backend.is_none(),
+        "only the receiver path is routed"
+    );
+    let paths: Vec<_> = spec
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
+        .collect();
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    assert_eq!(paths[0].path.as_deref(), Some(receiver.path.as_str()));
+    assert_eq!(paths[0].path_type, "Exact");
+    let backend = paths[0].backend.service.as_ref().unwrap();
+    assert_eq!(backend.name, "stale-guard-receiver");
+    for doc in &docs {
+        assert_eq!(
+            doc.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(NAMESPACE),
+            NAMESPACE
+        );
+    }
+}
+
+/// The replicas component, added to the base: a Role on Leases only, bound
+/// to the server's account, the token mounted, the pod name as identity,
+/// and the (commented) `heads:` of the shipped config naming the namespace.
+#[test]
+fn replicas_component_grants_leases_only() {
+    let docs = render_with_component("replicas");
+    let config = uncommented_config(&docs, "heads:");
+    assert_eq!(config.heads.expect("a heads block").namespace, NAMESPACE);
+    let role: Role = one(&docs, "Role", "stale-guard-heads");
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups,
+        Some(vec!["coordination.k8s.io".to_owned()])
+    );
+    assert_eq!(rules[0].resources, Some(vec!["leases".to_owned()]));
+    let verbs: BTreeSet<_> = rules[0].verbs.iter().map(String::as_str).collect();
+    assert_eq!(
+        verbs,
+        BTreeSet::from(["get", "list", "watch", "create", "update"])
+    );
+    let binding: RoleBinding = one(&docs, "RoleBinding", "stale-guard-heads");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.kind.as_str(), subject.name.as_str()),
+        ("ServiceAccount", "stale-guard")
+    );
+    assert_eq!(binding.role_ref.name, "stale-guard-heads");
+    let deploy: Deployment = one(&docs, "Deployment", "stale-guard");
+    let pod = deploy.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "stale-guard")
+        .unwrap();
+    let env = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_NAME")
+        .unwrap();
+    let field = env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+    assert_eq!(field.field_path, "metadata.name");
+    // The patch adds to the base's environment, it does not replace it.
+    assert!(container.env.iter().flatten().any(|e| e.name == "RUST_LOG"));
+    find(&docs, "NetworkPolicy", "stale-guard");
+    find(&docs, "NetworkPolicy", "stale-guard-kube-api");
+}
+
+/// Renders deploy/base with `components/<component>` from a copy of the tree.
+fn render_with_component(component: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("deploy"), &tmp.path().join("deploy"));
+    let overlay = tmp.path().join("deploy/overlays/component-check");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../base]\ncomponents: [../../components/{component}]\n"),
+    )
+    .unwrap();
+    kustomize(&overlay)
+}
+
+/// The shipped config with the commented block that starts `# <key>`
+/// uncommented, parsed.
+fn uncommented_config(docs: &[Value], key: &str) -> Config {
+    let cm: ConfigMap = one(docs, "ConfigMap", "stale-guard-config");
+    let text = cm.data.unwrap()["config.yaml"].clone();
+    let mut uncommented = String::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        if line == format!("# {key}") {
+            in_block = true;
+        } else if in_block && !line.starts_with("#   ") {
+            in_block = false;
+        }
+        match line.strip_prefix("# ").filter(|_| in_block) {
+            Some(rest) => uncommented.push_str(&format!("{rest}\n")),
+            None => uncommented.push_str(&format!("{line}\n")),
+        }
+    }
+    Config::parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"))
 }
 
 #[test]

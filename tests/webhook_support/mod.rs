@@ -822,6 +822,8 @@ pub struct ConfigBuilder {
     pub key_file: Option<PathBuf>,
     /// Top-level YAML appended as given (e.g. a `render:` block).
     pub extra: String,
+    /// The `receiver:` flow mapping, when set.
+    pub receiver: Option<String>,
 }
 
 fn q(s: &str) -> String {
@@ -847,6 +849,7 @@ impl ConfigBuilder {
             cert_file: None,
             key_file: None,
             extra: String::new(),
+            receiver: None,
         }
     }
 
@@ -941,6 +944,9 @@ impl ConfigBuilder {
             y.push_str(&format!("probes: {{ listen: {} }}\n", q(listen)));
         }
         y.push_str(&self.extra);
+        if let Some(receiver) = &self.receiver {
+            y.push_str(&format!("receiver: {receiver}\n"));
+        }
         y
     }
 }
