@@ -375,6 +375,20 @@ async fn three_contexts_one_unreachable_json() {
     );
     let notes = west_c["notes"].to_string();
     assert!(notes.contains("apps/Deployment is not served"), "{notes}");
+    // An Application whose fields do not read is skipped with the reason;
+    // the others are still judged.
+    assert!(
+        notes.contains("Application skipped, it does not read: argocd/odd: invalid type"),
+        "{notes}"
+    );
+    assert!(
+        west_c["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "odd"),
+        "{west_c:#}"
+    );
 
     // Pagination: the second page was asked for with the first page's token,
     // every list was bounded, and object lists asked for metadata only.
