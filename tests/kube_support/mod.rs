@@ -35,6 +35,7 @@
 //!
 //! Test controls, from the test process while the server runs: [`set`],
 //! [`delete`], [`get`] objects (watchers see the events), [`compact`],
+//! [`expire_watches`] (410 on every open watch), [`pause_watches`],
 //! [`close_watches`], [`bookmark`], [`go_away`]/[`come_back`] (every open
 //! connection is dropped and new ones are accepted and closed at once, so
 //! clients see resets), counters of requests by verb ([`requests`]) and the
@@ -58,6 +59,8 @@
 //! [`delete`]: KubeApi::delete
 //! [`get`]: KubeApi::get
 //! [`compact`]: KubeApi::compact
+//! [`expire_watches`]: KubeApi::expire_watches
+//! [`pause_watches`]: KubeApi::pause_watches
 //! [`close_watches`]: KubeApi::close_watches
 //! [`bookmark`]: KubeApi::bookmark
 //! [`go_away`]: KubeApi::go_away
@@ -200,6 +203,10 @@ struct Inner {
     close_tx: watch::Sender<u64>,
     /// Bumped by bookmark.
     bookmark_tx: watch::Sender<u64>,
+    /// Bumped by expire_watches.
+    expire_tx: watch::Sender<u64>,
+    /// While true, open watches deliver nothing.
+    pause_tx: watch::Sender<bool>,
     /// Bumped by go_away: every open connection is dropped.
     kill_tx: watch::Sender<u64>,
     bookmark_interval: Mutex<Option<Duration>>,
@@ -245,6 +252,8 @@ impl KubeApi {
             rv_tx: watch::channel(100).0,
             close_tx: watch::channel(0).0,
             bookmark_tx: watch::channel(0).0,
+            expire_tx: watch::channel(0).0,
+            pause_tx: watch::channel(false).0,
             kill_tx: watch::channel(0).0,
             bookmark_interval: Mutex::new(Some(Duration::from_secs(1))),
             gone_until: Mutex::new(None),
@@ -348,6 +357,25 @@ impl KubeApi {
     /// its request timeout); clients re-watch from their last version.
     pub fn close_watches(&self) {
         self.inner.close_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Compacts at the current version and ends every open watch with an
+    /// `ERROR` event carrying `410 Expired`, as the API server does to a
+    /// watcher that fell behind its watch cache: clients relist.
+    pub fn expire_watches(&self) {
+        self.compact();
+        self.inner.expire_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Holds every watch's events (as a watch cache that fell behind)
+    /// until [`KubeApi::resume_watches`]; with [`KubeApi::expire_watches`]
+    /// the held events are never delivered.
+    pub fn pause_watches(&self) {
+        self.inner.pause_tx.send_replace(true);
+    }
+
+    pub fn resume_watches(&self) {
+        self.inner.pause_tx.send_replace(false);
     }
 
     /// Sends a `BOOKMARK` now on every watch that allows bookmarks.
@@ -1212,6 +1240,8 @@ async fn run_watch(
     let mut close_rx = inner.close_tx.subscribe();
     let mut bookmark_rx = inner.bookmark_tx.subscribe();
     let mut kill_rx = inner.kill_tx.subscribe();
+    let mut expire_rx = inner.expire_tx.subscribe();
+    let mut pause_rx = inner.pause_tx.subscribe();
     let relevant = |resource: usize, ns: &str, object: &Value| {
         resource == t.resource
             && (t.namespace.is_empty() || ns == t.namespace)
@@ -1231,12 +1261,7 @@ async fn run_watch(
                     .map(|(_, o)| event_line("ADDED", o))
                     .collect::<Vec<_>>(),
             )),
-            Some(v) if v < store.compacted => Err(json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure",
-                "message": format!("too old resource version: {v} ({})", store.compacted),
-                "reason": "Expired", "code": 410,
-            })),
+            Some(v) if v < store.compacted => Err(expired_status(v)),
             Some(v) => Ok((v, Vec::new())),
         }
     };
@@ -1256,40 +1281,43 @@ async fn run_watch(
     let interval = *lock(&inner.bookmark_interval);
     let mut next_bookmark = interval.map(|i| tokio::time::Instant::now() + i);
     loop {
-        rv_rx.borrow_and_update();
-        // Everything after `last`, in version order; every change up to
-        // the store's version is in the history while the lock is held.
-        let (pending, upto, expired) = {
-            let store = lock(&inner.store);
-            let pending: Vec<(u64, Bytes)> = store
-                .history
-                .iter()
-                .filter(|c| c.rv > last && relevant(c.resource, &c.namespace, &c.object))
-                .map(|c| (c.rv, event_line(c.kind, &c.object)))
-                .collect();
-            (pending, store.rv, last < store.compacted)
-        };
-        if expired {
-            // Fell behind a compaction: what it missed is gone.
-            let status = json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure", "message": format!("too old resource version: {last}"),
-                "reason": "Expired", "code": 410,
-            });
-            let _ = tx.send(event_line("ERROR", &status)).await;
-            return;
-        }
-        for (_, line) in pending {
-            if tx.send(line).await.is_err() {
+        let paused = *pause_rx.borrow_and_update();
+        if !paused {
+            rv_rx.borrow_and_update();
+            // Everything after `last`, in version order; every change up to
+            // the store's version is in the history while the lock is held.
+            let (pending, upto, expired) = {
+                let store = lock(&inner.store);
+                let pending: Vec<(u64, Bytes)> = store
+                    .history
+                    .iter()
+                    .filter(|c| c.rv > last && relevant(c.resource, &c.namespace, &c.object))
+                    .map(|c| (c.rv, event_line(c.kind, &c.object)))
+                    .collect();
+                (pending, store.rv, last < store.compacted)
+            };
+            if expired {
+                // Fell behind a compaction: what it missed is gone.
+                let _ = tx.send(event_line("ERROR", &expired_status(last))).await;
                 return;
             }
+            for (_, line) in pending {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+            last = last.max(upto);
         }
-        last = last.max(upto);
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
-            changed = rv_rx.changed() => if changed.is_err() { return },
+            changed = rv_rx.changed(), if !paused => if changed.is_err() { return },
+            _ = pause_rx.changed() => {}
             _ = close_rx.changed() => return,
             _ = kill_rx.changed() => return,
+            _ = expire_rx.changed() => {
+                let _ = tx.send(event_line("ERROR", &expired_status(last))).await;
+                return;
+            }
             _ = tx.closed() => return,
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => return,
             _ = bookmark_rx.changed() => {
@@ -1305,6 +1333,14 @@ async fn run_watch(
             }
         }
     }
+}
+
+fn expired_status(rv: u64) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": format!("too old resource version: {rv}"),
+        "reason": "Expired", "code": 410,
+    })
 }
 
 async fn send_bookmark(tx: &tokio::sync::mpsc::Sender<Bytes>, r: &Resource, rv: u64) -> bool {
