@@ -25,6 +25,8 @@
 //!   ([`KubeApi::bookmark`]); an `ERROR` event carrying a `410 Expired`
 //!   Status when the version is older than the compaction point, then the
 //!   end of the stream; `timeoutSeconds` ends the stream;
+//! - metadata-only lists and gets (`Accept: …;as=PartialObjectMetadataList`
+//!   or `as=PartialObjectMetadata`, as `Api::list_metadata` sends);
 //! - get, create (`POST`, `409 AlreadyExists`; `generateName`), update
 //!   (`PUT`, `409 Conflict` when `metadata.resourceVersion` is given and is
 //!   not the stored one), patch (`application/merge-patch+json`, and
@@ -838,6 +840,13 @@ async fn handle(inner: Arc<Inner>, req: Request<hyper::body::Incoming>) -> Respo
         Parsed::Resource(t) => t,
     };
     let method = req.method().clone();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let metadata_only = accept.contains("as=PartialObjectMetadata");
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -856,11 +865,11 @@ async fn handle(inner: Arc<Inner>, req: Request<hyper::body::Incoming>) -> Respo
         }
         (&Method::GET, None) => {
             inner.count("list");
-            list(&inner, &target, &p)
+            list(&inner, &target, &p, metadata_only)
         }
         (&Method::GET, Some(_)) => {
             inner.count("get");
-            get(&inner, &target)
+            get(&inner, &target, metadata_only)
         }
         (&Method::POST, None) => {
             inner.count("create");
@@ -898,9 +907,16 @@ fn key_of(t: &Target, name: &str) -> Key {
     (t.resource, t.namespace.clone(), name.to_owned())
 }
 
-fn get(inner: &Inner, t: &Target) -> Response<Body> {
+/// An object as `PartialObjectMetadata` (`Accept: ...;as=PartialObjectMetadata`).
+fn metadata_of(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+           "metadata": object["metadata"]})
+}
+
+fn get(inner: &Inner, t: &Target, metadata_only: bool) -> Response<Body> {
     let name = t.name.clone().unwrap_or_default();
     match lock(&inner.store).objects.get(&key_of(t, &name)) {
+        Some(o) if metadata_only => json_response(StatusCode::OK, &metadata_of(o)),
         Some(o) => json_response(StatusCode::OK, o),
         None => not_found(&inner.resources[t.resource], &name),
     }
@@ -910,7 +926,12 @@ fn gone(message: &str) -> Response<Body> {
     status(StatusCode::GONE, "Expired", message)
 }
 
-fn list(inner: &Inner, t: &Target, p: &HashMap<String, String>) -> Response<Body> {
+fn list(
+    inner: &Inner,
+    t: &Target,
+    p: &HashMap<String, String>,
+    metadata_only: bool,
+) -> Response<Body> {
     let selector = match Selector::parse(p) {
         Ok(s) => s,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
@@ -970,16 +991,28 @@ fn list(inner: &Inner, t: &Target, p: &HashMap<String, String>) -> Response<Body
             }
             break;
         }
-        items.push(object.clone());
+        items.push(if metadata_only {
+            metadata_of(object)
+        } else {
+            object.clone()
+        });
     }
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if let Some(n) = next {
         metadata["continue"] = json!(n);
     }
+    let (kind, api_version) = if metadata_only {
+        (
+            "PartialObjectMetadataList".to_owned(),
+            "meta.k8s.io/v1".to_owned(),
+        )
+    } else {
+        (format!("{}List", r.kind), r.api_version())
+    };
     json_response(
         StatusCode::OK,
         &json!({
-            "kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
+            "kind": kind, "apiVersion": api_version,
             "metadata": metadata, "items": items,
         }),
     )
