@@ -193,7 +193,7 @@ async fn caches_survive_closed_watches_and_410() {
     let api = server().await;
     api.set(kustomization("flux-system", "apps", A));
     api.set(kustomization("flux-system", "gone-later", A));
-    let (caches, _stop) = start(
+    let (caches, stop) = start(
         &api,
         &[Watched::Kustomizations],
         options(Duration::from_secs(10)),
@@ -241,6 +241,11 @@ async fn caches_survive_closed_watches_and_410() {
     assert!(s.relists >= 1, "{s:?}");
     assert_eq!(s.restarts, 0, "{s:?}");
     assert!(caches.ready().is_ok());
+
+    // Shutdown ends the watches.
+    wait_until(WITHIN, "watching", || api.open_watches() == 1).await;
+    drop(stop);
+    wait_until(WITHIN, "no watch open", || api.open_watches() == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
