@@ -15,13 +15,15 @@
 
 pub mod sources;
 
-use crate::argo::Application;
+use crate::argo::{self, Application, TrackingId};
 use crate::flux::{self, GitRepository, Kustomization, Meta};
+use crate::policy::Revision;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, DefaultBackoff};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use sources::GitRef;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -249,6 +251,63 @@ impl<T: DeserializeOwned> KindCache<T> {
     }
 }
 
+/// What the controller that applied an object says it applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// `Kustomization flux-system/apps`, `Application argocd/web`.
+    pub controller: String,
+    /// The controller object's version the answer was read from.
+    pub resource_version: String,
+    /// Where the revision was read (`status.lastAttemptedRevision`, ...).
+    pub field: &'static str,
+    pub revision: Revision,
+    /// The branch a Flux revision names (`main@sha1:...`).
+    pub branch: Option<String>,
+    /// The git URL and what it follows, or why there is none (a missing
+    /// GitRepository, a multi-source Application).
+    pub source: Result<(String, GitRef), String>,
+    /// `spec.path` / `spec.source.path`, `.` when empty.
+    pub overlay: String,
+}
+
+/// Why an object has no controller provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoProvenance {
+    /// `MissingRevision`: what was looked for and not found.
+    Missing(String),
+    /// `MalformedRevision`: the controller's field holds no commit id.
+    Malformed {
+        controller: String,
+        field: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+fn revision_of(
+    controller: &str,
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<(Revision, Option<String>), NoProvenance> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Err(NoProvenance::Missing(format!(
+            "{controller} has no {field} yet (it has not started applying anything)"
+        )));
+    };
+    flux::parse_revision(value)
+        .map(|(branch, revision)| (revision, branch))
+        .map_err(|why| NoProvenance::Malformed {
+            controller: controller.to_owned(),
+            field,
+            value: crate::echo::value(value),
+            why,
+        })
+}
+
+/// The field a Flux Kustomization's revision is read from: written before
+/// Flux builds and applies, so it names what is being applied.
+pub const FLUX_REVISION_FIELD: &str = "status.lastAttemptedRevision";
+
 /// The watch-fed caches of the controller objects the rules need.
 pub struct ControllerCaches {
     kustomizations: Option<Arc<KindCache<Kustomization>>>,
@@ -341,6 +400,129 @@ impl ControllerCaches {
 
     pub fn application(&self, namespace: &str, name: &str) -> Option<Arc<Snapshot<Application>>> {
         self.applications.as_ref()?.get(namespace, name)
+    }
+
+    /// Caches filled once from `objects` (any of the three kinds, others
+    /// ignored), every kind listed, no watch: for tests and tools.
+    pub fn from_objects(objects: &[DynamicObject]) -> Arc<ControllerCaches> {
+        fn fill<T: DeserializeOwned>(
+            kind: Watched,
+            objects: &[DynamicObject],
+        ) -> Option<Arc<KindCache<T>>> {
+            let cache = KindCache::<T>::new(kind.kind());
+            {
+                let mut store = cache.store.write().unwrap_or_else(|e| e.into_inner());
+                store.apply(watcher::Event::Init);
+                for o in objects.iter().filter(|o| {
+                    o.types.as_ref().is_some_and(|t| {
+                        t.kind == kind.kind() && t.api_version == kind.api_resource().api_version
+                    })
+                }) {
+                    store.apply(watcher::Event::InitApply(o.clone()));
+                }
+                store.apply(watcher::Event::InitDone);
+            }
+            lock(&cache.status).listed = true;
+            Some(cache)
+        }
+        Arc::new(ControllerCaches {
+            kustomizations: fill(Watched::Kustomizations, objects),
+            git_repositories: fill(Watched::GitRepositories, objects),
+            applications: fill(Watched::Applications, objects),
+            changed: watch::channel(0).0,
+            options: CacheOptions::default(),
+        })
+    }
+
+    /// `provenance: flux`: the Kustomization an object's labels name, its
+    /// `status.lastAttemptedRevision`, and its GitRepository's URL and ref.
+    pub fn flux_provenance(
+        &self,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<Provenance, NoProvenance> {
+        let (ns, name) = flux::kustomization_of(labels).map_err(NoProvenance::Missing)?;
+        let controller = format!("Kustomization {ns}/{name}");
+        let Some(k) = self.kustomization(&ns, &name) else {
+            return Err(NoProvenance::Missing(format!(
+                "{controller} (named by the object's labels) is not known"
+            )));
+        };
+        let (revision, branch) = revision_of(
+            &controller,
+            FLUX_REVISION_FIELD,
+            k.object.status.last_attempted_revision.as_deref(),
+        )?;
+        let source = k
+            .object
+            .git_repository(&ns)
+            .and_then(|(repo_ns, repo_name)| {
+                let repo = self.git_repository(&repo_ns, &repo_name).ok_or_else(|| {
+                    format!("GitRepository {repo_ns}/{repo_name} (its sourceRef) is not known")
+                })?;
+                let url = repo.object.url().ok_or_else(|| {
+                    format!("GitRepository {repo_ns}/{repo_name} has no spec.url")
+                })?;
+                Ok((url.to_owned(), repo.object.git_ref()))
+            });
+        Ok(Provenance {
+            controller,
+            resource_version: k.meta.resource_version.clone(),
+            field: FLUX_REVISION_FIELD,
+            revision,
+            branch,
+            source,
+            overlay: k.object.overlay().to_owned(),
+        })
+    }
+
+    /// `provenance: argo`: the Application the object's tracking id names
+    /// (the id must name this very object), the revision it is applying,
+    /// and its source. `default_namespace` is where Applications live
+    /// when the id does not say (`argo.namespace`).
+    pub fn argo_provenance(
+        &self,
+        annotations: Option<&BTreeMap<String, String>>,
+        object: (&str, &str, &str, &str),
+        default_namespace: &str,
+    ) -> Result<Provenance, NoProvenance> {
+        let (api_version, kind, namespace, name) = object;
+        let Some(id) = annotations
+            .and_then(|a| a.get(argo::TRACKING_ID))
+            .filter(|v| !v.trim().is_empty())
+        else {
+            return Err(NoProvenance::Missing(format!(
+                "the object has no annotation {} (set by Argo CD's annotation tracking)",
+                argo::TRACKING_ID
+            )));
+        };
+        let id = TrackingId::parse(id).map_err(NoProvenance::Missing)?;
+        id.check_names(api_version, kind, namespace, name)
+            .map_err(NoProvenance::Missing)?;
+        let (app_ns, app_name) = id.application(default_namespace);
+        let controller = format!("Application {app_ns}/{app_name}");
+        let Some(app) = self.application(&app_ns, &app_name) else {
+            return Err(NoProvenance::Missing(format!(
+                "{controller} (named by the tracking id) is not known"
+            )));
+        };
+        let (value, field) = app.object.revision();
+        let (revision, branch) = revision_of(&controller, field, value)?;
+        let source = match app.object.repo_url() {
+            Some(url) => Ok((url.to_owned(), app.object.git_ref())),
+            None if app.object.spec.sources.is_some() => Err(format!(
+                "{controller} has several sources (spec.sources): not followed"
+            )),
+            None => Err(format!("{controller} has no spec.source.repoURL")),
+        };
+        Ok(Provenance {
+            controller,
+            resource_version: app.meta.resource_version.clone(),
+            field,
+            revision,
+            branch,
+            source,
+            overlay: app.object.overlay().to_owned(),
+        })
     }
 
     /// The status of every watched kind.
@@ -500,5 +682,166 @@ async fn run_watch<T: DeserializeOwned + Send + Sync + 'static>(
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn objects(v: serde_json::Value) -> Vec<DynamicObject> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn caches() -> Arc<ControllerCaches> {
+        ControllerCaches::from_objects(&objects(json!([
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+             "metadata": {"namespace": "flux-system", "name": "apps", "resourceVersion": "11"},
+             "spec": {"path": "./overlays/prod", "sourceRef": {"kind": "GitRepository", "name": "gitops"}},
+             "status": {"lastAttemptedRevision": format!("main@sha1:{B}"),
+                        "lastAppliedRevision": format!("main@sha1:{A}")}},
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+             "metadata": {"namespace": "flux-system", "name": "new"},
+             "spec": {"sourceRef": {"kind": "GitRepository", "name": "missing"}}},
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+             "metadata": {"namespace": "flux-system", "name": "odd"},
+             "spec": {"sourceRef": {"kind": "GitRepository", "name": "gitops"}},
+             "status": {"lastAttemptedRevision": "main@sha1:abc"}},
+            {"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+             "metadata": {"namespace": "flux-system", "name": "gitops"},
+             "spec": {"url": "https://git.example.com/gitops.git", "ref": {"branch": "main"}}},
+            {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+             "metadata": {"namespace": "argocd", "name": "web", "resourceVersion": "12"},
+             "spec": {"source": {"repoURL": "https://git.example.com/gitops", "path": "overlays/prod",
+                                 "targetRevision": "main"}},
+             "status": {"sync": {"revision": A},
+                        "operationState": {"phase": "Running", "operation": {"sync": {"revision": B}}}}},
+            {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+             "metadata": {"namespace": "team-a", "name": "multi"},
+             "spec": {"sources": [{"repoURL": "x"}, {"repoURL": "y"}]},
+             "status": {"sync": {"revision": A}}}
+        ])))
+    }
+
+    fn labels(ns: &str, name: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (flux::NAME_LABEL.to_owned(), name.to_owned()),
+            (flux::NAMESPACE_LABEL.to_owned(), ns.to_owned()),
+        ])
+    }
+
+    fn missing(r: Result<Provenance, NoProvenance>) -> String {
+        match r {
+            Err(NoProvenance::Missing(why)) => why,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flux_provenance_reads_the_attempted_revision_and_the_source() {
+        let c = caches();
+        assert!(c.ready().is_ok());
+        let p = c
+            .flux_provenance(Some(&labels("flux-system", "apps")))
+            .unwrap();
+        assert_eq!(p.revision, Revision::parse(B).unwrap());
+        assert_eq!(p.branch.as_deref(), Some("main"));
+        assert_eq!(p.field, "status.lastAttemptedRevision");
+        assert_eq!(p.controller, "Kustomization flux-system/apps");
+        assert_eq!(p.resource_version, "11");
+        assert_eq!(p.overlay, "./overlays/prod");
+        assert_eq!(
+            p.source,
+            Ok((
+                "https://git.example.com/gitops.git".into(),
+                GitRef::Branch("main".into())
+            ))
+        );
+
+        let why = missing(c.flux_provenance(None));
+        assert!(why.contains(flux::NAME_LABEL), "{why}");
+        let why = missing(c.flux_provenance(Some(&labels("flux-system", "nope"))));
+        assert!(why.contains("Kustomization flux-system/nope"), "{why}");
+        let why = missing(c.flux_provenance(Some(&labels("flux-system", "new"))));
+        assert!(
+            why.contains("has no status.lastAttemptedRevision yet"),
+            "{why}"
+        );
+        match c.flux_provenance(Some(&labels("flux-system", "odd"))) {
+            Err(NoProvenance::Malformed { value, .. }) => assert_eq!(value, "main@sha1:abc"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn argo_provenance_checks_the_tracking_id() {
+        let c = caches();
+        let ann = |id: &str| BTreeMap::from([(argo::TRACKING_ID.to_owned(), id.to_owned())]);
+        let obj = ("apps/v1", "Deployment", "prod", "web");
+        let p = c
+            .argo_provenance(Some(&ann("web:apps/Deployment:prod/web")), obj, "argocd")
+            .unwrap();
+        // An operation is running: its revision, not status.sync's.
+        assert_eq!(p.revision, Revision::parse(B).unwrap());
+        assert_eq!(p.field, argo::OPERATION_REVISION_FIELD);
+        assert_eq!(p.overlay, "overlays/prod");
+        assert_eq!(
+            p.source,
+            Ok((
+                "https://git.example.com/gitops".into(),
+                GitRef::Branch("main".into())
+            ))
+        );
+        let why = missing(c.argo_provenance(None, obj, "argocd"));
+        assert!(why.contains(argo::TRACKING_ID), "{why}");
+        // Copied from another object: refused.
+        let why =
+            missing(c.argo_provenance(Some(&ann("web:apps/Deployment:prod/api")), obj, "argocd"));
+        assert!(why.contains("name \"api\""), "{why}");
+        let why =
+            missing(c.argo_provenance(Some(&ann("other:apps/Deployment:prod/web")), obj, "argocd"));
+        assert!(why.contains("Application argocd/other"), "{why}");
+        // The id's namespace wins over the default.
+        let p = c
+            .argo_provenance(
+                Some(&ann("team-a_multi:apps/Deployment:prod/web")),
+                obj,
+                "argocd",
+            )
+            .unwrap();
+        assert_eq!(p.controller, "Application team-a/multi");
+        assert!(p.source.unwrap_err().contains("spec.sources"));
+    }
+
+    #[test]
+    fn a_relist_replaces_the_objects_and_an_unreadable_update_removes_one() {
+        let mut store = Store::<Kustomization>::default();
+        let k = |name: &str, path: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                "metadata": {"namespace": "a", "name": name}, "spec": {"path": path}}))
+            .unwrap()
+        };
+        store.apply(watcher::Event::Init);
+        store.apply(watcher::Event::InitApply(k("x", json!("p"))));
+        store.apply(watcher::Event::InitApply(k("y", json!("p"))));
+        assert!(store.is_empty(), "not visible before the list completes");
+        assert_eq!(store.apply(watcher::Event::InitDone), Applied::Listed);
+        assert_eq!(store.len(), 2);
+        store.apply(watcher::Event::Init);
+        store.apply(watcher::Event::InitApply(k("y", json!("q"))));
+        assert_eq!(store.len(), 2, "the old objects serve during a relist");
+        store.apply(watcher::Event::InitDone);
+        assert!(store.get("a", "x").is_none());
+        assert_eq!(store.get("a", "y").unwrap().object.overlay(), "q");
+        assert!(matches!(
+            store.apply(watcher::Event::Apply(k("y", json!(7)))),
+            Applied::Skipped(_)
+        ));
+        assert!(store.get("a", "y").is_none());
     }
 }
