@@ -554,8 +554,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, inner: Arc<Inner>) {
             continue;
         }
         let inner = Arc::clone(&inner);
+        // Subscribed before the task runs: a go_away from now on ends it.
+        let mut kill = inner.kill_tx.subscribe();
         tokio::spawn(async move {
-            let mut kill = inner.kill_tx.subscribe();
             let service_inner = Arc::clone(&inner);
             let service = hyper::service::service_fn(move |req| {
                 let inner = Arc::clone(&service_inner);
@@ -1242,11 +1243,27 @@ fn watch_response(inner: Arc<Inner>, t: Target, p: &HashMap<String, String>) -> 
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    // Subscribed before the response goes out: a control used as soon as
+    // the client sees the watch open reaches it.
+    let signals = Signals {
+        rv: inner.rv_tx.subscribe(),
+        close: inner.close_tx.subscribe(),
+        bookmark: inner.bookmark_tx.subscribe(),
+        kill: inner.kill_tx.subscribe(),
+        expire: inner.expire_tx.subscribe(),
+        pause: inner.pause_tx.subscribe(),
+    };
     inner.open_watches.fetch_add(1, Ordering::SeqCst);
     let guard = OpenWatch(Arc::clone(&inner));
     tokio::spawn(async move {
         let _guard = guard;
-        run_watch(&inner, &t, selector, from, bookmarks, timeout, tx).await;
+        let w = WatchRequest {
+            selector,
+            from,
+            bookmarks,
+            timeout,
+        };
+        run_watch(&inner, &t, w, signals, tx).await;
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
@@ -1259,22 +1276,46 @@ fn watch_response(inner: Arc<Inner>, t: Target, p: &HashMap<String, String>) -> 
     r
 }
 
-async fn run_watch(
-    inner: &Arc<Inner>,
-    t: &Target,
+/// The test controls one watch listens to.
+struct Signals {
+    rv: watch::Receiver<u64>,
+    close: watch::Receiver<u64>,
+    bookmark: watch::Receiver<u64>,
+    kill: watch::Receiver<u64>,
+    expire: watch::Receiver<u64>,
+    pause: watch::Receiver<bool>,
+}
+
+/// What a watch request asked for.
+struct WatchRequest {
     selector: Selector,
     from: Option<u64>,
     bookmarks: bool,
     timeout: Option<Duration>,
+}
+
+async fn run_watch(
+    inner: &Arc<Inner>,
+    t: &Target,
+    w: WatchRequest,
+    signals: Signals,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
+    let WatchRequest {
+        selector,
+        from,
+        bookmarks,
+        timeout,
+    } = w;
+    let Signals {
+        rv: mut rv_rx,
+        close: mut close_rx,
+        bookmark: mut bookmark_rx,
+        kill: mut kill_rx,
+        expire: mut expire_rx,
+        pause: mut pause_rx,
+    } = signals;
     let r = inner.resources[t.resource].clone();
-    let mut rv_rx = inner.rv_tx.subscribe();
-    let mut close_rx = inner.close_tx.subscribe();
-    let mut bookmark_rx = inner.bookmark_tx.subscribe();
-    let mut kill_rx = inner.kill_tx.subscribe();
-    let mut expire_rx = inner.expire_tx.subscribe();
-    let mut pause_rx = inner.pause_tx.subscribe();
     let relevant = |resource: usize, ns: &str, object: &Value| {
         resource == t.resource
             && (t.namespace.is_empty() || ns == t.namespace)
