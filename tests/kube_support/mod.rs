@@ -1021,15 +1021,9 @@ fn list(
 
 fn create(inner: &Inner, t: &Target, body: &Bytes) -> Response<Body> {
     let r = &inner.resources[t.resource];
-    let mut object: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the body is not a JSON object",
-            );
-        }
+    let mut object: Value = match json_object(body) {
+        Some(v) => v,
+        None => return not_an_object("body"),
     };
     let mut store = lock(&inner.store);
     let name = match object["metadata"]["name"]
@@ -1087,41 +1081,64 @@ fn conflict(r: &Resource, name: &str) -> Response<Body> {
     )
 }
 
-fn update(inner: &Inner, t: &Target, body: &Bytes) -> Response<Body> {
+/// The body as a JSON object.
+fn json_object(body: &Bytes) -> Option<Value> {
+    serde_json::from_slice(body).ok().filter(Value::is_object)
+}
+
+fn not_an_object(what: &str) -> Response<Body> {
+    status(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &format!("the {what} is not a JSON object"),
+    )
+}
+
+/// Replaces an existing object with `make(current)`, when `precondition`
+/// (a resourceVersion) is absent or is the stored one.
+fn write_existing(
+    inner: &Inner,
+    t: &Target,
+    precondition: Option<&str>,
+    make: impl FnOnce(&Value) -> Value,
+) -> Response<Body> {
     let r = &inner.resources[t.resource];
     let name = t.name.clone().unwrap_or_default();
-    let object: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the body is not a JSON object",
-            );
-        }
+    let mut store = lock(&inner.store);
+    let key = key_of(t, &name);
+    let Some(current) = store.objects.get(&key) else {
+        return not_found(r, &name);
     };
-    if object["metadata"]["name"].as_str() != Some(name.as_str()) {
+    if let Some(want) = precondition
+        && current["metadata"]["resourceVersion"].as_str() != Some(want)
+    {
+        return conflict(r, &name);
+    }
+    let object = make(current);
+    let stored = inner.write(&mut store, key, object);
+    drop(store);
+    inner.published();
+    json_response(StatusCode::OK, &stored)
+}
+
+fn update(inner: &Inner, t: &Target, body: &Bytes) -> Response<Body> {
+    let object: Value = match json_object(body) {
+        Some(v) => v,
+        None => return not_an_object("body"),
+    };
+    if object["metadata"]["name"].as_str() != t.name.as_deref() {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "the name of the object does not match the name on the URL",
         );
     }
-    let mut store = lock(&inner.store);
-    let key = key_of(t, &name);
-    let Some(current) = store.objects.get(&key) else {
-        return not_found(r, &name);
-    };
-    if let Some(want) = object["metadata"]["resourceVersion"].as_str()
-        && !want.is_empty()
-        && current["metadata"]["resourceVersion"].as_str() != Some(want)
-    {
-        return conflict(r, &name);
-    }
-    let stored = inner.write(&mut store, key, object);
-    drop(store);
-    inner.published();
-    json_response(StatusCode::OK, &stored)
+    // An update without a version is unconditional, as for most kinds.
+    let precondition = object["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    write_existing(inner, t, precondition.as_deref(), |_| object)
 }
 
 /// RFC 7386 JSON merge patch.
@@ -1145,8 +1162,6 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn patch(inner: &Inner, t: &Target, content_type: &str, body: &Bytes) -> Response<Body> {
-    let r = &inner.resources[t.resource];
-    let name = t.name.clone().unwrap_or_default();
     let ct = content_type.split(';').next().unwrap_or("").trim();
     if ct != "application/merge-patch+json" && ct != "application/strategic-merge-patch+json" {
         return status(
@@ -1155,32 +1170,18 @@ fn patch(inner: &Inner, t: &Target, content_type: &str, body: &Bytes) -> Respons
             &format!("the body of the request was in an unknown format: {ct}"),
         );
     }
-    let patch: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the patch is not a JSON object",
-            );
-        }
+    let patch: Value = match json_object(body) {
+        Some(v) => v,
+        None => return not_an_object("patch"),
     };
-    let mut store = lock(&inner.store);
-    let key = key_of(t, &name);
-    let Some(current) = store.objects.get(&key) else {
-        return not_found(r, &name);
-    };
-    if let Some(want) = patch["metadata"]["resourceVersion"].as_str()
-        && current["metadata"]["resourceVersion"].as_str() != Some(want)
-    {
-        return conflict(r, &name);
-    }
-    let mut object = current.clone();
-    merge_patch(&mut object, &patch);
-    let stored = inner.write(&mut store, key, object);
-    drop(store);
-    inner.published();
-    json_response(StatusCode::OK, &stored)
+    let precondition = patch["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned);
+    write_existing(inner, t, precondition.as_deref(), |current| {
+        let mut object = current.clone();
+        merge_patch(&mut object, &patch);
+        object
+    })
 }
 
 fn delete(inner: &Inner, t: &Target) -> Response<Body> {
