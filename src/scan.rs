@@ -703,18 +703,9 @@ async fn flux_kustomizations(
                 },
             }
         });
-        report.items.push(
-            controller_item(
-                shared,
-                &ar,
-                meta.namespace,
-                meta.name,
-                overlay,
-                matched,
-                &applied,
-            )
-            .await,
-        );
+        report
+            .items
+            .push(controller_item(shared, &ar, meta, overlay, matched, &applied).await);
     }
 }
 
@@ -743,26 +734,18 @@ async fn argo_applications(
             Some(url) => sources::match_source(&shared.config.sources, url, &app.git_ref())
                 .map(|s| (s.name.clone(), s.branch.clone())),
         };
-        report.items.push(
-            controller_item(
-                shared,
-                &ar,
-                meta.namespace,
-                meta.name,
-                overlay,
-                matched,
-                &applied,
-            )
-            .await,
-        );
+        report
+            .items
+            .push(controller_item(shared, &ar, meta, overlay, matched, &applied).await);
     }
 }
 
 async fn controller_item(
     shared: &Shared,
     ar: &ApiResource,
-    namespace: String,
-    name: String,
+    flux::Meta {
+        namespace, name, ..
+    }: flux::Meta,
     overlay: String,
     matched: Result<(String, String), String>,
     applied: &Applied,
