@@ -549,35 +549,32 @@ impl ControllerCaches {
             .status()
             .into_iter()
             .filter_map(|s| {
-                let broken_for = s
-                    .broken_since
-                    .map(|t| now.duration_since(t).unwrap_or_default());
-                let error = s
-                    .last_error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                if !s.listed {
-                    Some(format!(
+                // "since <time> (<how long>): <error>"
+                let broken = s.broken_since.map(|t| {
+                    let d = now.duration_since(t).unwrap_or_default();
+                    let text = format!(
+                        "since {} ({}){}",
+                        humantime::format_rfc3339_seconds(t),
+                        humantime::format_duration(Duration::from_secs(d.as_secs())),
+                        s.last_error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    );
+                    (d, text)
+                });
+                match broken {
+                    _ if !s.listed => Some(format!(
                         "{}: waiting for the first complete list{}",
                         s.kind,
-                        match broken_for {
-                            Some(d) => format!(
-                                ", failing for {}{error}",
-                                humantime::format_duration(Duration::from_secs(d.as_secs()))
-                            ),
-                            None => String::new(),
-                        }
-                    ))
-                } else {
-                    match broken_for {
-                        Some(d) if d >= self.options.unready_after => Some(format!(
-                            "{}: watch broken for {}{error}",
-                            s.kind,
-                            humantime::format_duration(Duration::from_secs(d.as_secs()))
-                        )),
-                        _ => None,
+                        broken
+                            .map(|(_, text)| format!(", failing {text}"))
+                            .unwrap_or_default()
+                    )),
+                    Some((d, text)) if d >= self.options.unready_after => {
+                        Some(format!("{}: watch broken {text}", s.kind))
                     }
+                    _ => None,
                 }
             })
             .collect();
@@ -614,6 +611,27 @@ impl ControllerCaches {
                 _ = tokio::time::sleep_until(deadline) => return f(self),
             }
         }
+    }
+}
+
+/// A watch error in one line: what failed, then the API server's code,
+/// reason and message (kube's own text nests the whole Status).
+fn watch_error(e: &watcher::Error) -> String {
+    let client = |what: &str, e: &kube::Error| match e {
+        kube::Error::Api(s) => format!("{what}: {} {}: {}", s.code, s.reason, s.message),
+        other => format!("{what}: {other}"),
+    };
+    match e {
+        watcher::Error::InitialListFailed(e) => client("list failed", e),
+        watcher::Error::WatchStartFailed(e) => client("watch failed to start", e),
+        watcher::Error::WatchFailed(e) => client("watch failed", e),
+        watcher::Error::WatchError(s) => {
+            format!(
+                "watch ended with an error: {} {}: {}",
+                s.code, s.reason, s.message
+            )
+        }
+        other => other.to_string(),
     }
 }
 
@@ -666,7 +684,7 @@ async fn run_watch<T: DeserializeOwned + Send + Sync + 'static>(
                     lock(&cache.status).relists += 1;
                     tracing::info!(kind, "watch expired (410 Gone): relisting");
                 }
-                Some(Err(e)) => break crate::echo::value(&e.to_string()),
+                Some(Err(e)) => break crate::echo::value(&watch_error(&e)),
             }
         };
         {

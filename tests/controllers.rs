@@ -272,7 +272,7 @@ async fn readiness_fails_while_the_server_is_gone_and_recovers() {
     assert!(unready >= unready_after, "{unready:?}");
     let why = caches.ready().unwrap_err();
     assert!(
-        why[0].starts_with("Kustomization: watch broken for"),
+        why[0].starts_with("Kustomization: watch broken since 20"),
         "{why:?}"
     );
     // What was read before is still served.
@@ -409,4 +409,27 @@ mod memory {
         // A regression guard, about twice the measured figure.
         assert!(kept < 2_000_000, "{kept} bytes");
     }
+}
+
+/// A kind the cluster does not serve (Argo CD not installed): never ready,
+/// and readiness says which kind, since when and the API server's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_not_served_keeps_readiness_failing_with_the_reason() {
+    let api = KubeApi::start(&[Resource::flux_kustomization()]).await;
+    let kinds = [Watched::Kustomizations, Watched::Applications];
+    let (caches, _stop) = start(&api, &kinds, options(Duration::from_secs(10)));
+    wait_until(WITHIN, "Kustomizations listed", || {
+        caches.status()[0].listed && caches.status()[1].restarts >= 1
+    })
+    .await;
+    let why = caches.ready().unwrap_err();
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(
+        why[0].starts_with("Application: waiting for the first complete list, failing since 20"),
+        "{why:?}"
+    );
+    assert!(
+        why[0].contains("404") || why[0].contains("NotFound"),
+        "{why:?}"
+    );
 }
