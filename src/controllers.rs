@@ -58,7 +58,7 @@ impl Watched {
         let (group, version, plural) = match self {
             Watched::Kustomizations => (flux::KUSTOMIZE_GROUP, flux::VERSION, "kustomizations"),
             Watched::GitRepositories => (flux::SOURCE_GROUP, flux::VERSION, "gitrepositories"),
-            Watched::Applications => (crate::argo::GROUP, crate::argo::VERSION, "applications"),
+            Watched::Applications => (argo::GROUP, argo::VERSION, "applications"),
         };
         ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(group, version, self.kind()),
