@@ -363,3 +363,56 @@ async fn go_away_resets_connections_until_it_comes_back() {
         1
     );
 }
+
+/// What `stale-guard scan` asks: discovery, then metadata-only lists.
+#[tokio::test]
+async fn discovery_and_metadata_only_lists() {
+    let api = KubeApi::start(&[
+        Resource::config_map(),
+        Resource::flux_kustomization(),
+        Resource::cluster_role(),
+    ])
+    .await;
+    let client = api.client();
+    let discovery = kube::discovery::Discovery::new(client.clone())
+        .run()
+        .await
+        .unwrap();
+    let (ar, caps) = discovery
+        .get("kustomize.toolkit.fluxcd.io")
+        .unwrap()
+        .recommended_kind("Kustomization")
+        .unwrap();
+    assert_eq!(
+        (ar.plural.as_str(), ar.version.as_str()),
+        ("kustomizations", "v1")
+    );
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    let (_, caps) = discovery
+        .get("rbac.authorization.k8s.io")
+        .unwrap()
+        .recommended_kind("ClusterRole")
+        .unwrap();
+    assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+    assert!(
+        discovery
+            .get("")
+            .unwrap()
+            .recommended_kind("ConfigMap")
+            .is_some()
+    );
+
+    api.set(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"namespace": "a", "name": "x", "annotations": {"k": "v"}},
+        "data": {"big": "not in a metadata list"}}));
+    let cms: Api<ConfigMap> = Api::namespaced(client, "a");
+    let list = cms.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(
+        list.items[0].metadata.annotations.as_ref().unwrap()["k"],
+        "v"
+    );
+    let one = cms.get_metadata("x").await.unwrap();
+    assert_eq!(one.metadata.name.as_deref(), Some("x"));
+    assert_eq!(one.types.unwrap().kind, "PartialObjectMetadata");
+}

@@ -25,6 +25,8 @@
 //!   ([`KubeApi::bookmark`]); an `ERROR` event carrying a `410 Expired`
 //!   Status when the version is older than the compaction point, then the
 //!   end of the stream; `timeoutSeconds` ends the stream;
+//! - metadata-only lists and gets (`Accept: …;as=PartialObjectMetadataList`
+//!   or `as=PartialObjectMetadata`, as `Api::list_metadata` sends);
 //! - get, create (`POST`, `409 AlreadyExists`; `generateName`), update
 //!   (`PUT`, `409 Conflict` when `metadata.resourceVersion` is given and is
 //!   not the stored one), patch (`application/merge-patch+json`, and
@@ -35,6 +37,7 @@
 //!
 //! Test controls, from the test process while the server runs: [`set`],
 //! [`delete`], [`get`] objects (watchers see the events), [`compact`],
+//! [`expire_watches`] (410 on every open watch), [`pause_watches`],
 //! [`close_watches`], [`bookmark`], [`go_away`]/[`come_back`] (every open
 //! connection is dropped and new ones are accepted and closed at once, so
 //! clients see resets), counters of requests by verb ([`requests`]) and the
@@ -58,6 +61,8 @@
 //! [`delete`]: KubeApi::delete
 //! [`get`]: KubeApi::get
 //! [`compact`]: KubeApi::compact
+//! [`expire_watches`]: KubeApi::expire_watches
+//! [`pause_watches`]: KubeApi::pause_watches
 //! [`close_watches`]: KubeApi::close_watches
 //! [`bookmark`]: KubeApi::bookmark
 //! [`go_away`]: KubeApi::go_away
@@ -200,6 +205,10 @@ struct Inner {
     close_tx: watch::Sender<u64>,
     /// Bumped by bookmark.
     bookmark_tx: watch::Sender<u64>,
+    /// Bumped by expire_watches.
+    expire_tx: watch::Sender<u64>,
+    /// While true, open watches deliver nothing.
+    pause_tx: watch::Sender<bool>,
     /// Bumped by go_away: every open connection is dropped.
     kill_tx: watch::Sender<u64>,
     bookmark_interval: Mutex<Option<Duration>>,
@@ -245,6 +254,8 @@ impl KubeApi {
             rv_tx: watch::channel(100).0,
             close_tx: watch::channel(0).0,
             bookmark_tx: watch::channel(0).0,
+            expire_tx: watch::channel(0).0,
+            pause_tx: watch::channel(false).0,
             kill_tx: watch::channel(0).0,
             bookmark_interval: Mutex::new(Some(Duration::from_secs(1))),
             gone_until: Mutex::new(None),
@@ -348,6 +359,25 @@ impl KubeApi {
     /// its request timeout); clients re-watch from their last version.
     pub fn close_watches(&self) {
         self.inner.close_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Compacts at the current version and ends every open watch with an
+    /// `ERROR` event carrying `410 Expired`, as the API server does to a
+    /// watcher that fell behind its watch cache: clients relist.
+    pub fn expire_watches(&self) {
+        self.compact();
+        self.inner.expire_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Holds every watch's events (as a watch cache that fell behind)
+    /// until [`KubeApi::resume_watches`]; with [`KubeApi::expire_watches`]
+    /// the held events are never delivered.
+    pub fn pause_watches(&self) {
+        self.inner.pause_tx.send_replace(true);
+    }
+
+    pub fn resume_watches(&self) {
+        self.inner.pause_tx.send_replace(false);
     }
 
     /// Sends a `BOOKMARK` now on every watch that allows bookmarks.
@@ -524,8 +554,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, inner: Arc<Inner>) {
             continue;
         }
         let inner = Arc::clone(&inner);
+        // Subscribed before the task runs: a go_away from now on ends it.
+        let mut kill = inner.kill_tx.subscribe();
         tokio::spawn(async move {
-            let mut kill = inner.kill_tx.subscribe();
             let service_inner = Arc::clone(&inner);
             let service = hyper::service::service_fn(move |req| {
                 let inner = Arc::clone(&service_inner);
@@ -810,6 +841,13 @@ async fn handle(inner: Arc<Inner>, req: Request<hyper::body::Incoming>) -> Respo
         Parsed::Resource(t) => t,
     };
     let method = req.method().clone();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let metadata_only = accept.contains("as=PartialObjectMetadata");
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -828,11 +866,11 @@ async fn handle(inner: Arc<Inner>, req: Request<hyper::body::Incoming>) -> Respo
         }
         (&Method::GET, None) => {
             inner.count("list");
-            list(&inner, &target, &p)
+            list(&inner, &target, &p, metadata_only)
         }
         (&Method::GET, Some(_)) => {
             inner.count("get");
-            get(&inner, &target)
+            get(&inner, &target, metadata_only)
         }
         (&Method::POST, None) => {
             inner.count("create");
@@ -870,9 +908,16 @@ fn key_of(t: &Target, name: &str) -> Key {
     (t.resource, t.namespace.clone(), name.to_owned())
 }
 
-fn get(inner: &Inner, t: &Target) -> Response<Body> {
+/// An object as `PartialObjectMetadata` (`Accept: ...;as=PartialObjectMetadata`).
+fn metadata_of(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+           "metadata": object["metadata"]})
+}
+
+fn get(inner: &Inner, t: &Target, metadata_only: bool) -> Response<Body> {
     let name = t.name.clone().unwrap_or_default();
     match lock(&inner.store).objects.get(&key_of(t, &name)) {
+        Some(o) if metadata_only => json_response(StatusCode::OK, &metadata_of(o)),
         Some(o) => json_response(StatusCode::OK, o),
         None => not_found(&inner.resources[t.resource], &name),
     }
@@ -882,7 +927,12 @@ fn gone(message: &str) -> Response<Body> {
     status(StatusCode::GONE, "Expired", message)
 }
 
-fn list(inner: &Inner, t: &Target, p: &HashMap<String, String>) -> Response<Body> {
+fn list(
+    inner: &Inner,
+    t: &Target,
+    p: &HashMap<String, String>,
+    metadata_only: bool,
+) -> Response<Body> {
     let selector = match Selector::parse(p) {
         Ok(s) => s,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
@@ -942,16 +992,28 @@ fn list(inner: &Inner, t: &Target, p: &HashMap<String, String>) -> Response<Body
             }
             break;
         }
-        items.push(object.clone());
+        items.push(if metadata_only {
+            metadata_of(object)
+        } else {
+            object.clone()
+        });
     }
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if let Some(n) = next {
         metadata["continue"] = json!(n);
     }
+    let (kind, api_version) = if metadata_only {
+        (
+            "PartialObjectMetadataList".to_owned(),
+            "meta.k8s.io/v1".to_owned(),
+        )
+    } else {
+        (format!("{}List", r.kind), r.api_version())
+    };
     json_response(
         StatusCode::OK,
         &json!({
-            "kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
+            "kind": kind, "apiVersion": api_version,
             "metadata": metadata, "items": items,
         }),
     )
@@ -959,15 +1021,9 @@ fn list(inner: &Inner, t: &Target, p: &HashMap<String, String>) -> Response<Body
 
 fn create(inner: &Inner, t: &Target, body: &Bytes) -> Response<Body> {
     let r = &inner.resources[t.resource];
-    let mut object: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the body is not a JSON object",
-            );
-        }
+    let mut object: Value = match json_object(body) {
+        Some(v) => v,
+        None => return not_an_object("body"),
     };
     let mut store = lock(&inner.store);
     let name = match object["metadata"]["name"]
@@ -1025,41 +1081,64 @@ fn conflict(r: &Resource, name: &str) -> Response<Body> {
     )
 }
 
-fn update(inner: &Inner, t: &Target, body: &Bytes) -> Response<Body> {
+/// The body as a JSON object.
+fn json_object(body: &Bytes) -> Option<Value> {
+    serde_json::from_slice(body).ok().filter(Value::is_object)
+}
+
+fn not_an_object(what: &str) -> Response<Body> {
+    status(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &format!("the {what} is not a JSON object"),
+    )
+}
+
+/// Replaces an existing object with `make(current)`, when `precondition`
+/// (a resourceVersion) is absent or is the stored one.
+fn write_existing(
+    inner: &Inner,
+    t: &Target,
+    precondition: Option<&str>,
+    make: impl FnOnce(&Value) -> Value,
+) -> Response<Body> {
     let r = &inner.resources[t.resource];
     let name = t.name.clone().unwrap_or_default();
-    let object: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the body is not a JSON object",
-            );
-        }
+    let mut store = lock(&inner.store);
+    let key = key_of(t, &name);
+    let Some(current) = store.objects.get(&key) else {
+        return not_found(r, &name);
     };
-    if object["metadata"]["name"].as_str() != Some(name.as_str()) {
+    if let Some(want) = precondition
+        && current["metadata"]["resourceVersion"].as_str() != Some(want)
+    {
+        return conflict(r, &name);
+    }
+    let object = make(current);
+    let stored = inner.write(&mut store, key, object);
+    drop(store);
+    inner.published();
+    json_response(StatusCode::OK, &stored)
+}
+
+fn update(inner: &Inner, t: &Target, body: &Bytes) -> Response<Body> {
+    let object: Value = match json_object(body) {
+        Some(v) => v,
+        None => return not_an_object("body"),
+    };
+    if object["metadata"]["name"].as_str() != t.name.as_deref() {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "the name of the object does not match the name on the URL",
         );
     }
-    let mut store = lock(&inner.store);
-    let key = key_of(t, &name);
-    let Some(current) = store.objects.get(&key) else {
-        return not_found(r, &name);
-    };
-    if let Some(want) = object["metadata"]["resourceVersion"].as_str()
-        && !want.is_empty()
-        && current["metadata"]["resourceVersion"].as_str() != Some(want)
-    {
-        return conflict(r, &name);
-    }
-    let stored = inner.write(&mut store, key, object);
-    drop(store);
-    inner.published();
-    json_response(StatusCode::OK, &stored)
+    // An update without a version is unconditional, as for most kinds.
+    let precondition = object["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    write_existing(inner, t, precondition.as_deref(), |_| object)
 }
 
 /// RFC 7386 JSON merge patch.
@@ -1083,8 +1162,6 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn patch(inner: &Inner, t: &Target, content_type: &str, body: &Bytes) -> Response<Body> {
-    let r = &inner.resources[t.resource];
-    let name = t.name.clone().unwrap_or_default();
     let ct = content_type.split(';').next().unwrap_or("").trim();
     if ct != "application/merge-patch+json" && ct != "application/strategic-merge-patch+json" {
         return status(
@@ -1093,32 +1170,18 @@ fn patch(inner: &Inner, t: &Target, content_type: &str, body: &Bytes) -> Respons
             &format!("the body of the request was in an unknown format: {ct}"),
         );
     }
-    let patch: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the patch is not a JSON object",
-            );
-        }
+    let patch: Value = match json_object(body) {
+        Some(v) => v,
+        None => return not_an_object("patch"),
     };
-    let mut store = lock(&inner.store);
-    let key = key_of(t, &name);
-    let Some(current) = store.objects.get(&key) else {
-        return not_found(r, &name);
-    };
-    if let Some(want) = patch["metadata"]["resourceVersion"].as_str()
-        && current["metadata"]["resourceVersion"].as_str() != Some(want)
-    {
-        return conflict(r, &name);
-    }
-    let mut object = current.clone();
-    merge_patch(&mut object, &patch);
-    let stored = inner.write(&mut store, key, object);
-    drop(store);
-    inner.published();
-    json_response(StatusCode::OK, &stored)
+    let precondition = patch["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned);
+    write_existing(inner, t, precondition.as_deref(), |current| {
+        let mut object = current.clone();
+        merge_patch(&mut object, &patch);
+        object
+    })
 }
 
 fn delete(inner: &Inner, t: &Target) -> Response<Body> {
@@ -1181,11 +1244,27 @@ fn watch_response(inner: Arc<Inner>, t: Target, p: &HashMap<String, String>) -> 
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    // Subscribed before the response goes out: a control used as soon as
+    // the client sees the watch open reaches it.
+    let signals = Signals {
+        rv: inner.rv_tx.subscribe(),
+        close: inner.close_tx.subscribe(),
+        bookmark: inner.bookmark_tx.subscribe(),
+        kill: inner.kill_tx.subscribe(),
+        expire: inner.expire_tx.subscribe(),
+        pause: inner.pause_tx.subscribe(),
+    };
     inner.open_watches.fetch_add(1, Ordering::SeqCst);
     let guard = OpenWatch(Arc::clone(&inner));
     tokio::spawn(async move {
         let _guard = guard;
-        run_watch(&inner, &t, selector, from, bookmarks, timeout, tx).await;
+        let w = WatchRequest {
+            selector,
+            from,
+            bookmarks,
+            timeout,
+        };
+        run_watch(&inner, &t, w, signals, tx).await;
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
@@ -1198,20 +1277,46 @@ fn watch_response(inner: Arc<Inner>, t: Target, p: &HashMap<String, String>) -> 
     r
 }
 
-async fn run_watch(
-    inner: &Arc<Inner>,
-    t: &Target,
+/// The test controls one watch listens to.
+struct Signals {
+    rv: watch::Receiver<u64>,
+    close: watch::Receiver<u64>,
+    bookmark: watch::Receiver<u64>,
+    kill: watch::Receiver<u64>,
+    expire: watch::Receiver<u64>,
+    pause: watch::Receiver<bool>,
+}
+
+/// What a watch request asked for.
+struct WatchRequest {
     selector: Selector,
     from: Option<u64>,
     bookmarks: bool,
     timeout: Option<Duration>,
+}
+
+async fn run_watch(
+    inner: &Arc<Inner>,
+    t: &Target,
+    w: WatchRequest,
+    signals: Signals,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
+    let WatchRequest {
+        selector,
+        from,
+        bookmarks,
+        timeout,
+    } = w;
+    let Signals {
+        rv: mut rv_rx,
+        close: mut close_rx,
+        bookmark: mut bookmark_rx,
+        kill: mut kill_rx,
+        expire: mut expire_rx,
+        pause: mut pause_rx,
+    } = signals;
     let r = inner.resources[t.resource].clone();
-    let mut rv_rx = inner.rv_tx.subscribe();
-    let mut close_rx = inner.close_tx.subscribe();
-    let mut bookmark_rx = inner.bookmark_tx.subscribe();
-    let mut kill_rx = inner.kill_tx.subscribe();
     let relevant = |resource: usize, ns: &str, object: &Value| {
         resource == t.resource
             && (t.namespace.is_empty() || ns == t.namespace)
@@ -1231,12 +1336,7 @@ async fn run_watch(
                     .map(|(_, o)| event_line("ADDED", o))
                     .collect::<Vec<_>>(),
             )),
-            Some(v) if v < store.compacted => Err(json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure",
-                "message": format!("too old resource version: {v} ({})", store.compacted),
-                "reason": "Expired", "code": 410,
-            })),
+            Some(v) if v < store.compacted => Err(expired_status(v)),
             Some(v) => Ok((v, Vec::new())),
         }
     };
@@ -1256,40 +1356,43 @@ async fn run_watch(
     let interval = *lock(&inner.bookmark_interval);
     let mut next_bookmark = interval.map(|i| tokio::time::Instant::now() + i);
     loop {
-        rv_rx.borrow_and_update();
-        // Everything after `last`, in version order; every change up to
-        // the store's version is in the history while the lock is held.
-        let (pending, upto, expired) = {
-            let store = lock(&inner.store);
-            let pending: Vec<(u64, Bytes)> = store
-                .history
-                .iter()
-                .filter(|c| c.rv > last && relevant(c.resource, &c.namespace, &c.object))
-                .map(|c| (c.rv, event_line(c.kind, &c.object)))
-                .collect();
-            (pending, store.rv, last < store.compacted)
-        };
-        if expired {
-            // Fell behind a compaction: what it missed is gone.
-            let status = json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {},
-                "status": "Failure", "message": format!("too old resource version: {last}"),
-                "reason": "Expired", "code": 410,
-            });
-            let _ = tx.send(event_line("ERROR", &status)).await;
-            return;
-        }
-        for (_, line) in pending {
-            if tx.send(line).await.is_err() {
+        let paused = *pause_rx.borrow_and_update();
+        if !paused {
+            rv_rx.borrow_and_update();
+            // Everything after `last`, in version order; every change up to
+            // the store's version is in the history while the lock is held.
+            let (pending, upto, expired) = {
+                let store = lock(&inner.store);
+                let pending: Vec<(u64, Bytes)> = store
+                    .history
+                    .iter()
+                    .filter(|c| c.rv > last && relevant(c.resource, &c.namespace, &c.object))
+                    .map(|c| (c.rv, event_line(c.kind, &c.object)))
+                    .collect();
+                (pending, store.rv, last < store.compacted)
+            };
+            if expired {
+                // Fell behind a compaction: what it missed is gone.
+                let _ = tx.send(event_line("ERROR", &expired_status(last))).await;
                 return;
             }
+            for (_, line) in pending {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+            last = last.max(upto);
         }
-        last = last.max(upto);
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
-            changed = rv_rx.changed() => if changed.is_err() { return },
+            changed = rv_rx.changed(), if !paused => if changed.is_err() { return },
+            _ = pause_rx.changed() => {}
             _ = close_rx.changed() => return,
             _ = kill_rx.changed() => return,
+            _ = expire_rx.changed() => {
+                let _ = tx.send(event_line("ERROR", &expired_status(last))).await;
+                return;
+            }
             _ = tx.closed() => return,
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => return,
             _ = bookmark_rx.changed() => {
@@ -1305,6 +1408,14 @@ async fn run_watch(
             }
         }
     }
+}
+
+fn expired_status(rv: u64) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": format!("too old resource version: {rv}"),
+        "reason": "Expired", "code": 410,
+    })
 }
 
 async fn send_bookmark(tx: &tokio::sync::mpsc::Sender<Bytes>, r: &Resource, rv: u64) -> bool {
