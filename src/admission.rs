@@ -342,6 +342,7 @@ pub fn request_facts(config: &Config, req: &Request<'_>) -> RequestFacts {
         revision,
         checksum,
         break_glass: is_break_glass(config, req),
+        claimed_by: policy::ClaimedBy::Annotations,
     }
 }
 

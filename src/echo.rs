@@ -240,6 +240,7 @@ mod tests {
             checksum: Annotation::Valid(Checksum([1; 32])),
             break_glass: false,
             branch: None,
+            claimed_by: Default::default(),
         };
         let cases = [
             RequestFacts {

@@ -68,6 +68,9 @@ reasons! {
     ContentMismatch => deny,
     /// Head's rendering has no object with this identity (section 8).
     NotRendered => deny,
+    /// `provenance: flux|argo`: the controller's git source is not one of
+    /// the configured sources (section 9).
+    UntrackedSource => allow,
     /// Configurable: `failure.mirrorUnavailable`.
     MirrorUnavailable => deny,
     /// Configurable: `failure.decisionTimeoutAction`.
@@ -312,8 +315,40 @@ pub struct RequestFacts {
     /// The branch a `<branch>@sha1:<hex>` revision names (`None` for the
     /// forms without one).
     pub branch: Option<String>,
+    /// Not read for a claim by a controller object.
     pub checksum: Annotation<Checksum>,
     pub break_glass: bool,
+    /// Where the revision claim comes from.
+    pub claimed_by: ClaimedBy,
+}
+
+/// Where an object's revision claim comes from (contract sections 2 and
+/// 9): its annotations, or the controller object applying it. A
+/// controller claims no checksum: what it applies is the overlay at its
+/// revision, which is recomputed there and at head.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClaimedBy {
+    #[default]
+    Annotations,
+    Controller {
+        /// `Kustomization flux-system/apps`, `Application argocd/web`.
+        object: String,
+        /// The field read (`status.lastAttemptedRevision`, ...).
+        field: &'static str,
+    },
+}
+
+impl ClaimedBy {
+    /// ` (status.lastAttemptedRevision of Kustomization flux-system/apps)`,
+    /// or nothing for annotations.
+    fn source(&self) -> String {
+        match self {
+            ClaimedBy::Annotations => String::new(),
+            ClaimedBy::Controller { object, field } => {
+                format!(" ({field} of {})", crate::echo::value(object))
+            }
+        }
+    }
 }
 
 /// The branch head as the mirror knows it.
@@ -445,8 +480,9 @@ pub fn is_rule_branch(claimed: &str, branch: &str) -> bool {
 /// annotation missing or malformed, or a revision that names another
 /// branch than the rule's. No mirror fact (and no fetch) is needed then.
 pub fn decided_by_annotations(rule: &RulePolicy, request: &RequestFacts) -> bool {
+    let checksum_read = request.claimed_by == ClaimedBy::Annotations;
     !matches!(request.revision, Annotation::Valid(_))
-        || !matches!(request.checksum, Annotation::Valid(_))
+        || (checksum_read && !matches!(request.checksum, Annotation::Valid(_)))
         || request
             .branch
             .as_deref()
@@ -855,42 +891,51 @@ fn evaluate(
         Annotation::Valid(r) => *r,
     };
     cx.revision = Some(revision);
-    let found = match &request.checksum {
-        Annotation::Missing { near_misses } => {
-            return (
-                Reason::MissingChecksum,
-                missing_annotation("checksum", near_misses),
-                cx,
-            );
-        }
-        Annotation::Malformed { value, why } => {
-            return (
-                Reason::MalformedChecksum,
-                format!(
-                    "checksum annotation {} is malformed: {why}",
-                    crate::echo::Quoted(value)
-                ),
-                cx,
-            );
-        }
-        Annotation::Valid(c) => *c,
+    let claimed = request.claimed_by.source();
+    let found = match (&request.claimed_by, &request.checksum) {
+        (ClaimedBy::Controller { .. }, _) => None,
+        (ClaimedBy::Annotations, checksum) => Some(match checksum {
+            Annotation::Missing { near_misses } => {
+                return (
+                    Reason::MissingChecksum,
+                    missing_annotation("checksum", near_misses),
+                    cx,
+                );
+            }
+            Annotation::Malformed { value, why } => {
+                return (
+                    Reason::MalformedChecksum,
+                    format!(
+                        "checksum annotation {} is malformed: {why}",
+                        crate::echo::Quoted(value)
+                    ),
+                    cx,
+                );
+            }
+            Annotation::Valid(c) => *c,
+        }),
     };
-    cx.found = Some(found);
+    cx.found = found;
     // The annotation says which branch it was rendered from: another
     // branch's commit must not pass because it is also on this one.
-    if let Some(claimed) = request.branch.as_deref()
-        && !is_rule_branch(claimed, &rule.branch)
+    if let Some(named) = request.branch.as_deref()
+        && !is_rule_branch(named, &rule.branch)
     {
+        let remedy = match request.claimed_by {
+            ClaimedBy::Annotations => format!(
+                "re-render from {} and stamp it as {}@sha1:<commit>",
+                rule.branch, rule.branch
+            ),
+            ClaimedBy::Controller { .. } => format!("point the controller at {}", rule.branch),
+        };
         return (
             Reason::RevisionNotOnBranch,
             format!(
-                "revision {} names branch {:?}, but rule {} checks branch {:?}; re-render from {} and stamp it as {}@sha1:<commit>",
+                "revision {}{claimed} names branch {:?}, but rule {} checks branch {:?}; {remedy}",
                 revision.short(),
-                crate::echo::value(claimed),
+                crate::echo::value(named),
                 rule.name,
                 rule.branch,
-                rule.branch,
-                rule.branch
             ),
             cx,
         );
@@ -900,7 +945,7 @@ fn evaluate(
             return (
                 Reason::MirrorUnavailable,
                 format!(
-                    "cannot tell whether revision {} is current: {why}",
+                    "cannot tell whether revision {}{claimed} is current: {why}",
                     revision.short()
                 ),
                 cx,
@@ -924,7 +969,7 @@ fn evaluate(
             return (
                 Reason::UnknownRevision,
                 format!(
-                    "revision {} is not in the repository as fetched (by polls, and on demand within limits.onDemandFetches); push it to {} or re-render from {head_name}",
+                    "revision {}{claimed} is not in the repository as fetched (by polls, and on demand within limits.onDemandFetches); push it to {} or re-render from {head_name}",
                     revision.short(),
                     rule.branch
                 ),
@@ -935,7 +980,7 @@ fn evaluate(
             return (
                 Reason::RevisionNotOnBranch,
                 format!(
-                    "revision {} is not on {} (another branch, or history rewritten); re-render from {head_name}",
+                    "revision {}{claimed} is not on {} (another branch, or history rewritten); re-render from {head_name}",
                     revision.short(),
                     rule.branch
                 ),
@@ -950,7 +995,7 @@ fn evaluate(
     };
     let stale_message = || {
         format!(
-            "revision {} is {} and {} behind {head_name}; re-render from head",
+            "revision {}{claimed} is {} and {} behind {head_name}; re-render from head",
             revision.short(),
             plural(behind, "commit"),
             human_age(head.commit_time.saturating_sub(commit_time)),
@@ -982,7 +1027,9 @@ fn evaluate(
         }
     };
     cx.expected = Some(expected);
-    if expected != found {
+    if let Some(found) = found
+        && expected != found
+    {
         return (
             Reason::ChecksumMismatch,
             format!(
@@ -996,7 +1043,7 @@ fn evaluate(
         return (
             Reason::Fresh,
             format!(
-                "revision {} is the head of {}",
+                "revision {}{claimed} is the head of {}",
                 revision.short(),
                 rule.branch
             ),
@@ -1007,7 +1054,7 @@ fn evaluate(
         return (
             Reason::Fresh,
             format!(
-                "revision {} was the head of {} until moments ago (within the grace period)",
+                "revision {}{claimed} was the head of {} until moments ago (within the grace period)",
                 revision.short(),
                 rule.branch
             ),
@@ -1019,7 +1066,7 @@ fn evaluate(
         Some(Ok(head_sum)) if *head_sum == expected => (
             Reason::UnchangedOverlay,
             format!(
-                "revision {} is {} behind {head_name}, but the overlay is unchanged since",
+                "revision {}{claimed} is {} behind {head_name}, but the overlay is unchanged since",
                 revision.short(),
                 plural(behind, "commit")
             ),
@@ -1077,6 +1124,7 @@ mod tests {
             branch: branch.map(str::to_owned),
             checksum: Annotation::Valid(checksum),
             break_glass: false,
+            claimed_by: ClaimedBy::Annotations,
         }
     }
 
@@ -1727,6 +1775,8 @@ mod tests {
             // Section 8.
             ("ContentMismatch", false),
             ("NotRendered", false),
+            // Section 9.
+            ("UntrackedSource", true),
             ("MirrorUnavailable", false),
             ("DecisionTimeout", false),
         ];

@@ -11,8 +11,8 @@
 
 use crate::checksum::Checksum;
 use crate::policy::{
-    self, Annotation, FailureAction, MirrorFacts, Mode, Position, Reason, RequestFacts, Revision,
-    RulePolicy, Staleness,
+    self, Annotation, ClaimedBy, FailureAction, MirrorFacts, Mode, Position, Reason, RequestFacts,
+    Revision, RulePolicy, Staleness,
 };
 use serde::Serialize;
 use std::fmt;
@@ -133,9 +133,11 @@ impl Verdict {
                 Some(age) if u64::try_from(age).unwrap_or(0) <= max_age.as_secs() => Severity::Ok,
                 _ => Severity::Stale,
             },
-            Reason::OutOfScope | Reason::Fresh | Reason::UnchangedOverlay | Reason::BreakGlass => {
-                Severity::Ok
-            }
+            Reason::OutOfScope
+            | Reason::Fresh
+            | Reason::UnchangedOverlay
+            | Reason::BreakGlass
+            | Reason::UntrackedSource => Severity::Ok,
             Reason::MissingRevision
             | Reason::MalformedRevision
             | Reason::MissingChecksum
@@ -167,36 +169,39 @@ fn scan_policy(rule: &str, branch: &str) -> RulePolicy {
 /// object in messages). `facts` must carry the overlay checksum at the
 /// revision and at head whenever the revision is on the branch.
 pub fn verdict(rule: &str, branch: &str, applied: &Applied, facts: &MirrorFacts) -> Verdict {
-    let (revision, claimed_branch, checksum) = match applied {
+    let request = match applied {
         Applied::Annotated {
             revision,
             branch: claimed,
             checksum,
-        } => (revision.clone(), claimed.clone(), checksum.clone()),
+        } => RequestFacts {
+            revision: revision.clone(),
+            branch: claimed.clone(),
+            checksum: checksum.clone(),
+            break_glass: false,
+            claimed_by: ClaimedBy::Annotations,
+        },
         Applied::Controller { revision, field } => {
             if let Some(v) = controller_revision_problem(revision, field) {
                 return v;
             }
             // A controller carries no checksum: what it applied is the
             // overlay at its revision by definition, so only the revision
-            // and the content since are judged.
-            let at_revision = match facts {
-                MirrorFacts::Available {
-                    at_revision: Some(Ok(sum)),
-                    ..
-                } => *sum,
-                // decide() answers before it reads the checksum.
-                _ => Checksum([0; 32]),
-            };
-            // The source was matched by its branch already.
-            (revision.clone(), None, Annotation::Valid(at_revision))
+            // and the content since are judged. The source was matched by
+            // its branch already.
+            RequestFacts {
+                revision: revision.clone(),
+                branch: None,
+                checksum: Annotation::Missing {
+                    near_misses: Vec::new(),
+                },
+                break_glass: false,
+                claimed_by: ClaimedBy::Controller {
+                    object: rule.to_owned(),
+                    field,
+                },
+            }
         }
-    };
-    let request = RequestFacts {
-        revision,
-        branch: claimed_branch,
-        checksum,
-        break_glass: false,
     };
     let decision = policy::decide(
         &scan_policy(rule, branch),
