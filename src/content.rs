@@ -176,9 +176,11 @@ pub struct Difference {
     /// `metadata.annotations["fluxcd.io/checksum"]` (module docs).
     pub path: String,
     /// The object's value at `path` as compact JSON, cut with
-    /// [`crate::echo`]; `None` when the object lacks the field.
+    /// [`crate::echo`]; `None` when the object lacks the field. A Secret's
+    /// value is never shown: `(N bytes, not shown)` instead.
     pub found: Option<String>,
-    /// The rendered value at `path`, compact JSON, cut the same way.
+    /// The rendered value at `path`, compact JSON, cut (or hidden) the
+    /// same way.
     pub rendered: String,
     /// Why, when the values alone do not say it (another `apiVersion`, a
     /// list too large to compare, a Secret's hidden values).
