@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use stale_guard::admission;
 use stale_guard::checksum::{Checksum, ChecksumEngine};
 use stale_guard::config::Config;
+use stale_guard::content;
 use stale_guard::kustomize::{self, Node};
 use stale_guard::policy::{
     self, Annotation, FailureAction, HeadFacts, MirrorFacts, Mode, Position, Reason, Revision,
@@ -1547,8 +1548,6 @@ fn build_tree_never_writes_through_a_symlink() {
 // ---------------------------------------------------------------------------
 // 5. content comparison
 // ---------------------------------------------------------------------------
-
-use stale_guard::content;
 
 /// Keys with meaning to the comparison (names pair list elements; `data`,
 /// `stringData` in a Secret; quantity paths), and a few without.
