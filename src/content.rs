@@ -176,9 +176,11 @@ pub struct Difference {
     /// `metadata.annotations["fluxcd.io/checksum"]` (module docs).
     pub path: String,
     /// The object's value at `path` as compact JSON, cut with
-    /// [`crate::echo`]; `None` when the object lacks the field.
+    /// [`crate::echo`]; `None` when the object lacks the field. A Secret's
+    /// value is never shown: `(N bytes, not shown)` instead.
     pub found: Option<String>,
-    /// The rendered value at `path`, compact JSON, cut the same way.
+    /// The rendered value at `path`, compact JSON, cut (or hidden) the
+    /// same way.
     pub rendered: String,
     /// Why, when the values alone do not say it (another `apiVersion`, a
     /// list too large to compare, a Secret's hidden values).
@@ -428,11 +430,19 @@ impl<'a> Comparer<'a> {
                 continue;
             }
             let found = found_data.and_then(|d| d.get(key));
-            let same = match (value, found) {
-                (Value::String(r), Some(Value::String(o))) => {
+            let Value::String(r) = value else {
+                // Not a Secret's value (the API server refuses it): as
+                // any other field.
+                self.path.push(Seg::Key(key));
+                self.value(value, found, 2)?;
+                self.path.pop();
+                continue;
+            };
+            let same = match found {
+                Some(Value::String(o)) => {
                     r == o || matches!((decode(r), decode(o)), (Some(r), Some(o)) if r == o)
                 }
-                (_, found) => found == Some(value),
+                _ => false,
             };
             if !same {
                 self.path.push(Seg::Key(key));
@@ -453,6 +463,15 @@ impl<'a> Comparer<'a> {
     ) -> Step<'a> {
         for (key, value) in strings {
             if value.is_null() {
+                continue;
+            }
+            if !value.is_string() {
+                // Not a Secret's value (the API server refuses it): as
+                // any other field.
+                let found = object.get("stringData").and_then(|s| s.get(key));
+                self.path.extend([Seg::Key("stringData"), Seg::Key(key)]);
+                self.value(value, found, 2)?;
+                self.path.truncate(self.path.len() - 2);
                 continue;
             }
             if let Some(found) = object
@@ -1730,6 +1749,14 @@ mod tests {
                 "a Secret's stringData overrides its data",
                 secret(json!({"data": {"password": "b2xk"}, "stringData": {"password": "s3cret"}})),
                 secret(json!({"data": {"password": "czNjcmV0"}})),
+                Match,
+            ),
+            (
+                "a Secret's value that is not a string compares as any field",
+                secret(json!({"data": {"x": [{"a": 1}]}, "stringData": {"y": {"b": 2}}})),
+                secret(
+                    json!({"data": {"x": [{"a": 1, "c": 3}]}, "stringData": {"y": {"b": 2, "d": 4}}}),
+                ),
                 Match,
             ),
             (

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use stale_guard::admission;
 use stale_guard::checksum::{Checksum, ChecksumEngine};
 use stale_guard::config::Config;
+use stale_guard::content;
 use stale_guard::kustomize::{self, Node};
 use stale_guard::policy::{
     self, Annotation, FailureAction, HeadFacts, MirrorFacts, Mode, Position, Reason, Revision,
@@ -1542,4 +1543,189 @@ fn build_tree_never_writes_through_a_symlink() {
     assert!(!root.join("overlays/kustomization.yaml").exists());
     let link = std::fs::symlink_metadata(root.join("base/kustomization.yaml")).unwrap();
     assert!(link.file_type().is_symlink());
+}
+
+// ---------------------------------------------------------------------------
+// 5. content comparison
+// ---------------------------------------------------------------------------
+
+/// Keys with meaning to the comparison (names pair list elements; `data`,
+/// `stringData` in a Secret; quantity paths), and a few without.
+const CONTENT_KEYS: [&str; 16] = [
+    "name",
+    "spec",
+    "template",
+    "containers",
+    "resources",
+    "requests",
+    "cpu",
+    "data",
+    "stringData",
+    "status",
+    "metadata",
+    "env",
+    "value",
+    "a",
+    "b",
+    "fluxcd.io/checksum",
+];
+
+/// Scalars that compare in interesting ways: quantities, numbers as
+/// strings, base64, names shared by list elements.
+fn content_scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-3i64..3).prop_map(|n| json!(n)),
+        prop::sample::select(vec![0.5, 1.0, -0.0, 1e3, 1.5e9]).prop_map(|f| json!(f)),
+        prop::sample::select(vec![
+            "500m",
+            "0.5",
+            "1",
+            "1.0",
+            "1Gi",
+            "1024Mi",
+            "1e3",
+            "1k",
+            "czNjcmV0",
+            "s3cret",
+            "czNj\ncmV0",
+            "web",
+            "sidecar",
+            "",
+            "1.10",
+            "1.1",
+            "1E",
+            "-1",
+        ])
+        .prop_map(|s| json!(s)),
+        ".{0,12}".prop_map(Value::String),
+    ]
+}
+
+/// Objects shaped like Kubernetes objects (a known kind at the top, so
+/// quantity and Secret rules apply) holding generated values.
+fn content_object() -> impl Strategy<Value = Value> {
+    let value = content_scalar().prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            // Lists of maps, often named: the pairing code's input.
+            prop::collection::vec(
+                prop::collection::btree_map(
+                    prop::sample::select(CONTENT_KEYS.to_vec()),
+                    inner.clone(),
+                    0..4
+                ),
+                0..5
+            )
+            .prop_map(|maps| Value::Array(
+                maps.into_iter()
+                    .map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+                    .collect()
+            )),
+            prop::collection::btree_map(prop::sample::select(CONTENT_KEYS.to_vec()), inner, 0..5)
+                .prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+        ]
+    });
+    let kind = prop::sample::select(vec![
+        ("v1", "Secret"),
+        ("apps/v1", "Deployment"),
+        ("v1", "Pod"),
+        ("v1", "ConfigMap"),
+        ("example.com/v1", "Widget"),
+    ]);
+    (
+        kind,
+        prop::collection::btree_map(prop::sample::select(CONTENT_KEYS.to_vec()), value, 0..5),
+    )
+        .prop_map(|((api, kind), fields)| {
+            let mut o: serde_json::Map<String, Value> =
+                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            o.insert("apiVersion".into(), json!(api));
+            o.insert("kind".into(), json!(kind));
+            Value::Object(o)
+        })
+}
+
+/// `v` with map keys and list-of-maps elements dropped, each with
+/// probability 1/3, by a seeded generator: a subset of `v` in the sense of
+/// the comparison (lists of other values keep every element, in order).
+fn subset_of(v: &Value, seed: &mut u64) -> Value {
+    let mut coin = || {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (*seed >> 33).is_multiple_of(3)
+    };
+    match v {
+        Value::Object(m) => {
+            let kept: Vec<(&String, &Value)> = m.iter().filter(|_| !coin()).collect();
+            Value::Object(
+                kept.into_iter()
+                    .map(|(k, x)| (k.clone(), subset_of(x, seed)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_object) => {
+            let kept: Vec<&Value> = a.iter().filter(|_| !coin()).collect();
+            Value::Array(kept.into_iter().map(|x| subset_of(x, seed)).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| subset_of(x, seed)).collect()),
+        other => other.clone(),
+    }
+}
+
+fn check_difference(d: &content::Difference) -> Result<(), TestCaseError> {
+    let text = d.to_string();
+    prop_assert!(!d.path.is_empty());
+    prop_assert!(text.starts_with(&format!("{}: ", d.path)), "{text}");
+    for shown in d.found.iter().chain([&d.rendered]) {
+        // Values are cut with echo (the cut keeps 120 characters and a
+        // marker); a Secret's are replaced by their size.
+        prop_assert!(
+            shown.chars().count() <= stale_guard::echo::CUT_ABOVE,
+            "{shown}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn content_compare_arbitrary_pairs() {
+    fuzz(
+        "content::compare arbitrary pairs",
+        cases(1_500),
+        (content_object(), content_object()),
+        |(rendered, object)| {
+            let got = content::compare(&rendered, &object);
+            prop_assert_eq!(content::matches(&rendered, &object), got.is_ok());
+            prop_assert_eq!(&content::compare(&rendered, &object), &got, "deterministic");
+            if let Err(d) = &got {
+                check_difference(d)?;
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn content_an_object_matches_itself_and_its_subsets() {
+    fuzz(
+        "content::compare of an object with itself and its subsets",
+        cases(1_500),
+        (content_object(), any::<u64>()),
+        |(object, mut seed)| {
+            prop_assert_eq!(content::compare(&object, &object), Ok(()));
+            let mut subset = subset_of(&object, &mut seed);
+            // Keep the identity: the kind decides the quantity and Secret rules.
+            for key in ["apiVersion", "kind"] {
+                subset[key] = object[key].clone();
+            }
+            let got = content::compare(&subset, &object);
+            prop_assert_eq!(got, Ok(()), "subset {}", subset);
+            Ok(())
+        },
+    );
 }
