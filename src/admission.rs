@@ -98,6 +98,36 @@ pub struct AppliedObject<'a> {
 pub struct Metadata<'a> {
     #[serde(default, borrow)]
     pub annotations: Option<BTreeMap<Str<'a>, Str<'a>>>,
+    /// Kept unparsed: only `provenance: flux` reads them.
+    #[serde(default, borrow)]
+    pub labels: Option<RawJson<'a>>,
+}
+
+/// A JSON value kept as its text, borrowed from the body: delimited by the
+/// parser (which has to read it anyway) but not built.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson<'a>(#[serde(borrow)] pub &'a serde_json::value::RawValue);
+
+impl PartialEq for RawJson<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+/// The object's labels as strings (labels that are not strings, which the
+/// API server never sends, are skipped).
+pub fn labels(req: &Request<'_>) -> Option<BTreeMap<String, String>> {
+    let raw = req.object.as_ref()?.metadata.labels?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(raw.0.get()).ok()?;
+    Some(
+        map.into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(v) => Some((k, v)),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// An object's API group, version and kind (kube's `GroupVersionKind`).

@@ -33,6 +33,9 @@ pub struct Config {
     /// Rendering for rules with `content: verify`.
     #[serde(default)]
     pub render: RenderConfig,
+    /// Argo CD, for `provenance: argo` (contract section 9).
+    #[serde(default)]
+    pub argo: ArgoConfig,
     /// A plain-HTTP listener for `/healthz`, `/readyz` and `/metrics`,
     /// apart from the review listener (an extension of the contract's
     /// configuration). Absent: none; the TLS port answers them too.
@@ -234,7 +237,13 @@ pub struct RuleConfig {
     pub name: String,
     #[serde(default, rename = "match")]
     pub match_: MatchConfig,
+    /// Required, except with `provenance: flux|argo` (then the
+    /// controller's source, restricted to this one when given).
+    #[serde(default)]
     pub source: String,
+    /// Required, except with `provenance: flux|argo` (then the
+    /// controller's path, replaced by this one when given).
+    #[serde(default)]
     pub overlay: String,
     #[serde(default)]
     pub mode: Mode,
@@ -248,6 +257,27 @@ pub struct RuleConfig {
     /// Whether the object is compared with head's rendering (section 8).
     #[serde(default)]
     pub content: ContentCheck,
+}
+
+/// `argo:`: where Argo CD keeps its Applications.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArgoConfig {
+    /// The Applications' namespace when a tracking id names none.
+    #[serde(default = "default_argo_namespace")]
+    pub namespace: String,
+}
+
+fn default_argo_namespace() -> String {
+    "argocd".to_owned()
+}
+
+impl Default for ArgoConfig {
+    fn default() -> Self {
+        ArgoConfig {
+            namespace: default_argo_namespace(),
+        }
+    }
 }
 
 /// How overlays are rendered for `content: verify` (contract section 8).
@@ -320,6 +350,16 @@ impl RenderConfig {
 }
 
 impl Config {
+    /// How long a review waits for the controller watch to deliver the
+    /// revision a fresh object would carry (`kube.controllerWait`).
+    pub fn controller_wait(&self) -> Duration {
+        self.kube
+            .as_ref()
+            .map_or(crate::kube_client::DEFAULT_CONTROLLER_WAIT, |k| {
+                k.controller_wait
+            })
+    }
+
     /// Where renderings write their private trees: beside the mirrors (a
     /// volume sized for repositories), not in a small `/tmp`.
     pub fn render_dir(&self) -> PathBuf {
@@ -788,29 +828,33 @@ impl Config {
                     format!("duplicate rule name {:?}", r.name),
                 ));
             }
-            if !names.contains(r.source.as_str()) {
+            let from_controller = matches!(r.provenance, Provenance::Flux | Provenance::Argo);
+            if r.source.is_empty() && !from_controller {
+                return Err(invalid(
+                    f("source"),
+                    "required (only provenance: flux or argo take it from the controller's object)",
+                ));
+            }
+            if !r.source.is_empty() && !names.contains(r.source.as_str()) {
                 return Err(invalid(
                     f("source"),
                     format!("no source is named {:?}", r.source),
                 ));
             }
-            match (r.provenance, r.content) {
-                (Provenance::None, ContentCheck::Off) => {
-                    return Err(invalid(
-                        f("content"),
-                        "a rule with provenance: none and content: off checks nothing; set content: verify or another provenance",
-                    ));
-                }
-                (Provenance::Flux | Provenance::Argo, _) => {
-                    return Err(invalid(
-                        f("provenance"),
-                        "flux and argo are reserved for reading the controller's objects and not available in this build; use annotations or none",
-                    ));
-                }
-                _ => {}
+            if r.overlay.is_empty() && !from_controller {
+                return Err(invalid(
+                    f("overlay"),
+                    "required (only provenance: flux or argo take it from the controller's object)",
+                ));
+            }
+            if (r.provenance, r.content) == (Provenance::None, ContentCheck::Off) {
+                return Err(invalid(
+                    f("content"),
+                    "a rule with provenance: none and content: off checks nothing; set content: verify or another provenance",
+                ));
             }
             // The same check the server compiles the rule with.
-            if crate::checksum::overlay_key(&r.overlay).is_err() {
+            if !r.overlay.is_empty() && crate::checksum::overlay_key(&r.overlay).is_err() {
                 return Err(invalid(
                     f("overlay"),
                     "must be a path relative to the repository root that stays inside it",
@@ -942,7 +986,7 @@ pub fn validate_annotation_key(key: &str) -> Result<(), String> {
     }
 }
 
-mod duration {
+pub(crate) mod duration {
     use serde::Deserializer;
     use std::time::Duration;
 

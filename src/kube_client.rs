@@ -1,11 +1,20 @@
 //! `kube:` in the configuration: how the server reaches the Kubernetes API
-//! (for the replicas' shared heads, `heads`). A kubeconfig file and
-//! context, or, without one, the in-cluster configuration.
+//! (for the replicas' shared heads, `heads`, and the controller objects of
+//! `provenance: flux|argo`). A kubeconfig file and context, or, without
+//! one, the in-cluster configuration.
 
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// See [`KubeConfig::controller_wait`].
+pub const DEFAULT_CONTROLLER_WAIT: Duration = Duration::from_secs(2);
+
+fn default_controller_wait() -> Duration {
+    DEFAULT_CONTROLLER_WAIT
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeConfig {
     /// A kubeconfig file; absent: the in-cluster configuration (service
@@ -15,6 +24,23 @@ pub struct KubeConfig {
     /// The kubeconfig's context; absent: its current-context.
     #[serde(default)]
     pub context: Option<String>,
+    /// `provenance: flux|argo`: how long a review waits, within its
+    /// deadline, for the watch to deliver the controller object's new
+    /// revision when the cached one is not the branch head (Flux writes
+    /// `lastAttemptedRevision` before it applies, but the watch event can
+    /// arrive after the apply's review).
+    #[serde(default = "default_controller_wait", with = "crate::config::duration")]
+    pub controller_wait: Duration,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        KubeConfig {
+            kubeconfig: None,
+            context: None,
+            controller_wait: DEFAULT_CONTROLLER_WAIT,
+        }
+    }
 }
 
 impl KubeConfig {

@@ -68,6 +68,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of the controller watch gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 /// The `result` label of `stale_guard_receiver_pushes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PushLabels {
@@ -108,6 +114,11 @@ pub struct Metrics {
     pub checksum_queued: Gauge,
     pub cache_entries: Family<CacheSizeLabels, Gauge>,
     pub cache_weight: Family<CacheSizeLabels, Gauge>,
+    /// Controller watches (contract section 9), per kind.
+    pub controller_objects: Family<KindLabels, Gauge>,
+    pub controller_watch_restarts: Family<KindLabels, Gauge>,
+    pub controller_watch_relists: Family<KindLabels, Gauge>,
+    pub controller_watch_up: Family<KindLabels, Gauge>,
     /// Content verification (contract section 8).
     pub content_comparisons: Family<ResultLabels, Counter>,
     pub renders: Gauge,
@@ -233,6 +244,30 @@ impl Metrics {
             "Weight of each checksum cache, in the unit of its bound (entries; tree and closure entries for trees and results)",
             cache_weight.clone(),
         );
+        let controller_objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "controller_objects",
+            "Controller objects (Flux Kustomizations, GitRepositories, Argo CD Applications) in the watch-fed caches",
+            controller_objects.clone(),
+        );
+        let controller_watch_restarts = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "controller_watch_restarts",
+            "Controller watches started again after an error, since start",
+            controller_watch_restarts.clone(),
+        );
+        let controller_watch_relists = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "controller_watch_relists",
+            "Controller watches relisted after 410 Gone, since start",
+            controller_watch_relists.clone(),
+        );
+        let controller_watch_up = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "controller_watch_up",
+            "1 when the kind's first list is in and its watch is not broken",
+            controller_watch_up.clone(),
+        );
         let content_comparisons = Family::<ResultLabels, Counter>::default();
         registry.register(
             "content_comparisons",
@@ -305,6 +340,10 @@ impl Metrics {
             checksum_queued,
             cache_entries,
             cache_weight,
+            controller_objects,
+            controller_watch_restarts,
+            controller_watch_relists,
+            controller_watch_up,
             content_comparisons,
             renders,
             render_failures,

@@ -629,6 +629,29 @@ pub fn provenance_passes(
     }
 }
 
+/// The verdict when a controller object gives no revision to check:
+/// `MissingRevision` or `MalformedRevision` naming what was looked for,
+/// or `UntrackedSource` (an allow) when its git source is not configured.
+pub fn without_claim(
+    rule: &RulePolicy,
+    request: &RequestFacts,
+    reason: Reason,
+    detail: String,
+) -> Decision {
+    let detail = match reason {
+        Reason::UntrackedSource => format!("{detail}; add it to sources to guard it"),
+        _ => detail,
+    };
+    finish(
+        rule,
+        request,
+        reason,
+        detail,
+        Context::default(),
+        FailureAction::Deny,
+    )
+}
+
 /// The verdict for an object content verification cannot look up: it has
 /// no identity (`why` says what is missing), so no rendering renders it.
 pub fn unverifiable_object(rule: &RulePolicy, request: &RequestFacts, why: &str) -> Decision {

@@ -6,6 +6,7 @@
 
 mod cold;
 mod content;
+mod controller;
 
 use crate::admission;
 use crate::checksum::{Caches, ChecksumEngine, ChecksumError};
@@ -49,7 +50,7 @@ pub struct Source {
 pub struct AppState {
     pub config: Arc<Config>,
     /// The rules in `config.rules` order, compiled once at start.
-    rules: Vec<Rule>,
+    rules: Vec<Compiled>,
     pub sources: HashMap<String, Source>,
     pub metrics: Metrics,
     /// Set once the serving certificate is loaded.
@@ -58,6 +59,28 @@ pub struct AppState {
     cold: cold::ColdWork<ColdKey, ChecksumFact>,
     /// Renders for rules with `content: verify`, all sources together.
     renderer: Option<Arc<crate::render::Renderer>>,
+    /// Watch-fed caches of Flux and Argo CD objects, for
+    /// `provenance: flux|argo` (set by [`start`]).
+    controllers: Option<Arc<crate::controllers::ControllerCaches>>,
+    /// What stops the tasks a review may start (a resolved content rule's
+    /// head follower).
+    shutdown: Shutdown,
+}
+
+/// A configured rule: compiled at start, or, for `provenance: flux|argo`,
+/// resolved per controller object to its source and path.
+enum Compiled {
+    Static(Arc<Rule>),
+    Controller(Box<controller::ControllerRule>),
+}
+
+impl Compiled {
+    fn config(&self) -> &RuleConfig {
+        match self {
+            Compiled::Static(rule) => &rule.config,
+            Compiled::Controller(cr) => &cr.config,
+        }
+    }
 }
 
 /// A rule compiled once from the config: everything matching, gathering
@@ -95,28 +118,26 @@ impl AppState {
         let rules = config
             .rules
             .iter()
-            .map(|r| {
-                let source = sources
-                    .get(&r.source)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("rule {}: no source {:?}", r.name, r.source))?;
-                let overlay_key = crate::checksum::overlay_key(&r.overlay)
-                    .map_err(|e| anyhow::anyhow!("rule {}: {e}", r.name))?;
-                Ok(Rule {
-                    config: r.clone(),
-                    policy: rule_policy(&config, r),
-                    overlay_key,
-                    source,
-                    provenance: r.provenance,
-                    renderings: (r.content == policy::ContentCheck::Verify)
-                        .then(content::Renderings::default),
-                })
+            .map(|r| match r.provenance {
+                policy::Provenance::Flux | policy::Provenance::Argo => Ok(Compiled::Controller(
+                    Box::new(controller::ControllerRule::new(&config, r)),
+                )),
+                _ => compile_rule(&config, &sources, r.clone())
+                    .map(|c| Compiled::Static(Arc::new(c))),
             })
-            .collect::<anyhow::Result<Vec<Rule>>>()?;
-        let renderer = rules
+            .collect::<anyhow::Result<Vec<Compiled>>>()?;
+        let renderer = config
+            .rules
             .iter()
-            .any(|r| r.renderings.is_some())
-            .then(|| Arc::new(crate::render::Renderer::new(config.render.settings())));
+            .any(|r| r.content == policy::ContentCheck::Verify)
+            .then(|| {
+                Arc::new(crate::render::Renderer::new(
+                    crate::render::RenderSettings {
+                        work_dir: Some(config.render_dir()),
+                        ..config.render.settings()
+                    },
+                ))
+            });
         let cold = cold::ColdWork::new(
             config.limits.checksum_threads(),
             config.limits.checksum_queue,
@@ -129,29 +150,47 @@ impl AppState {
             tls_ready: AtomicBool::new(false),
             cold,
             renderer,
+            controllers: None,
+            shutdown: Shutdown::default(),
         })
+    }
+
+    /// A rule resolved to its source and overlay.
+    fn compile(&self, rule: RuleConfig) -> anyhow::Result<Rule> {
+        compile_rule(&self.config, &self.sources, rule)
     }
 
     /// True once every rule with `content: verify` has head's rendering and
     /// has looked for its earlier ones (what explains a mismatch).
     pub fn renderings_ready(&self) -> bool {
-        self.rules
-            .iter()
+        self.static_rules()
             .filter_map(|r| r.renderings.as_ref())
             .all(|r| r.filled())
     }
 
+    fn static_rules(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.rules.iter().filter_map(|r| match r {
+            Compiled::Static(rule) => Some(rule),
+            Compiled::Controller(_) => None,
+        })
+    }
+
     /// Starts, for each rule with `content: verify`, the task that renders
     /// each new head before a review asks for it.
-    pub fn spawn_renderers<F>(self: &Arc<Self>, stop: impl Fn() -> F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        for (index, rule) in self.rules.iter().enumerate() {
+    pub fn spawn_renderers(self: &Arc<Self>) {
+        for rule in self.static_rules() {
             if rule.renderings.is_some() {
-                tokio::spawn(content::follow_head(self.clone(), index, stop()));
+                self.follow_head(rule.clone());
             }
         }
+    }
+
+    fn follow_head(self: &Arc<Self>, rule: Arc<Rule>) {
+        tokio::spawn(content::follow_head(
+            self.clone(),
+            rule,
+            self.shutdown.wait(),
+        ));
     }
 }
 
@@ -252,6 +291,30 @@ fn budget_refusal(rejection: &BytesRejection) -> Option<&crate::tls::BodyBudgetE
     None
 }
 
+/// Compiles one rule against the opened sources. Fails only on a
+/// configuration `Config::validate` would refuse, or a controller's path
+/// that leaves the repository.
+fn compile_rule(
+    config: &Config,
+    sources: &HashMap<String, Source>,
+    r: RuleConfig,
+) -> anyhow::Result<Rule> {
+    let source = sources
+        .get(&r.source)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("rule {}: no source {:?}", r.name, r.source))?;
+    let overlay_key = crate::checksum::overlay_key(&r.overlay)
+        .map_err(|e| anyhow::anyhow!("rule {}: {e}", r.name))?;
+    Ok(Rule {
+        policy: rule_policy(config, &r),
+        overlay_key,
+        source,
+        provenance: r.provenance,
+        renderings: (r.content == policy::ContentCheck::Verify).then(content::Renderings::default),
+        config: r,
+    })
+}
+
 /// The object under review as a tree, with its identity (its namespace,
 /// when the object has none, the request's): what content verification
 /// compares. Parsed from the body again only for rules that verify content.
@@ -338,7 +401,7 @@ impl AppState {
     /// `body` is the review the request was parsed from: content
     /// verification reads the whole object from it.
     pub async fn decide(
-        &self,
+        self: &Arc<Self>,
         req: &crate::admission::Request<'_>,
         body: &[u8],
         api_timeout: Option<Duration>,
@@ -346,15 +409,33 @@ impl AppState {
         if let Some(why) = admission::out_of_scope(req) {
             return Decision::out_of_scope(why);
         }
-        let Some(rule) = self
+        let Some(compiled) = self
             .rules
             .iter()
-            .find(|r| admission::rule_matches(&r.config, req))
+            .find(|r| admission::rule_matches(r.config(), req))
         else {
             return Decision::out_of_scope("no rule matches this request");
         };
+        let budget = self.budget(api_timeout);
+        let deadline = tokio::time::Instant::now() + budget;
+        let (rule, facts) = match compiled {
+            Compiled::Static(rule) => (rule.clone(), admission::request_facts(&self.config, req)),
+            Compiled::Controller(cr) => match self.controller_claim(cr, req, deadline).await {
+                controller::Claimed::Checked {
+                    rule,
+                    facts,
+                    new_content_rule,
+                } => {
+                    if new_content_rule {
+                        self.follow_head(rule.clone());
+                    }
+                    (rule, facts)
+                }
+                controller::Claimed::Decided(decision) => return decision,
+            },
+        };
+        let rule = &*rule;
         let rule_policy = &rule.policy;
-        let facts = admission::request_facts(&self.config, req);
         let failure = &self.config.failure;
         let revision = match rule.provenance {
             policy::Provenance::None => None,
@@ -635,6 +716,11 @@ impl AppState {
         if !self.tls_ready.load(Ordering::Relaxed) {
             problems.push("serving certificate not loaded".to_owned());
         }
+        if let Some(controllers) = &self.controllers
+            && let Err(watches) = controllers.ready()
+        {
+            problems.extend(watches);
+        }
         let now = SystemTime::now();
         let max = self.config.failure.max_mirror_staleness;
         let mut names: Vec<&String> = self.sources.keys().collect();
@@ -685,6 +771,24 @@ impl AppState {
         self.metrics
             .checksum_queued
             .set(saturating_i64(self.cold.queued() as u64));
+        if let Some(controllers) = &self.controllers {
+            let m = &self.metrics;
+            for kind in controllers.status() {
+                let labels = crate::metrics::KindLabels { kind: kind.kind };
+                m.controller_objects
+                    .get_or_create(&labels)
+                    .set(saturating_i64(kind.objects as u64));
+                m.controller_watch_restarts
+                    .get_or_create(&labels)
+                    .set(saturating_i64(kind.restarts));
+                m.controller_watch_relists
+                    .get_or_create(&labels)
+                    .set(saturating_i64(kind.relists));
+                m.controller_watch_up
+                    .get_or_create(&labels)
+                    .set(i64::from(kind.listed && kind.broken_since.is_none()));
+            }
+        }
         if let Some(renderer) = &self.renderer {
             let stats = renderer.stats();
             let m = &self.metrics;
@@ -884,7 +988,10 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         ),
         None => None,
     };
-    let state = Arc::new(AppState::new(config, sources)?);
+    let mut state = AppState::new(config, sources)?;
+    state.shutdown = shutdown.clone();
+    state.controllers = start_controllers(&state.config, &shutdown).await?;
+    let state = Arc::new(state);
     state.tls_ready.store(true, Ordering::Relaxed);
     let mut app = router(state.clone());
     if let (Some(receiver), Some(secret)) = (&state.config.receiver, receiver_secret) {
@@ -924,7 +1031,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     for source in state.sources.values() {
         source.mirror.clone().spawn_poller(shutdown.wait());
     }
-    state.spawn_renderers(|| shutdown.wait());
+    state.spawn_renderers();
     if let Some(heads) = &state.config.heads {
         let mirrors = state
             .sources
@@ -942,6 +1049,39 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
         shutdown,
         task,
     })
+}
+
+/// The watches of the controller objects the rules' provenance reads, if
+/// any rule reads one. Only the client is built here: the watches list
+/// and follow in the background, and `/readyz` waits for their first list.
+async fn start_controllers(
+    config: &Config,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<Arc<crate::controllers::ControllerCaches>>> {
+    use crate::controllers::Watched;
+    let mut kinds = Vec::new();
+    for rule in &config.rules {
+        match rule.provenance {
+            policy::Provenance::Flux => kinds.extend_from_slice(&Watched::FLUX),
+            policy::Provenance::Argo => kinds.extend_from_slice(&Watched::ARGO),
+            _ => {}
+        }
+    }
+    if kinds.is_empty() {
+        return Ok(None);
+    }
+    let client = config
+        .kube
+        .clone()
+        .unwrap_or_default()
+        .client()
+        .await
+        .map_err(|e| anyhow::anyhow!("provenance: flux|argo needs the Kubernetes API: {e}"))?;
+    Ok(Some(crate::controllers::ControllerCaches::start(
+        client,
+        &kinds,
+        shutdown.wait(),
+    )))
 }
 
 /// `stale-guard serve`: runs until SIGTERM or SIGINT, then drains.

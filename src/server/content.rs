@@ -140,13 +140,11 @@ impl AppState {
 /// the earlier distinct renderings. Runs until `stop` resolves.
 pub(super) async fn follow_head(
     state: Arc<AppState>,
-    index: usize,
+    rule: Arc<Rule>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
-    let Some(rule) = state.rules.get(index) else {
-        return;
-    };
+    let rule = &*rule;
     let mut heads = rule.source.mirror.head_changes();
     loop {
         let head = *heads.borrow_and_update();
