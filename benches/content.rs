@@ -200,6 +200,43 @@ fn main() {
     group.bench_function("deployment_differs", |b| {
         b.iter(|| content::compare(black_box(&rendered), black_box(&stale)))
     });
+    // The review path: the object arrives as bytes inside an
+    // AdmissionReview. Unchanged objects take the streaming check; the
+    // rest are parsed (only where the rendering sets fields) and compared.
+    let review = |object: &Value| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "operation": "UPDATE", "object": object,
+                        "oldObject": object}
+        }))
+        .expect("serialises")
+    };
+    // The streaming check needs quantities written as the API server
+    // writes them ("500m", not 0.5); this rendering does.
+    let mut canonical = rendered.clone();
+    for list in ["containers", "initContainers"] {
+        for c in canonical["spec"]["template"]["spec"][list]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            c["resources"]["requests"]["cpu"] = json!("500m");
+        }
+    }
+    let fresh = review(&admitted(&canonical));
+    assert!(content::review_contains(&fresh, &canonical));
+    let old = review(&stale);
+    assert!(!content::review_contains(&old, &rendered));
+    group.bench_function("review_contains", |b| {
+        b.iter(|| content::review_contains(black_box(&fresh), black_box(&canonical)))
+    });
+    group.bench_function("review_parsed_and_compared", |b| {
+        b.iter(|| {
+            let seeds = [&rendered];
+            let parsed = content::review_object(black_box(&old), &seeds);
+            parsed.map(|o| o.map(|o| content::compare(&rendered, &o).is_ok()))
+        })
+    });
     group.finish();
     criterion.final_summary();
 }

@@ -315,13 +315,65 @@ fn compile_rule(
     })
 }
 
-/// The object under review as a tree, with its identity (its namespace,
-/// when the object has none, the request's): what content verification
-/// compares. Parsed from the body again only for rules that verify content.
-fn reviewed_object(
-    req: &admission::Request<'_>,
+/// Who the object under review is: the request's kind, name and
+/// namespace, which the API server takes from the object.
+fn request_identity(req: &admission::Request<'_>) -> Result<crate::content::Identity, String> {
+    if req.name.is_empty() {
+        return Err(
+            "the object has no metadata.name (generateName) to look it up in the rendering by"
+                .to_owned(),
+        );
+    }
+    Ok(crate::content::Identity {
+        group: req.kind.group.to_string(),
+        kind: req.kind.kind.to_string(),
+        namespace: req
+            .namespace
+            .as_deref()
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_owned),
+        name: req.name.to_string(),
+    })
+}
+
+/// The object content verification compares, read from the body in the
+/// cheapest way that gives the same verdict:
+/// - when the object literally contains head's (or, within the grace
+///   period, the previous head's) rendering, the common case, nothing is
+///   built: that rendering itself stands for the object (the comparison
+///   only reads the object where the rendering sets fields, and a
+///   rendering matches itself);
+/// - else, built only where those renderings set fields, when that
+///   matches one of them (a quantity written another way, a sidecar
+///   elsewhere in a list);
+/// - else whole, so the explanation can compare it with the earlier
+///   renderings too.
+fn compared_object<'r>(
     body: &[u8],
-) -> Result<(crate::content::Identity, serde_json::Value), String> {
+    content: &policy::ContentFacts<'r>,
+) -> Result<Compared<'r>, String> {
+    let seeds: Vec<&'r serde_json::Value> = match content {
+        policy::ContentFacts::RenderFailed { .. } => {
+            return Ok(Compared::Parsed(serde_json::Value::Null));
+        }
+        policy::ContentFacts::Rendered { head, in_grace, .. } => head
+            .object
+            .into_iter()
+            .chain(in_grace.and_then(|g| g.object))
+            .collect(),
+    };
+    if let Some(seed) = seeds
+        .iter()
+        .find(|s| crate::content::review_contains(body, s))
+    {
+        return Ok(Compared::Rendered(seed));
+    }
+    if !seeds.is_empty()
+        && let Some(pruned) = crate::content::review_object(body, &seeds)?
+        && seeds.iter().any(|s| crate::content::matches(s, &pruned))
+    {
+        return Ok(Compared::Parsed(pruned));
+    }
     #[derive(serde::Deserialize)]
     struct Review {
         request: ObjectOnly,
@@ -332,19 +384,23 @@ fn reviewed_object(
     }
     let review: Review = serde_json::from_slice(body)
         .map_err(|e| crate::echo::message(format!("the object cannot be read: {e}")))?;
-    let object = review.request.object;
-    let mut identity = crate::content::Identity::of(&object).ok_or_else(|| {
-        "the object has no apiVersion, kind or metadata.name to look it up in the rendering by"
-            .to_owned()
-    })?;
-    if identity.namespace.is_none() {
-        identity.namespace = req
-            .namespace
-            .as_deref()
-            .filter(|ns| !ns.is_empty())
-            .map(str::to_owned);
+    Ok(Compared::Parsed(review.request.object))
+}
+
+/// What [`compared_object`] gives: a rendering the object contains, or
+/// the object as parsed.
+enum Compared<'r> {
+    Rendered(&'r serde_json::Value),
+    Parsed(serde_json::Value),
+}
+
+impl Compared<'_> {
+    fn value(&self) -> &serde_json::Value {
+        match self {
+            Compared::Rendered(v) => v,
+            Compared::Parsed(v) => v,
+        }
     }
-    Ok((identity, object))
 }
 
 /// The part of a rule the decision reads.
@@ -456,20 +512,18 @@ impl AppState {
                 }
             },
         };
-        // The object as a tree, for content verification only.
-        let object = match &rule.renderings {
-            Some(_) => match reviewed_object(req, body) {
-                Ok(object) => Some(object),
+        // Who the object is, for content verification only.
+        let identity = match &rule.renderings {
+            Some(_) => match request_identity(req) {
+                Ok(identity) => Some(identity),
                 Err(why) => {
                     return policy::unverifiable_object(rule_policy, &facts, &why);
                 }
             },
             None => None,
         };
-        let budget = self.budget(api_timeout);
-        let deadline = tokio::time::Instant::now() + budget;
         let mut gather =
-            std::pin::pin!(self.gather(rule, &facts, revision, object.is_some(), deadline));
+            std::pin::pin!(self.gather(rule, &facts, revision, identity.is_some(), deadline));
         // Warm, the facts are in memory and the first poll finishes: only a
         // review that has to wait (a fetch, a cold checksum) gets a timer.
         let first = std::future::poll_fn(|cx| Poll::Ready(gather.as_mut().poll(cx))).await;
@@ -479,9 +533,16 @@ impl AppState {
         };
         match gathered {
             Ok(Ok((mirror_facts, rendered))) => {
-                let decision = match (&object, &rendered) {
-                    (Some((identity, object)), Some(rendered)) => {
+                let decision = match (&identity, &rendered) {
+                    (Some(identity), Some(rendered)) => {
                         let content = self.content_facts(rule, identity, rendered);
+                        let object = match compared_object(body, &content) {
+                            Ok(object) => object,
+                            Err(why) => {
+                                return policy::unverifiable_object(rule_policy, &facts, &why);
+                            }
+                        };
+                        let object = object.value();
                         let reviewed = policy::ReviewedObject { identity, object };
                         policy::decide_checks(
                             rule_policy,

@@ -1729,3 +1729,44 @@ fn content_an_object_matches_itself_and_its_subsets() {
         },
     );
 }
+
+/// The cheap paths of content verification agree with the comparison: the
+/// literal check read from the review's bytes says true only when
+/// `compare` accepts (and it does for an object and its own subsets), and
+/// the object built only where the rendering sets fields compares as the
+/// whole one does.
+#[test]
+fn content_cheap_paths_agree_with_compare() {
+    fuzz(
+        "content::review_contains and review_object against compare",
+        cases(1_500),
+        (content_object(), content_object(), any::<u64>()),
+        |(rendered, object, mut seed)| {
+            let body = |o: &Value| {
+                serde_json::to_vec(&serde_json::json!({"request": {"uid": "u", "object": o}}))
+                    .unwrap()
+            };
+            for (r, o) in [
+                (&rendered, &object),
+                (&object, &object),
+                (&subset_of(&object, &mut seed), &object),
+            ] {
+                let literal = content::review_contains(&body(o), r);
+                let careful = content::compare(r, o);
+                prop_assert!(
+                    !literal || careful.is_ok(),
+                    "literal check accepted what compare refuses: {:?}\nrendered {}\nobject {}",
+                    careful,
+                    r,
+                    o
+                );
+                let pruned = content::review_object(&body(o), &[r])
+                    .map_err(TestCaseError::fail)?
+                    .expect("the body has an object");
+                prop_assert_eq!(content::compare(r, &pruned), careful, "pruned vs whole");
+            }
+            prop_assert!(content::review_contains(&body(&object), &object));
+            Ok(())
+        },
+    );
+}

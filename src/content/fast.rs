@@ -1,0 +1,270 @@
+//! A one-sided check read straight from the review's bytes: true only
+//! when the object contains the rendering field for field, strings and
+//! numbers written the same, lists of maps in the same order (extra
+//! elements, such as an injected sidecar, skipped). Nothing is built: the
+//! parser walks the object against the rendering and skips what the
+//! rendering does not set.
+//!
+//! When it says true, [`super::compare`] says the same (the rendering is
+//! then a subset of the object in the strictest sense; the fuzz target and
+//! a property test check it). When it says false, the caller parses the
+//! object and compares properly: quantities written another way, a
+//! Secret's `stringData`, numbers like `1.0`, reordered lists and real
+//! differences all take that path. A warm review of an unchanged object,
+//! by far the most common, takes this one: building the object was most
+//! of its cost.
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use std::fmt;
+
+/// Whether the `request.object` of the AdmissionReview `body` contains
+/// `rendered` as described above. Malformed JSON or no object: false.
+pub fn review_contains(body: &[u8], rendered: &Value) -> bool {
+    let sub = Sub {
+        rendered,
+        top: true,
+    };
+    matches!(super::envelope::read_object(body, sub), Ok(Some(true)))
+}
+
+/// Whether the value being read contains `rendered`.
+#[derive(Clone, Copy)]
+struct Sub<'r> {
+    rendered: &'r Value,
+    /// The object itself: its `status` is not compared.
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Sub<'_> {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        if self.rendered.is_null() {
+            // `null` in the rendering sets nothing.
+            d.deserialize_ignored_any(IgnoredAny)?;
+            return Ok(true);
+        }
+        if self.rendered.is_string() {
+            // Compared as bytes, unescaped but not checked for UTF-8: equal
+            // bytes are the rendering's valid UTF-8. Anything but a string
+            // there is an error, which makes the whole check false.
+            return d.deserialize_bytes(self);
+        }
+        d.deserialize_any(self)
+    }
+}
+
+/// A map key as bytes borrowed from the body (copied when it has escapes),
+/// without the UTF-8 check a `str` costs.
+struct KeyBytes<'de>(std::borrow::Cow<'de, [u8]>);
+
+impl<'de> serde::Deserialize<'de> for KeyBytes<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyBytes<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<KeyBytes<'de>, E> {
+                Ok(KeyBytes(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<KeyBytes<'de>, E> {
+                Ok(KeyBytes(std::borrow::Cow::Owned(v.to_vec())))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+impl<'de> Visitor<'de> for Sub<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let Some(rendered) = self.rendered.as_object() else {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(false);
+        };
+        let counted = |k: &str, v: &Value| !(v.is_null() || self.top && k == "status");
+        let want = rendered.iter().filter(|(k, v)| counted(k, v)).count();
+        // Which rendered keys were matched, by position: a key written
+        // twice must not stand in for one the object lacks. Wider maps
+        // take the careful path.
+        let mut matched: u128 = 0;
+        let mut ok = rendered.len() <= 128;
+        while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
+            let found = rendered
+                .iter()
+                .enumerate()
+                .find(|(_, (k, _))| k.as_bytes() == &*key.0);
+            match found {
+                Some((i, (k, v))) if ok && counted(k, v) => {
+                    let bit = 1u128 << i;
+                    let sub = Sub {
+                        rendered: v,
+                        top: false,
+                    };
+                    if matched & bit != 0 {
+                        map.next_value::<IgnoredAny>()?;
+                        ok = false;
+                    } else if map.next_value_seed(sub)? {
+                        matched |= bit;
+                    } else {
+                        ok = false;
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(ok && matched.count_ones() as usize == want)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let Some(rendered) = self.rendered.as_array() else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(false);
+        };
+        let maps = rendered.iter().all(Value::is_object);
+        let mut next = 0;
+        let mut ok = true;
+        while let Some(want) = rendered.get(next).filter(|_| ok) {
+            let Some(matched) = seq.next_element_seed(Sub {
+                rendered: want,
+                top: false,
+            })?
+            else {
+                break;
+            };
+            if matched {
+                next += 1;
+            } else if !maps {
+                // Scalars and mixed lists: equal, in order.
+                ok = false;
+            }
+            // Lists of maps: an element the rendering lacks (a sidecar)
+            // is skipped.
+        }
+        let mut extra = false;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            extra = true;
+        }
+        Ok(ok && next == rendered.len() && (maps || !extra))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+        Ok(self.rendered.as_bool() == Some(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+        Ok(self.rendered.as_i64() == Some(v) && !self.rendered.is_f64())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+        Ok(self.rendered.as_u64() == Some(v) && !self.rendered.is_f64())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+        Ok(self.rendered.is_f64() && self.rendered.as_f64() == Some(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(self.rendered.as_str() == Some(v))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<bool, E> {
+        Ok(self.rendered.as_str().map(str::as_bytes) == Some(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn review(object: &Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "oldObject": {"spec": 1}, "object": object}
+        }))
+        .unwrap()
+    }
+
+    fn deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "prod", "labels": {"app": "web"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [
+                {"name": "web", "image": "web:1", "args": ["-v", "--x"],
+                 "resources": {"requests": {"cpu": "500m"}}}]}}}
+        })
+    }
+
+    /// What the careful comparison accepts, this one accepts only when it
+    /// is written the same; it never accepts what the comparison refuses.
+    #[test]
+    fn true_only_for_literal_subsets() {
+        let rendered = deployment();
+        let mut admitted = deployment();
+        admitted["metadata"]["uid"] = json!("u-1");
+        admitted["metadata"]["managedFields"] = json!([{"manager": "x"}]);
+        admitted["status"] = json!({"replicas": 1});
+        admitted["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"name": "istio-proxy"}));
+        assert!(review_contains(&review(&admitted), &rendered));
+        assert!(crate::content::matches(&rendered, &admitted));
+
+        let cases: Vec<(&str, Value)> = vec![
+            ("another image", json!("web:2")),
+            ("0.5 for 500m", json!("0.5")),
+        ];
+        for (what, cpu_or_image) in cases {
+            let mut o = admitted.clone();
+            let c = &mut o["spec"]["template"]["spec"]["containers"][1];
+            if what == "another image" {
+                c["image"] = cpu_or_image;
+            } else {
+                c["resources"]["requests"]["cpu"] = cpu_or_image;
+            }
+            assert!(!review_contains(&review(&o), &rendered), "{what}");
+        }
+        // The careful path still accepts 0.5 for 500m.
+        let mut o = admitted.clone();
+        o["spec"]["template"]["spec"]["containers"][1]["resources"]["requests"]["cpu"] =
+            json!("0.5");
+        assert!(crate::content::matches(&rendered, &o));
+
+        let mut reordered = admitted.clone();
+        reordered["spec"]["template"]["spec"]["containers"][1]["args"] = json!(["--x", "-v"]);
+        assert!(!review_contains(&review(&reordered), &rendered));
+        let mut one = rendered.clone();
+        one["spec"]["replicas"] = json!(2.0);
+        assert!(!review_contains(&review(&admitted), &one));
+        // The rendering's status is not compared; a null sets nothing.
+        let mut with_status = rendered.clone();
+        with_status["status"] = json!({"replicas": 9});
+        with_status["metadata"]["annotations"] = Value::Null;
+        assert!(review_contains(&review(&admitted), &with_status));
+    }
+
+    #[test]
+    fn malformed_or_absent_objects_are_not_contained() {
+        let rendered = deployment();
+        assert!(!review_contains(
+            b"{\"request\":{\"uid\":\"u\"}}",
+            &rendered
+        ));
+        assert!(!review_contains(b"{\"request\":", &rendered));
+        assert!(!review_contains(&review(&json!("text")), &rendered));
+        let dup = br#"{"request":{"object":{"kind":"Deployment","kind":"Deployment"}}}"#;
+        assert!(!review_contains(
+            dup,
+            &json!({"kind": "Deployment", "apiVersion": "v1"})
+        ));
+    }
+}
