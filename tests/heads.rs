@@ -332,3 +332,34 @@ async fn without_the_api_a_replica_works_alone() {
     assert_eq!(warned(c.replica(0)), 1, "{}", c.logs());
     assert_eq!(c.recorded().as_deref(), Some(first.as_str()));
 }
+
+/// The measurement of docs/benchmarks.md ("Push to head on every
+/// replica"), not a timed test: run by hand with
+/// `cargo test --release --test heads -- --ignored --nocapture measure`.
+/// 100 pushes, each delivered to one replica in turn, from the push sent
+/// to the head logged by all three and recorded in the Lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_push_to_all_replicas() {
+    let c = cluster(3).await;
+    let first = c.origin.tip("main").unwrap();
+    c.wait_all(&first, Duration::from_secs(10)).await;
+    let mut took = Vec::new();
+    for n in 0..100 {
+        let commit = c.origin.commit("main", &format!("push {n}"));
+        let sent = Instant::now();
+        c.push(n % 3, &commit).await;
+        c.wait_all(&commit, Duration::from_secs(30)).await;
+        took.push(sent.elapsed());
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "push to head at all three replicas, {} pushes: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        took[took.len() - 1]
+    );
+}
