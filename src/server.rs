@@ -1070,17 +1070,20 @@ async fn start_controllers(
     if kinds.is_empty() {
         return Ok(None);
     }
-    let client = config
-        .kube
-        .clone()
-        .unwrap_or_default()
+    let kube = config.kube.clone().unwrap_or_default();
+    let client = kube
         .client()
         .await
         .map_err(|e| anyhow::anyhow!("provenance: flux|argo needs the Kubernetes API: {e}"))?;
-    Ok(Some(crate::controllers::ControllerCaches::start(
+    let options = crate::controllers::CacheOptions {
+        unready_after: kube.unready_after,
+        ..Default::default()
+    };
+    Ok(Some(crate::controllers::ControllerCaches::start_with(
         client,
         &kinds,
         shutdown.wait(),
+        options,
     )))
 }
 
