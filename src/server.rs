@@ -466,8 +466,8 @@ impl AppState {
             },
             None => None,
         };
-        let budget = self.budget(api_timeout);
-        let deadline = tokio::time::Instant::now() + budget;
+        // The deadline set on arrival: a controller claim's wait is
+        // part of the same budget, not in addition to it.
         let mut gather =
             std::pin::pin!(self.gather(rule, &facts, revision, object.is_some(), deadline));
         // Warm, the facts are in memory and the first poll finishes: only a

@@ -497,6 +497,47 @@ async fn a_revision_written_just_after_the_review_is_waited_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claims_wait_is_part_of_the_api_servers_timeout() {
+    let fx = Fixture::build().await;
+    let remote = GitRemote::start(fx.repo.path().parent().unwrap());
+    let url = remote.url("repo");
+    fx.git_repository("gitops", &url, "main");
+    // Not in the repository: answering needs an on-demand fetch.
+    let unknown = "5eed5eed5eed5eed5eed5eed5eed5eed5eed0dd1";
+    fx.kustomization(
+        "apps",
+        "gitops",
+        Some(PROD),
+        &format!("main@sha1:{unknown}"),
+    );
+    let mut c = fx.config("2s", "");
+    c.sources.clear();
+    c.source("gitops", &url, "1h");
+    rule(&mut c, "flux-strict", "prod-apps", "flux", "");
+    let srv = Server::start(&c).await;
+    wait_ready(&srv, 200, WAIT).await;
+    remote.hang();
+
+    let client = srv.client(Proto::H1);
+    let review = Review::of_object("timeout", &by_flux("prod-apps", "apps"));
+    let t0 = Instant::now();
+    let v = post_review_query(&client, &srv.base, &review, "?timeout=4s").await;
+    let elapsed = t0.elapsed();
+    let reason = v.audit("reason").unwrap_or_default().to_owned();
+    assert!(
+        reason == "DecisionTimeout" || reason == "UnknownRevision",
+        "{}",
+        v.body
+    );
+    assert!(
+        elapsed < Duration::from_millis(4500),
+        "answered within the API server's 4s, the 2s wait included: {elapsed:?}"
+    );
+    eprintln!("deadline: {reason} after {elapsed:?} (?timeout=4s, controllerWait 2s)");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_watches_keep_serving_the_cache() {
     let fx = Fixture::build().await;
     let (c0, c2) = (fx.c0.clone(), fx.c2.clone());
