@@ -273,6 +273,10 @@ pub struct Provenance {
 /// Why an object has no controller provenance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoProvenance {
+    /// `MissingRevision`: the object itself names no controller object
+    /// (no labels, no tracking id, or one naming another object). Nothing
+    /// a watch delivers can change that.
+    Unnamed(String),
     /// `MissingRevision`: what was looked for and not found.
     Missing(String),
     /// `MalformedRevision`: the controller's field holds no commit id.
@@ -440,7 +444,7 @@ impl ControllerCaches {
         &self,
         labels: Option<&BTreeMap<String, String>>,
     ) -> Result<Provenance, NoProvenance> {
-        let (ns, name) = flux::kustomization_of(labels).map_err(NoProvenance::Missing)?;
+        let (ns, name) = flux::kustomization_of(labels).map_err(NoProvenance::Unnamed)?;
         let controller = format!("Kustomization {ns}/{name}");
         let Some(k) = self.kustomization(&ns, &name) else {
             return Err(NoProvenance::Missing(format!(
@@ -490,14 +494,14 @@ impl ControllerCaches {
             .and_then(|a| a.get(argo::TRACKING_ID))
             .filter(|v| !v.trim().is_empty())
         else {
-            return Err(NoProvenance::Missing(format!(
+            return Err(NoProvenance::Unnamed(format!(
                 "the object has no annotation {} (set by Argo CD's annotation tracking)",
                 argo::TRACKING_ID
             )));
         };
-        let id = TrackingId::parse(id).map_err(NoProvenance::Missing)?;
+        let id = TrackingId::parse(id).map_err(NoProvenance::Unnamed)?;
         id.check_names(api_version, kind, namespace, name)
-            .map_err(NoProvenance::Missing)?;
+            .map_err(NoProvenance::Unnamed)?;
         let (app_ns, app_name) = id.application(default_namespace);
         let controller = format!("Application {app_ns}/{app_name}");
         let Some(app) = self.application(&app_ns, &app_name) else {
@@ -754,7 +758,7 @@ mod tests {
 
     fn missing(r: Result<Provenance, NoProvenance>) -> String {
         match r {
-            Err(NoProvenance::Missing(why)) => why,
+            Err(NoProvenance::Missing(why) | NoProvenance::Unnamed(why)) => why,
             other => panic!("{other:?}"),
         }
     }

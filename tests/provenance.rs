@@ -497,6 +497,57 @@ async fn a_revision_written_just_after_the_review_is_waited_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_a_watch_could_change_is_waited_for() {
+    let fx = Fixture::build().await;
+    let c2 = fx.c2.clone();
+    fx.git_repository("other-url", "https://git.example.com/other.git", "main");
+    fx.kustomization(
+        "elsewhere",
+        "other-url",
+        Some(PROD),
+        &format!("main@sha1:{c2}"),
+    );
+    fx.application("argocd", "web", PROD, json!({"sync": {"revision": c2}}));
+    let wait = Duration::from_secs(5);
+    let mut c = fx.config("5s", "");
+    rule(&mut c, "flux-strict", "prod-apps", "flux", "");
+    rule(&mut c, "argo-strict", "argo-apps", "argo", "");
+    let srv = Server::start(&c).await;
+    wait_ready(&srv, 200, WAIT).await;
+    let cases = [
+        (
+            "unlabelled",
+            ingress("prod-apps", json!({}), json!({})),
+            "MissingRevision",
+        ),
+        (
+            "untracked",
+            by_flux("prod-apps", "elsewhere"),
+            "UntrackedSource",
+        ),
+        (
+            "untracked-argo",
+            ingress("argo-apps", json!({}), json!({})),
+            "MissingRevision",
+        ),
+        (
+            "copied-id",
+            by_argo("argo-apps", "web:networking.k8s.io/Ingress:argo-apps/api"),
+            "MissingRevision",
+        ),
+    ];
+    for (tag, object, reason) in cases {
+        let (v, elapsed) = review(&srv, tag, &object).await;
+        assert_eq!(v.audit("reason"), Some(reason), "{tag}: {}", v.body);
+        assert!(
+            elapsed < wait / 2,
+            "{tag}: answered at once, not after controllerWait ({wait:?}): {elapsed:?}"
+        );
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claims_wait_is_part_of_the_api_servers_timeout() {
     let fx = Fixture::build().await;
     let remote = GitRemote::start(fx.repo.path().parent().unwrap());
