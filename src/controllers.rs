@@ -279,6 +279,11 @@ pub enum NoProvenance {
     Unnamed(String),
     /// `MissingRevision`: what was looked for and not found.
     Missing(String),
+    /// `UntrackedSource`: the controller applies from something that is
+    /// not a git branch stale-guard can follow (a Flux OCIRepository or
+    /// Bucket, an Argo CD multi-source Application or Helm chart), so it
+    /// records no git revision.
+    NotGit(String),
     /// `MalformedRevision`: the controller's field holds no commit id.
     Malformed {
         controller: String,
@@ -451,6 +456,13 @@ impl ControllerCaches {
                 "{controller} (named by the object's labels) is not known"
             )));
         };
+        let kind = k.object.spec.source_ref.kind.as_str();
+        if !kind.is_empty() && kind != "GitRepository" {
+            return Err(NoProvenance::NotGit(format!(
+                "{controller} applies from a {}, not a GitRepository: not followed",
+                crate::echo::value(kind)
+            )));
+        }
         let (revision, branch) = revision_of(
             &controller,
             FLUX_REVISION_FIELD,
@@ -509,13 +521,23 @@ impl ControllerCaches {
                 "{controller} (named by the tracking id) is not known"
             )));
         };
+        // Argo CD reads spec.sources when it is set, and records their
+        // revisions in status.sync.revisions; a chart's is its version.
+        if app.object.spec.sources.is_some() {
+            return Err(NoProvenance::NotGit(format!(
+                "{controller} has several sources (spec.sources): not followed"
+            )));
+        }
+        if let Some(chart) = app.object.chart() {
+            return Err(NoProvenance::NotGit(format!(
+                "{controller} applies Helm chart {}: not followed",
+                crate::echo::value(chart)
+            )));
+        }
         let (value, field) = app.object.revision();
         let (revision, branch) = revision_of(&controller, field, value)?;
         let source = match app.object.repo_url() {
             Some(url) => Ok((url.to_owned(), app.object.git_ref())),
-            None if app.object.spec.sources.is_some() => Err(format!(
-                "{controller} has several sources (spec.sources): not followed"
-            )),
             None => Err(format!("{controller} has no spec.source.repoURL")),
         };
         Ok(Provenance {
@@ -827,16 +849,18 @@ mod tests {
         let why =
             missing(c.argo_provenance(Some(&ann("other:apps/Deployment:prod/web")), obj, "argocd"));
         assert!(why.contains("Application argocd/other"), "{why}");
-        // The id's namespace wins over the default.
-        let p = c
-            .argo_provenance(
-                Some(&ann("team-a_multi:apps/Deployment:prod/web")),
-                obj,
-                "argocd",
-            )
-            .unwrap();
-        assert_eq!(p.controller, "Application team-a/multi");
-        assert!(p.source.unwrap_err().contains("spec.sources"));
+        // The id's namespace wins over the default; several sources are
+        // not followed.
+        match c.argo_provenance(
+            Some(&ann("team-a_multi:apps/Deployment:prod/web")),
+            obj,
+            "argocd",
+        ) {
+            Err(NoProvenance::NotGit(why)) => {
+                assert!(why.contains("Application team-a/multi") && why.contains("spec.sources"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -665,3 +665,55 @@ async fn broken_watches_keep_serving_the_cache() {
     until_reason(&srv, "after-return", &stale, "Fresh").await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_that_are_not_git_branches_are_untracked() {
+    let fx = Fixture::build().await;
+    let digest = "sha256:".to_owned() + &"ab".repeat(32);
+    // Flux from an OCI artifact: its revision is a digest.
+    fx.api.set(json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"namespace": FLUX_NS, "name": "from-oci"},
+        "spec": {"interval": "10m", "path": "./", "prune": true,
+                 "sourceRef": {"kind": "OCIRepository", "name": "manifests"}},
+        "status": {"lastAttemptedRevision": format!("latest@{digest}")}
+    }));
+    // Argo CD with several sources, and from a Helm repository.
+    fx.api.set(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        "metadata": {"namespace": "argocd", "name": "multi"},
+        "spec": {"sources": [{"repoURL": fx.url(), "path": PROD, "targetRevision": "main"},
+                             {"repoURL": "https://charts.example.com", "chart": "web",
+                              "targetRevision": "1.2.3"}]},
+        "status": {"sync": {"revisions": [fx.c2, "1.2.3"]}}
+    }));
+    fx.api.set(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        "metadata": {"namespace": "argocd", "name": "chart"},
+        "spec": {"source": {"repoURL": "https://charts.example.com", "chart": "web",
+                            "targetRevision": "1.2.*"}},
+        "status": {"sync": {"revision": "1.2.3"}}
+    }));
+    let mut c = fx.config("5s", "");
+    rule(&mut c, "flux-strict", "prod-apps", "flux", "");
+    rule(&mut c, "argo-strict", "argo-apps", "argo", "");
+    let srv = Server::start(&c).await;
+    wait_ready(&srv, 200, WAIT).await;
+    let id = |app: &str| format!("{app}:networking.k8s.io/Ingress:argo-apps/web");
+    for (tag, object, names) in [
+        ("oci", by_flux("prod-apps", "from-oci"), "OCIRepository"),
+        ("multi", by_argo("argo-apps", &id("multi")), "spec.sources"),
+        (
+            "chart",
+            by_argo("argo-apps", &id("chart")),
+            "Helm chart web",
+        ),
+    ] {
+        let (v, elapsed) = review(&srv, tag, &object).await;
+        v.assert_allowed("UntrackedSource");
+        let d = detail(&v).await;
+        assert!(d.contains(names), "{tag}: {d}");
+        assert!(elapsed < Duration::from_secs(2), "{tag}: {elapsed:?}");
+    }
+    srv.stop().await;
+}

@@ -96,7 +96,7 @@ impl AppState {
         // not configured (every such review would wait in full).
         let may_change = match &claim {
             Ok(p) => !matches!(self.resolve_source(cr, p), Err(Unresolved::Untracked(_))),
-            Err(NoProvenance::Unnamed(_)) => false,
+            Err(NoProvenance::Unnamed(_) | NoProvenance::NotGit(_)) => false,
             Err(_) => true,
         };
         if may_change && !fresh(&claim) {
@@ -114,6 +114,7 @@ impl AppState {
             Err(NoProvenance::Missing(why) | NoProvenance::Unnamed(why)) => {
                 return unclaimed(Reason::MissingRevision, why);
             }
+            Err(NoProvenance::NotGit(why)) => return unclaimed(Reason::UntrackedSource, why),
             Err(NoProvenance::Malformed {
                 controller,
                 field,
