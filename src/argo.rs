@@ -42,6 +42,8 @@ pub struct ApplicationSource {
     pub path: Option<String>,
     /// A branch, tag, commit or `HEAD` (the default).
     pub target_revision: Option<String>,
+    /// A Helm chart from a Helm repository: not a git source.
+    pub chart: Option<String>,
     pub kustomize: Option<ArgoKustomize>,
 }
 
@@ -143,6 +145,15 @@ impl Application {
             .as_ref()
             .and_then(|s| s.repo_url.as_deref())
             .filter(|u| !u.is_empty())
+    }
+
+    /// `spec.source.chart`, when it is one.
+    pub fn chart(&self) -> Option<&str> {
+        self.spec
+            .source
+            .as_ref()
+            .and_then(|s| s.chart.as_deref())
+            .filter(|c| !c.is_empty())
     }
 
     /// `spec.source.path`, or the repository root.

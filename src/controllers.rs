@@ -273,8 +273,17 @@ pub struct Provenance {
 /// Why an object has no controller provenance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoProvenance {
+    /// `MissingRevision`: the object itself names no controller object
+    /// (no labels, no tracking id, or one naming another object). Nothing
+    /// a watch delivers can change that.
+    Unnamed(String),
     /// `MissingRevision`: what was looked for and not found.
     Missing(String),
+    /// `UntrackedSource`: the controller applies from something that is
+    /// not a git branch stale-guard can follow (a Flux OCIRepository or
+    /// Bucket, an Argo CD multi-source Application or Helm chart), so it
+    /// records no git revision.
+    NotGit(String),
     /// `MalformedRevision`: the controller's field holds no commit id.
     Malformed {
         controller: String,
@@ -440,13 +449,20 @@ impl ControllerCaches {
         &self,
         labels: Option<&BTreeMap<String, String>>,
     ) -> Result<Provenance, NoProvenance> {
-        let (ns, name) = flux::kustomization_of(labels).map_err(NoProvenance::Missing)?;
+        let (ns, name) = flux::kustomization_of(labels).map_err(NoProvenance::Unnamed)?;
         let controller = format!("Kustomization {ns}/{name}");
         let Some(k) = self.kustomization(&ns, &name) else {
             return Err(NoProvenance::Missing(format!(
                 "{controller} (named by the object's labels) is not known"
             )));
         };
+        let kind = k.object.spec.source_ref.kind.as_str();
+        if !kind.is_empty() && kind != "GitRepository" {
+            return Err(NoProvenance::NotGit(format!(
+                "{controller} applies from a {}, not a GitRepository: not followed",
+                crate::echo::value(kind)
+            )));
+        }
         let (revision, branch) = revision_of(
             &controller,
             FLUX_REVISION_FIELD,
@@ -490,14 +506,14 @@ impl ControllerCaches {
             .and_then(|a| a.get(argo::TRACKING_ID))
             .filter(|v| !v.trim().is_empty())
         else {
-            return Err(NoProvenance::Missing(format!(
+            return Err(NoProvenance::Unnamed(format!(
                 "the object has no annotation {} (set by Argo CD's annotation tracking)",
                 argo::TRACKING_ID
             )));
         };
-        let id = TrackingId::parse(id).map_err(NoProvenance::Missing)?;
+        let id = TrackingId::parse(id).map_err(NoProvenance::Unnamed)?;
         id.check_names(api_version, kind, namespace, name)
-            .map_err(NoProvenance::Missing)?;
+            .map_err(NoProvenance::Unnamed)?;
         let (app_ns, app_name) = id.application(default_namespace);
         let controller = format!("Application {app_ns}/{app_name}");
         let Some(app) = self.application(&app_ns, &app_name) else {
@@ -505,13 +521,23 @@ impl ControllerCaches {
                 "{controller} (named by the tracking id) is not known"
             )));
         };
+        // Argo CD reads spec.sources when it is set, and records their
+        // revisions in status.sync.revisions; a chart's is its version.
+        if app.object.spec.sources.is_some() {
+            return Err(NoProvenance::NotGit(format!(
+                "{controller} has several sources (spec.sources): not followed"
+            )));
+        }
+        if let Some(chart) = app.object.chart() {
+            return Err(NoProvenance::NotGit(format!(
+                "{controller} applies Helm chart {}: not followed",
+                crate::echo::value(chart)
+            )));
+        }
         let (value, field) = app.object.revision();
         let (revision, branch) = revision_of(&controller, field, value)?;
         let source = match app.object.repo_url() {
             Some(url) => Ok((url.to_owned(), app.object.git_ref())),
-            None if app.object.spec.sources.is_some() => Err(format!(
-                "{controller} has several sources (spec.sources): not followed"
-            )),
             None => Err(format!("{controller} has no spec.source.repoURL")),
         };
         Ok(Provenance {
@@ -754,7 +780,7 @@ mod tests {
 
     fn missing(r: Result<Provenance, NoProvenance>) -> String {
         match r {
-            Err(NoProvenance::Missing(why)) => why,
+            Err(NoProvenance::Missing(why) | NoProvenance::Unnamed(why)) => why,
             other => panic!("{other:?}"),
         }
     }
@@ -823,16 +849,18 @@ mod tests {
         let why =
             missing(c.argo_provenance(Some(&ann("other:apps/Deployment:prod/web")), obj, "argocd"));
         assert!(why.contains("Application argocd/other"), "{why}");
-        // The id's namespace wins over the default.
-        let p = c
-            .argo_provenance(
-                Some(&ann("team-a_multi:apps/Deployment:prod/web")),
-                obj,
-                "argocd",
-            )
-            .unwrap();
-        assert_eq!(p.controller, "Application team-a/multi");
-        assert!(p.source.unwrap_err().contains("spec.sources"));
+        // The id's namespace wins over the default; several sources are
+        // not followed.
+        match c.argo_provenance(
+            Some(&ann("team-a_multi:apps/Deployment:prod/web")),
+            obj,
+            "argocd",
+        ) {
+            Err(NoProvenance::NotGit(why)) => {
+                assert!(why.contains("Application team-a/multi") && why.contains("spec.sources"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -14,6 +14,13 @@ fn default_controller_wait() -> Duration {
     DEFAULT_CONTROLLER_WAIT
 }
 
+/// See [`KubeConfig::unready_after`].
+pub const DEFAULT_UNREADY_AFTER: Duration = Duration::from_secs(10);
+
+fn default_unready_after() -> Duration {
+    DEFAULT_UNREADY_AFTER
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeConfig {
@@ -31,6 +38,12 @@ pub struct KubeConfig {
     /// arrive after the apply's review).
     #[serde(default = "default_controller_wait", with = "crate::config::duration")]
     pub controller_wait: Duration,
+    /// `provenance: flux|argo`: how long a controller watch may stay
+    /// broken before `/readyz` fails. Reviews are decided from the cached
+    /// objects meanwhile; shorter blips (an API server rollout) do not
+    /// flap readiness.
+    #[serde(default = "default_unready_after", with = "crate::config::duration")]
+    pub unready_after: Duration,
 }
 
 impl Default for KubeConfig {
@@ -39,6 +52,7 @@ impl Default for KubeConfig {
             kubeconfig: None,
             context: None,
             controller_wait: DEFAULT_CONTROLLER_WAIT,
+            unready_after: DEFAULT_UNREADY_AFTER,
         }
     }
 }

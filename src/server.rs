@@ -472,6 +472,8 @@ impl AppState {
         else {
             return Decision::out_of_scope("no rule matches this request");
         };
+        // The deadline set on arrival: a controller claim's wait is part
+        // of the same budget, not in addition to it.
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;
         let (rule, facts) = match compiled {
@@ -1131,17 +1133,20 @@ async fn start_controllers(
     if kinds.is_empty() {
         return Ok(None);
     }
-    let client = config
-        .kube
-        .clone()
-        .unwrap_or_default()
+    let kube = config.kube.clone().unwrap_or_default();
+    let client = kube
         .client()
         .await
         .map_err(|e| anyhow::anyhow!("provenance: flux|argo needs the Kubernetes API: {e}"))?;
-    Ok(Some(crate::controllers::ControllerCaches::start(
+    let options = crate::controllers::CacheOptions {
+        unready_after: kube.unready_after,
+        ..Default::default()
+    };
+    Ok(Some(crate::controllers::ControllerCaches::start_with(
         client,
         &kinds,
         shutdown.wait(),
+        options,
     )))
 }
 

@@ -899,25 +899,140 @@ fn render_with_component(component: &str) -> Vec<Value> {
     kustomize(&overlay)
 }
 
-/// The shipped config with the commented block that starts `# <key>`
-/// uncommented, parsed.
+/// The shipped config with the commented blocks that start `# <key>`
+/// (at any indentation) uncommented, parsed.
 fn uncommented_config(docs: &[Value], key: &str) -> Config {
+    uncommented_blocks(docs, &[key])
+}
+
+fn uncommented_blocks(docs: &[Value], keys: &[&str]) -> Config {
     let cm: ConfigMap = one(docs, "ConfigMap", "stale-guard-config");
     let text = cm.data.unwrap()["config.yaml"].clone();
     let mut uncommented = String::new();
-    let mut in_block = false;
+    // The indentation of the block being uncommented.
+    let mut block: Option<String> = None;
     for line in text.lines() {
-        if line == format!("# {key}") {
-            in_block = true;
-        } else if in_block && !line.starts_with("#   ") {
-            in_block = false;
+        let indent = &line[..line.len() - line.trim_start().len()];
+        if keys.iter().any(|k| line.trim_start() == format!("# {k}")) {
+            block = Some(indent.to_owned());
+        } else if block
+            .as_ref()
+            .is_some_and(|i| !line.starts_with(&format!("{i}#   ")))
+        {
+            block = None;
         }
-        match line.strip_prefix("# ").filter(|_| in_block) {
-            Some(rest) => uncommented.push_str(&format!("{rest}\n")),
+        match block
+            .as_ref()
+            .and_then(|i| line.strip_prefix(&format!("{i}# ")))
+        {
+            Some(rest) => uncommented.push_str(&format!("{indent}{rest}\n")),
             None => uncommented.push_str(&format!("{line}\n")),
         }
     }
     Config::parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"))
+}
+
+/// The flux-provenance and argo-provenance components, added to the base:
+/// each a ClusterRole with get/list/watch on its controller's kinds and
+/// nothing else, bound to the server's account, the token mounted, and
+/// the (commented) rules of the shipped config valid once uncommented.
+#[test]
+fn provenance_components_grant_reading_the_controller_objects_only() {
+    for (component, rule, provenance, grants) in [
+        (
+            "flux-provenance",
+            "- name: flux-apps",
+            stale_guard::policy::Provenance::Flux,
+            vec![
+                ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+                ("source.toolkit.fluxcd.io", "gitrepositories"),
+            ],
+        ),
+        (
+            "argo-provenance",
+            "- name: argo-apps",
+            stale_guard::policy::Provenance::Argo,
+            vec![("argoproj.io", "applications")],
+        ),
+    ] {
+        let docs = render_with_component(component);
+        let name = format!("stale-guard-{component}");
+        let role: ClusterRole = one(&docs, "ClusterRole", &name);
+        let mut granted = BTreeSet::new();
+        for r in role.rules.unwrap() {
+            let verbs: BTreeSet<_> = r.verbs.iter().map(String::as_str).collect();
+            assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{name}");
+            assert!(r.non_resource_urls.is_none() && r.resource_names.is_none());
+            for g in r.api_groups.unwrap() {
+                for res in r.resources.clone().unwrap() {
+                    granted.insert((g.clone(), res));
+                }
+            }
+        }
+        let want: BTreeSet<_> = grants
+            .iter()
+            .map(|(g, r)| (g.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(granted, want, "{name}");
+        let binding: ClusterRoleBinding = one(&docs, "ClusterRoleBinding", &name);
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
+        assert_eq!(binding.role_ref.name, name);
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (
+                subjects[0].kind.as_str(),
+                subjects[0].name.as_str(),
+                subjects[0].namespace.as_deref()
+            ),
+            ("ServiceAccount", "stale-guard", Some(NAMESPACE))
+        );
+        // No other RBAC comes with it.
+        let rbac = docs
+            .iter()
+            .filter(|d| d["kind"].as_str().unwrap().contains("Role"))
+            .count();
+        assert_eq!(rbac, 2, "{component}");
+        let deploy: Deployment = one(&docs, "Deployment", "stale-guard");
+        let pod = deploy.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        find(&docs, "NetworkPolicy", "stale-guard");
+
+        let config = uncommented_blocks(&docs, &[rule]);
+        let r = config
+            .rules
+            .iter()
+            .find(|r| r.provenance == provenance)
+            .unwrap_or_else(|| panic!("{component}: no {provenance:?} rule"));
+        assert!(r.source.is_empty() && r.overlay.is_empty(), "{component}");
+    }
+    // Both at once, and with replicas: no object twice.
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("deploy"), &tmp.path().join("deploy"));
+    let overlay = tmp.path().join("deploy/overlays/component-check");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../base]\ncomponents: [../../components/replicas, ../../components/flux-provenance, ../../components/argo-provenance]\n",
+    )
+    .unwrap();
+    let docs = kustomize(&overlay);
+    let mut seen = BTreeSet::new();
+    for d in &docs {
+        assert!(seen.insert((str_at(d, "/kind"), str_at(d, "/metadata/name"))));
+    }
+    // The commented argo: and kube: blocks parse too.
+    let config = uncommented_blocks(
+        &docs,
+        &[
+            "argo: { namespace: argocd }",
+            "kube: { controllerWait: 2s, unreadyAfter: 10s }",
+        ],
+    );
+    assert_eq!(config.argo.namespace, "argocd");
+    let kube = config.kube.expect("a kube block");
+    assert_eq!(kube.controller_wait, std::time::Duration::from_secs(2));
+    assert_eq!(kube.unready_after, std::time::Duration::from_secs(10));
 }
 
 #[test]

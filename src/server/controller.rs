@@ -91,7 +91,15 @@ impl AppState {
                 .is_some_and(|head| head.commit.as_bytes() == p.revision.0.as_slice()),
             Err(_) => false,
         };
-        if !fresh(&claim) {
+        // Only a newer controller status can change the verdict: not when
+        // the object names no controller object, nor for a source that is
+        // not configured (every such review would wait in full).
+        let may_change = match &claim {
+            Ok(p) => !matches!(self.resolve_source(cr, p), Err(Unresolved::Untracked(_))),
+            Err(NoProvenance::Unnamed(_) | NoProvenance::NotGit(_)) => false,
+            Err(_) => true,
+        };
+        if may_change && !fresh(&claim) {
             let until = deadline.min(tokio::time::Instant::now() + self.config.controller_wait());
             claim = caches
                 .wait_for(until, |c| {
@@ -103,7 +111,10 @@ impl AppState {
         }
         let provenance = match claim {
             Ok(p) => p,
-            Err(NoProvenance::Missing(why)) => return unclaimed(Reason::MissingRevision, why),
+            Err(NoProvenance::Missing(why) | NoProvenance::Unnamed(why)) => {
+                return unclaimed(Reason::MissingRevision, why);
+            }
+            Err(NoProvenance::NotGit(why)) => return unclaimed(Reason::UntrackedSource, why),
             Err(NoProvenance::Malformed {
                 controller,
                 field,
