@@ -6,14 +6,17 @@
 //! what `kustomize build` reads ([`kustomize`]).
 
 pub mod admission;
+pub mod argo;
 pub mod audit;
 pub mod certs;
 pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod controllers;
 pub mod demo;
 pub mod echo;
+pub mod flux;
 pub mod kustomize;
 pub mod memory;
 pub mod metrics;

@@ -14,11 +14,13 @@
 //! A cluster that cannot be read is reported and does not stop the others.
 
 pub mod output;
-pub mod sources;
 pub mod verdict;
 
+use crate::argo::Application;
 use crate::checksum::{Caches, ChecksumEngine, SizeLimits};
 use crate::config::{Config, RuleConfig};
+use crate::controllers::sources;
+use crate::flux::{self, GitRepository, Kustomization};
 use crate::mirror::{Lookup, Mirror};
 use crate::policy::{ChecksumFact, HeadFacts, MirrorFacts, Position, Revision};
 use gix::ObjectId;
@@ -27,8 +29,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope, verbs};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
-use sources::GitRef;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -608,12 +608,6 @@ fn source_branch(config: &Config, source: &str) -> String {
         .unwrap_or_default()
 }
 
-fn str_at<'v>(v: &'v Value, pointer: &str) -> Option<&'v str> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-}
-
 /// Lists every object of `group`'s `kind` when the cluster serves it.
 async fn list_custom(
     client: &kube::Client,
@@ -638,25 +632,25 @@ async fn list_custom(
     }
 }
 
-/// A Flux GitRepository's URL and what it follows.
-fn flux_git_ref(repo: &Value) -> GitRef {
-    let r = |f: &str| str_at(repo, &format!("/spec/ref/{f}"));
-    if let Some(commit) = r("commit") {
-        GitRef::Pinned(format!("commit {commit}"))
-    } else if let Some(name) = r("name") {
-        match name.strip_prefix("refs/heads/") {
-            Some(b) => GitRef::Branch(b.to_owned()),
-            None => GitRef::Pinned(format!("ref {name}")),
-        }
-    } else if let Some(semver) = r("semver") {
-        GitRef::Pinned(format!("semver {semver}"))
-    } else if let Some(tag) = r("tag") {
-        GitRef::Pinned(format!("tag {tag}"))
-    } else if let Some(branch) = r("branch") {
-        GitRef::Branch(branch.to_owned())
-    } else {
-        GitRef::Default
-    }
+/// The typed objects of a list; one that does not read is noted and
+/// skipped, so one odd object does not hide the others.
+fn typed<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    objects: &[DynamicObject],
+    report: &mut ClusterReport,
+) -> Vec<(flux::Meta, T)> {
+    objects
+        .iter()
+        .filter_map(|o| match flux::from_dynamic::<T>(o) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                report
+                    .notes
+                    .push(format!("{kind} skipped, it does not read: {e}"));
+                None
+            }
+        })
+        .collect()
 }
 
 async fn flux_kustomizations(
@@ -668,7 +662,7 @@ async fn flux_kustomizations(
     let Some((ar, kustomizations)) = list_custom(
         client,
         discovery,
-        "kustomize.toolkit.fluxcd.io",
+        flux::KUSTOMIZE_GROUP,
         "Kustomization",
         report,
     )
@@ -676,62 +670,51 @@ async fn flux_kustomizations(
     else {
         return;
     };
-    let repos: HashMap<(String, String), Value> = match list_custom(
+    let repos: HashMap<(String, String), GitRepository> = match list_custom(
         client,
         discovery,
-        "source.toolkit.fluxcd.io",
+        flux::SOURCE_GROUP,
         "GitRepository",
         report,
     )
     .await
     {
-        Some((_, repos)) => repos
+        Some((_, repos)) => typed::<GitRepository>("GitRepository", &repos, report)
             .into_iter()
-            .map(|r| {
-                let key = (
-                    r.metadata.namespace.clone().unwrap_or_default(),
-                    r.metadata.name.clone().unwrap_or_default(),
-                );
-                (key, serde_json::to_value(&r).unwrap_or(Value::Null))
-            })
+            .map(|(meta, r)| ((meta.namespace, meta.name), r))
             .collect(),
         None => HashMap::new(),
     };
-    for k in kustomizations {
-        let namespace = k.metadata.namespace.clone().unwrap_or_default();
-        let name = k.metadata.name.clone().unwrap_or_default();
-        let spec = &k.data;
-        let overlay = str_at(spec, "/spec/path").unwrap_or(".").to_owned();
-        let source_kind = str_at(spec, "/spec/sourceRef/kind").unwrap_or("");
-        let source_name = str_at(spec, "/spec/sourceRef/name").unwrap_or("");
-        let source_ns = str_at(spec, "/spec/sourceRef/namespace").unwrap_or(&namespace);
+    for (meta, k) in typed::<Kustomization>("Kustomization", &kustomizations, report) {
+        let overlay = k.overlay().to_owned();
         let applied = Applied::Controller {
-            revision: verdict::controller_revision(str_at(spec, "/status/lastAppliedRevision")),
+            revision: verdict::controller_revision(k.status.last_applied_revision.as_deref()),
             field: "status.lastAppliedRevision",
         };
-        let matched = if source_kind != "GitRepository" {
-            Err(format!(
-                "sourceRef is a {source_kind:?}, not a GitRepository"
-            ))
-        } else {
-            match repos.get(&(source_ns.to_owned(), source_name.to_owned())) {
-                None => Err(format!(
-                    "GitRepository {source_ns}/{source_name} does not exist"
-                )),
-                Some(repo) => match str_at(repo, "/spec/url") {
-                    None => Err(format!(
-                        "GitRepository {source_ns}/{source_name} has no spec.url"
-                    )),
+        let matched = k.git_repository(&meta.namespace).and_then(|(ns, name)| {
+            match repos.get(&(ns.clone(), name.clone())) {
+                None => Err(format!("GitRepository {ns}/{name} does not exist")),
+                Some(repo) => match repo.url() {
+                    None => Err(format!("GitRepository {ns}/{name} has no spec.url")),
                     Some(url) => {
-                        sources::match_source(&shared.config.sources, url, &flux_git_ref(repo))
+                        sources::match_source(&shared.config.sources, url, &repo.git_ref())
                             .map(|s| (s.name.clone(), s.branch.clone()))
                     }
                 },
             }
-        };
-        report
-            .items
-            .push(controller_item(shared, &ar, namespace, name, overlay, matched, &applied).await);
+        });
+        report.items.push(
+            controller_item(
+                shared,
+                &ar,
+                meta.namespace,
+                meta.name,
+                overlay,
+                matched,
+                &applied,
+            )
+            .await,
+        );
     }
 }
 
@@ -742,43 +725,36 @@ async fn argo_applications(
     report: &mut ClusterReport,
 ) {
     let Some((ar, apps)) =
-        list_custom(client, discovery, "argoproj.io", "Application", report).await
+        list_custom(client, discovery, crate::argo::GROUP, "Application", report).await
     else {
         return;
     };
-    for app in apps {
-        let namespace = app.metadata.namespace.clone().unwrap_or_default();
-        let name = app.metadata.name.clone().unwrap_or_default();
-        let d = &app.data;
-        let overlay = str_at(d, "/spec/source/path").unwrap_or(".").to_owned();
+    for (meta, app) in typed::<Application>("Application", &apps, report) {
+        let overlay = app.overlay().to_owned();
         let applied = Applied::Controller {
-            revision: verdict::controller_revision(str_at(d, "/status/sync/revision")),
-            field: "status.sync.revision",
+            revision: verdict::controller_revision(app.status.sync.revision.as_deref()),
+            field: crate::argo::SYNC_REVISION_FIELD,
         };
-        let matched = match str_at(d, "/spec/source/repoURL") {
-            None if d.pointer("/spec/sources").is_some() => {
+        let matched = match app.repo_url() {
+            None if app.spec.sources.is_some() => {
                 Err("a multi-source Application (spec.sources) is not scanned yet".to_owned())
             }
             None => Err("spec.source.repoURL is empty".to_owned()),
-            Some(url) => {
-                let target = str_at(d, "/spec/source/targetRevision").unwrap_or("HEAD");
-                let git_ref = if target == "HEAD" {
-                    GitRef::Default
-                } else if let Some(b) = target.strip_prefix("refs/heads/") {
-                    GitRef::Branch(b.to_owned())
-                } else if target.len() == 40 && target.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    GitRef::Pinned(format!("commit {target}"))
-                } else {
-                    // A branch or a tag: only a configured branch matches.
-                    GitRef::Branch(target.to_owned())
-                };
-                sources::match_source(&shared.config.sources, url, &git_ref)
-                    .map(|s| (s.name.clone(), s.branch.clone()))
-            }
+            Some(url) => sources::match_source(&shared.config.sources, url, &app.git_ref())
+                .map(|s| (s.name.clone(), s.branch.clone())),
         };
-        report
-            .items
-            .push(controller_item(shared, &ar, namespace, name, overlay, matched, &applied).await);
+        report.items.push(
+            controller_item(
+                shared,
+                &ar,
+                meta.namespace,
+                meta.name,
+                overlay,
+                matched,
+                &applied,
+            )
+            .await,
+        );
     }
 }
 

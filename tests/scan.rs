@@ -8,11 +8,15 @@
 //! `GitRepository`s and Argo CD `Application`s. A kubeconfig written by the
 //! test points one context at each, and one at a closed port (an
 //! unreachable cluster). The git source is a real repository made with the
-//! git CLI, mirrored by the scan like the webhook mirrors it.
+//! git CLI, mirrored by the scan like the webhook mirrors it. One test
+//! uses the live fake API server of `tests/kube_support` instead, for lists
+//! larger than a page.
 
+mod kube_support;
 mod scan_support;
 mod support;
 
+use kube_support::{KubeApi, Resource};
 use scan_support::{FakeApiServer, Recorded, closed_port_url, kubeconfig};
 use serde_json::Value;
 use stale_guard::checksum::ChecksumEngine;
@@ -375,6 +379,20 @@ async fn three_contexts_one_unreachable_json() {
     );
     let notes = west_c["notes"].to_string();
     assert!(notes.contains("apps/Deployment is not served"), "{notes}");
+    // An Application whose fields do not read is skipped with the reason;
+    // the others are still judged.
+    assert!(
+        notes.contains("Application skipped, it does not read: argocd/odd: invalid type"),
+        "{notes}"
+    );
+    assert!(
+        west_c["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "odd"),
+        "{west_c:#}"
+    );
 
     // Pagination: the second page was asked for with the first page's token,
     // every list was bounded, and object lists asked for metadata only.
@@ -684,4 +702,57 @@ async fn failed_fetch_within_max_mirror_staleness_judges_from_the_mirror() {
         "{}",
         east_out.stdout
     );
+}
+
+/// Flux objects from a live (fake) API server rather than recorded
+/// answers: more Kustomizations than one list page holds, so the scan
+/// must follow `continue`; each is judged and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_lists_over_several_pages_are_read_whole() {
+    let fx = Fixture::new();
+    let api = KubeApi::start(&[
+        Resource::config_map(),
+        Resource::flux_kustomization(),
+        Resource::flux_git_repository(),
+    ])
+    .await;
+    api.set(serde_json::json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"namespace": "flux-system", "name": "gitops"},
+        "spec": {"url": fx.vars["REPO_URL"], "ref": {"branch": "main"}}
+    }));
+    let count = 501;
+    for i in 0..count {
+        let rev = if i == 0 {
+            &fx.vars["REV_A"]
+        } else {
+            &fx.vars["REV_C"]
+        };
+        api.set(serde_json::json!({
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"namespace": "flux-system", "name": format!("k{i:03}")},
+            "spec": {"path": "./overlays/prod",
+                     "sourceRef": {"kind": "GitRepository", "name": "gitops"}},
+            "status": {"lastAppliedRevision": format!("main@sha1:{rev}")}
+        }));
+    }
+    let kc = fx.write_kubeconfig(&[("live", &api.url)]);
+    let out = scan(&fx, &kc, &["--output", "json"]).await;
+    assert_eq!(out.code, 1, "k000 is stale\nstderr:\n{}", out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let cluster = &report["clusters"][0];
+    let items = cluster["items"].as_array().unwrap();
+    let kustomizations = items
+        .iter()
+        .filter(|i| i["kind"] == "Kustomization")
+        .count();
+    assert_eq!(kustomizations, count, "{}", cluster["errors"]);
+    assert_eq!(
+        item(cluster, "Kustomization", "k000")["reason"],
+        "StaleRevision"
+    );
+    assert_eq!(item(cluster, "Kustomization", "k500")["reason"], "Fresh");
+    // Two pages of Kustomizations (500 + 1), one of GitRepositories, one
+    // metadata-only list of ConfigMaps in the rule's namespace.
+    assert_eq!(api.requests("list"), 4, "{:?}", api.request_counts());
 }

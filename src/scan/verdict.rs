@@ -262,15 +262,8 @@ pub fn controller_revision(value: Option<&str>) -> Annotation<Revision> {
             near_misses: Vec::new(),
         };
     }
-    let parsed = Revision::parse(value).or_else(|why| {
-        match value.rsplit_once('/') {
-            // Flux before v2.0: `main/3f2a…`.
-            Some((branch, hex)) if !branch.is_empty() && !value.contains('@') => {
-                Revision::parse(hex).map_err(|_| why)
-            }
-            _ => Err(why),
-        }
-    });
+    // Flux's forms, Argo CD's bare ids.
+    let parsed = crate::flux::parse_revision(value).map(|(_, r)| r);
     match parsed {
         Ok(r) => Annotation::Valid(r),
         Err(why) => Annotation::Malformed {

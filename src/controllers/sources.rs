@@ -1,5 +1,6 @@
 //! Which configured source a Flux or Argo CD git source is: URLs compared
-//! after normalisation, then the branch. Pure.
+//! after normalisation, then the branch. Pure; shared by `scan` and the
+//! webhook's controller provenance.
 
 use crate::config::SourceConfig;
 
