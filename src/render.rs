@@ -21,6 +21,8 @@
 //! overlay that reads remote content, which another attempt may not
 //! repeat.
 
+pub mod varsub;
+
 use crate::checksum::{Checksum, ChecksumEngine, ChecksumError, OverlayTree, TreeFile};
 use crate::content::Identity;
 use gix::ObjectId;
