@@ -21,7 +21,10 @@
 //! overlay that reads remote content, which another attempt may not
 //! repeat.
 
+pub mod build;
 pub mod varsub;
+
+pub use build::{ArgoBuild, BuildDigest, BuildOptions, FluxBuild};
 
 use crate::checksum::{Checksum, ChecksumEngine, ChecksumError, OverlayTree, TreeFile};
 use crate::content::Identity;
