@@ -15,11 +15,15 @@
 //! a submodule's directory is absent (kustomize fails on it), and an
 //! external plugin finds no plugin binary (the plugin home is empty).
 //!
-//! [`Renderer`] runs one process per checksum at most (single flight), at
-//! most `concurrency` at once, and caches results by checksum: failures
-//! too, except timeouts, local trouble (spawning, disk) and failures of an
+//! [`Renderer`] runs one process per key at most (single flight), at
+//! most `concurrency` at once, and caches results by key: failures too,
+//! except timeouts, local trouble (spawning, disk) and failures of an
 //! overlay that reads remote content, which another attempt may not
-//! repeat.
+//! repeat. The key is the checksum alone for a plain rendering
+//! ([`Renderer::render`]); a rendering of what a GitOps controller builds
+//! ([`Renderer::render_with`], [`BuildOptions`]) is keyed by the checksum,
+//! the options' digest and the substitution variables' digest, so two
+//! controller objects that build one overlay differently never share one.
 
 pub mod build;
 pub mod varsub;
@@ -30,7 +34,7 @@ use crate::checksum::{Checksum, ChecksumEngine, ChecksumError, OverlayTree, Tree
 use crate::content::Identity;
 use gix::ObjectId;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
@@ -140,6 +144,9 @@ fn local(what: &str, e: impl std::fmt::Display) -> RenderError {
 #[derive(Debug)]
 pub struct Rendering {
     pub checksum: Checksum,
+    /// The digest of the build options it was rendered with;
+    /// `BuildOptions::None`'s for a plain rendering.
+    pub build: BuildDigest,
     /// The commit it was rendered at (any commit with this checksum
     /// renders the same).
     pub commit: ObjectId,
@@ -206,11 +213,58 @@ struct Counters {
     micros: AtomicU64,
 }
 
+/// What a rendering is cached and single-flighted by: the overlay
+/// checksum, and for a controller's build a digest of its options and
+/// variables (zero for a plain rendering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RenderKey {
+    checksum: Checksum,
+    variant: [u8; 32],
+}
+
+impl RenderKey {
+    fn plain(checksum: Checksum) -> RenderKey {
+        RenderKey {
+            checksum,
+            variant: [0; 32],
+        }
+    }
+
+    fn new(
+        checksum: Checksum,
+        options: &BuildOptions,
+        vars: &BTreeMap<String, String>,
+    ) -> RenderKey {
+        if matches!(options, BuildOptions::None) {
+            return RenderKey::plain(checksum);
+        }
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(options.digest().0);
+        // Variables only change what substitutes them.
+        if options.substitutes() {
+            h.update(build::variables_digest(vars));
+        }
+        RenderKey {
+            checksum,
+            variant: h.finalize().into(),
+        }
+    }
+}
+
+/// What one run renders: the overlay checksum it must have, and the
+/// options and variables.
+struct Job {
+    checksum: Checksum,
+    options: BuildOptions,
+    vars: BTreeMap<String, String>,
+}
+
 struct Inner {
     settings: RenderSettings,
     permits: Semaphore,
-    cache: moka::sync::Cache<Checksum, Outcome>,
-    inflight: Mutex<HashMap<Checksum, watch::Receiver<Option<Outcome>>>>,
+    cache: moka::sync::Cache<RenderKey, Outcome>,
+    inflight: Mutex<HashMap<RenderKey, watch::Receiver<Option<Outcome>>>>,
     counters: Counters,
 }
 
@@ -259,6 +313,34 @@ impl Renderer {
         overlay: &str,
         key: Checksum,
     ) -> Outcome {
+        self.render_with(
+            engine,
+            commit,
+            overlay,
+            key,
+            &BuildOptions::None,
+            &BTreeMap::new(),
+        )
+        .await
+    }
+
+    /// [`Renderer::render`] of what a GitOps controller builds: the
+    /// overlay's kustomization file is edited in the private tree as the
+    /// controller edits it before the command runs, then Flux's `vars`
+    /// (already merged by Flux's precedence,
+    /// [`varsub::merge_variables`]) are substituted and its common
+    /// metadata set ([`build`]). Cached and single-flighted by the
+    /// checksum, the options' digest and the variables' digest.
+    pub async fn render_with(
+        &self,
+        engine: ChecksumEngine,
+        commit: ObjectId,
+        overlay: &str,
+        checksum: Checksum,
+        options: &BuildOptions,
+        vars: &BTreeMap<String, String>,
+    ) -> Outcome {
+        let key = RenderKey::new(checksum, options, vars);
         if let Some(hit) = self.inner.cache.get(&key) {
             return hit;
         }
@@ -276,7 +358,16 @@ impl Renderer {
                 let (tx, rx) = watch::channel(None);
                 inflight.insert(key, rx.clone());
                 drop(inflight);
-                tokio::spawn(Arc::clone(&self.inner).run(engine, commit, overlay, key, tx));
+                let job = Arc::new(Job {
+                    checksum,
+                    options: options.clone(),
+                    vars: if options.substitutes() {
+                        vars.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
+                });
+                tokio::spawn(Arc::clone(&self.inner).run(engine, commit, overlay, key, job, tx));
                 rx
             }
         };
@@ -290,9 +381,20 @@ impl Renderer {
         }
     }
 
-    /// Without waiting: the cached result for `key`, if any.
+    /// Without waiting: the cached plain rendering for `key`, if any.
     pub fn cached(&self, key: &Checksum) -> Option<Outcome> {
-        self.inner.cache.get(key)
+        self.inner.cache.get(&RenderKey::plain(*key))
+    }
+
+    /// Without waiting: the cached result of [`Renderer::render_with`]
+    /// with these arguments, if any.
+    pub fn cached_with(
+        &self,
+        key: &Checksum,
+        options: &BuildOptions,
+        vars: &BTreeMap<String, String>,
+    ) -> Option<Outcome> {
+        self.inner.cache.get(&RenderKey::new(*key, options, vars))
     }
 
     pub fn stats(&self) -> RenderStats {
@@ -319,12 +421,13 @@ impl Inner {
         engine: ChecksumEngine,
         commit: ObjectId,
         overlay: Arc<str>,
-        key: Checksum,
+        key: RenderKey,
+        job: Arc<Job>,
         tx: watch::Sender<Option<Outcome>>,
     ) {
         // Frees the slot even if this task panics or is cancelled (runtime
         // shutdown): waiters then see the channel closed.
-        struct Slot(Arc<Inner>, Checksum);
+        struct Slot(Arc<Inner>, RenderKey);
         impl Drop for Slot {
             fn drop(&mut self) {
                 lock(&self.0.inflight).remove(&self.1);
@@ -343,7 +446,7 @@ impl Inner {
                     &engine,
                     commit,
                     overlay,
-                    key,
+                    &job,
                     start,
                     &mut caching,
                 );
@@ -406,10 +509,11 @@ fn render_blocking(
     engine: &ChecksumEngine,
     commit: ObjectId,
     overlay: Arc<str>,
-    key: Checksum,
+    job: &Job,
     start: Instant,
     caching: &mut Caching,
 ) -> Outcome {
+    let key = job.checksum;
     let sum = engine.checksum(commit, &overlay).map_err(overlay_error)?;
     if sum.checksum != key {
         return Err(RenderError::Local(format!(
@@ -434,15 +538,25 @@ fn render_blocking(
     } else {
         workspace.tree.join(OsStr::from_bytes(overlay.as_bytes()))
     };
+    // The controller's edit: deterministic for the key, so a refusal is
+    // cached like kustomize's own errors.
+    build::prepare(&job.options, &workspace.tree, &target)
+        .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
     let output = run_command(settings, &workspace, &target)?;
     workspace.remove();
-    let objects = parse_objects(&output)?;
+    let output = build::post_process(&job.options, &job.vars, output)
+        .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
+    let mut objects = parse_objects(&output)?;
+    if let BuildOptions::Flux(f) = &job.options {
+        build::apply_common_metadata(&mut objects, &f.common_labels, &f.common_annotations);
+    }
     let bytes = objects
         .iter()
         .map(|(id, v)| identity_heap(id) + value_heap(v))
         .sum();
     Ok(Arc::new(Rendering {
         checksum: key,
+        build: job.options.digest(),
         commit,
         overlay,
         objects,
