@@ -544,7 +544,7 @@ fn render_blocking(
         .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
     let output = run_command(settings, &workspace, &target)?;
     workspace.remove();
-    let output = build::post_process(&job.options, &job.vars, output)
+    let output = build::post_process(&job.options, &job.vars, output, settings.max_output_bytes)
         .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
     let mut objects = parse_objects(&output)?;
     if let BuildOptions::Flux(f) = &job.options {

@@ -627,14 +627,16 @@ pub fn apply_common_metadata(
 
 /// Substitution, then common metadata: kustomize-controller's order
 /// after `kustomize build`.
+/// The substituted output is capped at `max_bytes`.
 pub fn post_process(
     options: &BuildOptions,
     vars: &BTreeMap<String, String>,
     output: Vec<u8>,
+    max_bytes: u64,
 ) -> Result<Vec<u8>, String> {
     match options {
         BuildOptions::Flux(f) if f.post_build => {
-            varsub::substitute_output(&output, vars, f.strict_substitution)
+            varsub::substitute_output(&output, vars, f.strict_substitution, max_bytes)
         }
         _ => Ok(output),
     }

@@ -84,6 +84,7 @@ pub fn substitute_output(
     output: &[u8],
     vars: &BTreeMap<String, String>,
     strict: bool,
+    max_bytes: u64,
 ) -> Result<Vec<u8>, String> {
     if vars.is_empty() {
         return Ok(output.to_vec());
@@ -99,13 +100,24 @@ pub fn substitute_output(
         let expanded = if disabled(&value) {
             doc.to_owned()
         } else {
-            envsubst(doc, |name| vars.get(name).map(String::as_str), strict)
-                .map_err(|e| format!("document {}: variable substitution failed: {e}", i + 1))?
+            let left = max_bytes.saturating_sub(out.len() as u64);
+            expand_capped(
+                doc,
+                &|name| vars.get(name).map(String::as_str),
+                strict,
+                left,
+            )
+            .map_err(|e| format!("document {}: variable substitution failed: {e}", i + 1))?
         };
         out.push_str("---\n");
         out.push_str(&expanded);
         if !expanded.ends_with('\n') {
             out.push('\n');
+        }
+        if out.len() as u64 > max_bytes {
+            return Err(format!(
+                "the substituted output is larger than {max_bytes} bytes"
+            ));
         }
     }
     Ok(out.into_bytes())
@@ -136,14 +148,40 @@ pub fn envsubst<'v>(
     lookup: impl Fn(&str) -> Option<&'v str>,
     strict: bool,
 ) -> Result<String, String> {
+    expand_capped(input, &lookup, strict, u64::MAX)
+}
+
+/// Nesting of `${...}` inside a default or pattern, at most: the parser
+/// recurses, and the text comes from the repository.
+const MAX_DEPTH: usize = 32;
+
+/// Values longer than this are not glob-trimmed (the fork's trimming
+/// tries every prefix: quadratic in the value).
+const MAX_TRIM_CHARS: usize = 4096;
+
+/// [`envsubst`] that fails once the text it produces passes `max_bytes`
+/// (defaults and patterns included), so a few references to a large
+/// value cannot blow up memory.
+fn expand_capped<'v, F: Fn(&str) -> Option<&'v str>>(
+    input: &str,
+    lookup: &F,
+    strict: bool,
+    max_bytes: u64,
+) -> Result<String, String> {
     let mut p = Parser {
         s: input.as_bytes(),
         pos: 0,
-        lookup: &lookup,
+        lookup,
         strict,
+        depth: 0,
+        produced: 0,
+        max_bytes,
     };
     let mut out = Vec::with_capacity(input.len());
     while p.pos < p.s.len() {
+        if out.len() as u64 > max_bytes {
+            return Err(format!("the result is larger than {max_bytes} bytes"));
+        }
         if p.at(b"${") {
             p.pos += 2;
             let v = p.func()?;
@@ -165,6 +203,10 @@ struct Parser<'a, 'v, F: Fn(&str) -> Option<&'v str>> {
     pos: usize,
     lookup: &'a F,
     strict: bool,
+    depth: usize,
+    /// Bytes of expansions produced so far, against `max_bytes`.
+    produced: u64,
+    max_bytes: u64,
 }
 
 const BAD: &str = "bad substitution";
@@ -207,6 +249,24 @@ impl<'v, F: Fn(&str) -> Option<&'v str>> Parser<'_, 'v, F> {
 
     /// After `${`: one expression up to and including its `}`.
     fn func(&mut self) -> Result<String, String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!("substitutions nested more than {MAX_DEPTH} deep"));
+        }
+        self.depth += 1;
+        let v = self.expression();
+        self.depth -= 1;
+        let v = v?;
+        self.produced = self.produced.saturating_add(v.len() as u64);
+        if self.produced > self.max_bytes {
+            return Err(format!(
+                "the result is larger than {} bytes",
+                self.max_bytes
+            ));
+        }
+        Ok(v)
+    }
+
+    fn expression(&mut self) -> Result<String, String> {
         if self.peek() == Some(b'#') {
             self.pos += 1;
             let name = self.ident();
@@ -259,7 +319,7 @@ impl<'v, F: Fn(&str) -> Option<&'v str>> Parser<'_, 'v, F> {
                 }
                 let pattern = self.param(|c| c != b'}', false)?;
                 self.close()?;
-                Ok(trim(&val, &pattern, op == b'#', longest))
+                trim(&val, &pattern, op == b'#', longest)
             }
             _ => {
                 if self.peek() != Some(b'}') {
@@ -406,7 +466,7 @@ fn substr(s: &str, pos: &str, len: Option<&str>) -> String {
             let Ok(len) = len.parse::<i64>() else {
                 return s.to_owned();
             };
-            if pos + len >= n {
+            if pos.saturating_add(len) >= n {
                 if pos < n {
                     slice(pos, n)
                 } else {
@@ -424,124 +484,137 @@ fn substr(s: &str, pos: &str, len: Option<&str>) -> String {
 /// `#`/`##` (prefix) and `%`/`%%` (suffix) removal by a glob, the way the
 /// fork does it: prefixes are tried from the longest down to one
 /// character (never the empty one), and suffixes on the reversed string
-/// with the reversed pattern.
-fn trim(s: &str, pattern: &str, prefix: bool, longest: bool) -> String {
+/// with the reversed pattern. A malformed pattern leaves the value.
+fn trim(s: &str, pattern: &str, prefix: bool, longest: bool) -> Result<String, String> {
+    if s.chars().count() > MAX_TRIM_CHARS {
+        return Err(format!(
+            "a value of more than {MAX_TRIM_CHARS} characters is not trimmed by a pattern"
+        ));
+    }
     if !prefix {
         let r: String = s.chars().rev().collect();
         let p: String = pattern.chars().rev().collect();
-        return trim(&r, &p, true, longest).chars().rev().collect();
+        return Ok(trim(&r, &p, true, longest)?.chars().rev().collect());
     }
-    let mut shortest = None;
-    let ends: Vec<usize> = s.char_indices().map(|(i, c)| i + c.len_utf8()).collect();
-    for &end in ends.iter().rev() {
-        match glob(pattern, &s[..end]) {
-            None => return s.to_owned(),
-            Some(true) if longest => return s[end..].to_owned(),
-            Some(true) => shortest = Some(end),
-            Some(false) => {}
-        }
-    }
-    match shortest {
-        Some(end) => s[end..].to_owned(),
-        None => s.to_owned(),
-    }
-}
-
-/// The fork's `path.Match` (Go's, with `/` an ordinary character, as its
-/// `${f##*/}` case shows): `*` (any run), `?` (one character), `[...]`
-/// classes with ranges and `^` negation, `\` escapes. None for a
-/// malformed pattern.
-fn glob(pattern: &str, name: &str) -> Option<bool> {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    glob_at(&p, &n)
-}
-
-fn glob_at(p: &[char], n: &[char]) -> Option<bool> {
-    let Some((&c, rest)) = p.split_first() else {
-        return Some(n.is_empty());
+    let Some(tokens) = glob_tokens(pattern) else {
+        return Ok(s.to_owned());
     };
-    match c {
-        '*' => {
-            for i in 0..=n.len() {
-                if glob_at(rest, &n[i..])? {
-                    return Some(true);
-                }
+    let chars: Vec<char> = s.chars().collect();
+    let mut shortest = None;
+    for len in (1..=chars.len()).rev() {
+        if glob_match(&tokens, &chars[..len]) {
+            if longest {
+                return Ok(chars[len..].iter().collect());
             }
-            Some(false)
+            shortest = Some(len);
         }
-        '?' => match n.split_first() {
-            Some((_, nr)) => glob_at(rest, nr),
-            None => Some(false),
-        },
-        '[' => {
-            let (matched, after) = class(rest, n.first().copied())?;
-            if matched {
-                glob_at(after, &n[1..])
-            } else {
-                Some(false)
-            }
-        }
-        '\\' => {
-            let (&e, rest) = rest.split_first()?;
-            match n.split_first() {
-                Some((&x, nr)) if x == e => glob_at(rest, nr),
-                _ => Some(false),
-            }
-        }
-        _ => match n.split_first() {
-            Some((&x, nr)) if x == c => glob_at(rest, nr),
-            _ => Some(false),
-        },
     }
+    Ok(match shortest {
+        Some(len) => chars[len..].iter().collect(),
+        None => s.to_owned(),
+    })
 }
 
-/// A `[...]` class after its `[`: whether `c` matches, and the pattern
-/// after the `]`.
-fn class(p: &[char], c: Option<char>) -> Option<(bool, &[char])> {
+/// One element of a glob: the fork's `path.Match` (Go's, with `/` an
+/// ordinary character, as its `${f##*/}` case shows).
+#[derive(Debug, Clone, PartialEq)]
+enum Glob {
+    /// `*`: any run of characters.
+    Star,
+    /// `?`: one character.
+    Any,
+    /// `[...]`: ranges, negated with `^`.
+    Class(bool, Vec<(char, char)>),
+    Char(char),
+}
+
+/// The pattern's elements; None when it is malformed (a trailing `\`, an
+/// unclosed class).
+fn glob_tokens(pattern: &str) -> Option<Vec<Glob>> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::new();
     let mut i = 0;
-    let negate = p.first() == Some(&'^');
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let &lo = p.get(i)?;
-        if lo == ']' && !first {
-            i += 1;
-            break;
+    let escaped = |i: &mut usize| -> Option<char> {
+        if p.get(*i) == Some(&'\\') {
+            *i += 1;
         }
-        first = false;
-        let lo = if lo == '\\' {
-            i += 1;
-            *p.get(i)?
-        } else {
-            lo
-        };
-        i += 1;
-        let mut hi = lo;
-        if p.get(i) == Some(&'-') && p.get(i + 1) != Some(&']') {
-            i += 1;
-            hi = if p.get(i) == Some(&'\\') {
+        let c = *p.get(*i)?;
+        *i += 1;
+        Some(c)
+    };
+    while i < p.len() {
+        match p[i] {
+            '*' => {
                 i += 1;
-                *p.get(i)?
-            } else {
-                *p.get(i)?
-            };
-            i += 1;
-        }
-        if let Some(c) = c
-            && lo <= c
-            && c <= hi
-        {
-            matched = true;
+                out.push(Glob::Star);
+            }
+            '?' => {
+                i += 1;
+                out.push(Glob::Any);
+            }
+            '[' => {
+                i += 1;
+                let negate = p.get(i) == Some(&'^');
+                if negate {
+                    i += 1;
+                }
+                let mut ranges = Vec::new();
+                loop {
+                    if p.get(i) == Some(&']') && !ranges.is_empty() {
+                        i += 1;
+                        break;
+                    }
+                    let lo = escaped(&mut i)?;
+                    let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|c| *c != ']') {
+                        i += 1;
+                        escaped(&mut i)?
+                    } else {
+                        lo
+                    };
+                    ranges.push((lo, hi));
+                }
+                out.push(Glob::Class(negate, ranges));
+            }
+            _ => out.push(Glob::Char(escaped(&mut i)?)),
         }
     }
-    if c.is_none() {
-        return Some((false, &p[i..]));
+    Some(out)
+}
+
+/// Whether `tokens` match all of `name`: iterative, backtracking only to
+/// the last `*` (linear in practice, never exponential).
+fn glob_match(tokens: &[Glob], name: &[char]) -> bool {
+    let one = |t: &Glob, c: char| match t {
+        Glob::Any => true,
+        Glob::Char(x) => *x == c,
+        Glob::Class(negate, ranges) => {
+            ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negate
+        }
+        Glob::Star => false,
+    };
+    let (mut t, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match tokens.get(t) {
+            Some(Glob::Star) => {
+                star = Some((t, n));
+                t += 1;
+            }
+            Some(tok) if one(tok, name[n]) => {
+                t += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((st, sn)) => {
+                    t = st + 1;
+                    n = sn + 1;
+                    star = Some((st, sn + 1));
+                }
+                None => return false,
+            },
+        }
     }
-    Some((matched != negate, &p[i..]))
+    tokens[t..].iter().all(|tok| *tok == Glob::Star)
 }
 
 #[cfg(test)]
@@ -689,7 +762,8 @@ mod tests {
         for bad in ["", "1a", "a-b", "a.b", "é"] {
             assert!(!valid_name(bad), "{bad}");
         }
-        let err = substitute_output(b"a: 1\n", &vars(&[("bad-name", "x")]), false).unwrap_err();
+        let err =
+            substitute_output(b"a: 1\n", &vars(&[("bad-name", "x")]), false, u64::MAX).unwrap_err();
         assert!(err.contains("var name is invalid"), "{err}");
     }
 
@@ -711,7 +785,13 @@ mod tests {
     #[test]
     fn substitutes_each_object_but_the_disabled_ones() {
         let output = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a-${env}\ndata:\n  replicas: ${n}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  annotations:\n    kustomize.toolkit.fluxcd.io/substitute: disabled\ndata:\n  x: ${env}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels:\n    kustomize.toolkit.fluxcd.io/substitute: disabled\ndata:\n  x: ${env}\n";
-        let out = substitute_output(output, &vars(&[("env", "prod"), ("n", "3")]), false).unwrap();
+        let out = substitute_output(
+            output,
+            &vars(&[("env", "prod"), ("n", "3")]),
+            false,
+            u64::MAX,
+        )
+        .unwrap();
         let objects = crate::render::parse_objects(&out).unwrap();
         let by_name = |n: &str| {
             objects
@@ -726,8 +806,62 @@ mod tests {
         assert_eq!(by_name("c")["data"]["x"], "${env}");
         // No variables: nothing is substituted, not even to empty.
         assert_eq!(
-            substitute_output(output, &BTreeMap::new(), false).unwrap(),
+            substitute_output(output, &BTreeMap::new(), false, u64::MAX).unwrap(),
             output
         );
+    }
+
+    #[test]
+    fn hostile_templates_fail_within_bounds() {
+        // Nesting deeper than the parser's cap: an error, not a stack
+        // overflow.
+        let deep = format!("{}x{}", "${a=".repeat(10_000), "}".repeat(10_000));
+        let err = expand(&deep, &[]).unwrap_err();
+        assert!(err.contains("nested more than"), "{err}");
+        // A large value referenced many times: cut at the cap.
+        let big = "v".repeat(1 << 20);
+        let many = "${big}".repeat(100);
+        let v = vars(&[("big", &big)]);
+        let err =
+            expand_capped(&many, &|n| v.get(n).map(String::as_str), false, 8 << 20).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        let err =
+            substitute_output(format!("a: {many}\n").as_bytes(), &v, false, 8 << 20).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        // A pattern that is exponential for a naive matcher is quick.
+        let value = "a".repeat(4000);
+        let start = std::time::Instant::now();
+        let pattern = format!("{}b", "*a".repeat(30));
+        let out = expand(&format!("${{v##{pattern}}}"), &[("v", &value)]).unwrap();
+        assert_eq!(out, value);
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // Too long to trim at all.
+        let long = "a".repeat(MAX_TRIM_CHARS + 1);
+        assert!(expand("${v#a}", &[("v", &long)]).is_err());
+        // Out-of-range substring numbers.
+        assert_eq!(
+            expand("${v:1:9223372036854775807}", &[("v", "abc")]).unwrap(),
+            "bc"
+        );
+    }
+
+    #[test]
+    fn globs_follow_path_match() {
+        let cases = [
+            ("[a-c]*", "banana", true),
+            ("[^a-c]*", "banana", false),
+            ("?an*", "banana", true),
+            ("\\*x", "*x", true),
+            ("\\*x", "ax", false),
+            ("a*/b", "a/x/b", true),
+            ("a[", "a[", false),
+        ];
+        for (pattern, name, want) in cases {
+            let got = glob_tokens(pattern)
+                .is_some_and(|t| glob_match(&t, &name.chars().collect::<Vec<_>>()));
+            assert_eq!(got, want, "{pattern} {name}");
+        }
+        // A malformed pattern leaves the value.
+        assert_eq!(expand("${v#[}", &[("v", "abc")]).unwrap(), "abc");
     }
 }
