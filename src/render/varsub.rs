@@ -33,7 +33,8 @@ pub const DISABLED: &str = "disabled";
 
 /// Flux's variable sources merged by its precedence: `from` in order (a
 /// later source overrides an earlier one), then `inline`. Newlines are
-/// removed from values, as Flux does.
+/// removed from values, as Flux does. A Secret's values are its decoded
+/// `data`; a missing `optional` source is simply left out.
 pub fn merge_variables<'a>(
     from: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
     inline: &'a BTreeMap<String, String>,
