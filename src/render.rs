@@ -234,6 +234,7 @@ impl RenderKey {
         checksum: Checksum,
         options: &BuildOptions,
         vars: &BTreeMap<String, String>,
+        components: &[(Arc<str>, Checksum)],
     ) -> RenderKey {
         if matches!(options, BuildOptions::None) {
             return RenderKey::plain(checksum);
@@ -244,6 +245,13 @@ impl RenderKey {
         // Variables only change what substitutes them.
         if options.substitutes() {
             h.update(build::variables_digest(vars));
+        }
+        // What the components read changes the rendering as much as what
+        // the overlay reads.
+        for (path, sum) in components {
+            h.update((path.len() as u64).to_le_bytes());
+            h.update(path.as_bytes());
+            h.update(sum.0);
         }
         RenderKey {
             checksum,
@@ -256,6 +264,10 @@ impl RenderKey {
 /// options and variables.
 struct Job {
     checksum: Checksum,
+    /// The local components the options add, with their checksums at
+    /// the commit (part of the key), and whether a remote one is added.
+    components: Vec<(Arc<str>, Checksum)>,
+    remote_component: bool,
     options: BuildOptions,
     vars: BTreeMap<String, String>,
 }
@@ -340,11 +352,32 @@ impl Renderer {
         options: &BuildOptions,
         vars: &BTreeMap<String, String>,
     ) -> Outcome {
-        let key = RenderKey::new(checksum, options, vars);
+        let overlay = crate::checksum::overlay_key(overlay).map_err(overlay_error)?;
+        let (paths, remote_component) = options
+            .component_paths(&overlay)
+            .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
+        let (engine, components) = if paths.is_empty() {
+            (engine, Vec::new())
+        } else {
+            // Checksumming reads git: off the async threads.
+            let (engine, sums) = tokio::task::spawn_blocking(move || {
+                let sums = paths
+                    .into_iter()
+                    .map(|p| {
+                        let sum = engine.checksum(commit, &p).map_err(overlay_error)?;
+                        Ok((Arc::from(p), sum.checksum))
+                    })
+                    .collect::<Result<Vec<_>, RenderError>>();
+                (engine, sums)
+            })
+            .await
+            .map_err(|e| local("checksumming components", e))?;
+            (engine, sums?)
+        };
+        let key = RenderKey::new(checksum, options, vars, &components);
         if let Some(hit) = self.inner.cache.get(&key) {
             return hit;
         }
-        let overlay = crate::checksum::overlay_key(overlay).map_err(overlay_error)?;
         let mut rx = {
             let mut inflight = lock(&self.inner.inflight);
             if let Some(rx) = inflight.get(&key) {
@@ -360,6 +393,8 @@ impl Renderer {
                 drop(inflight);
                 let job = Arc::new(Job {
                     checksum,
+                    components,
+                    remote_component,
                     options: options.clone(),
                     vars: if options.substitutes() {
                         vars.clone()
@@ -387,14 +422,18 @@ impl Renderer {
     }
 
     /// Without waiting: the cached result of [`Renderer::render_with`]
-    /// with these arguments, if any.
+    /// with these arguments, if any, for options that add no local
+    /// component (their checksums are part of the key and take reading
+    /// the repository).
     pub fn cached_with(
         &self,
         key: &Checksum,
         options: &BuildOptions,
         vars: &BTreeMap<String, String>,
     ) -> Option<Outcome> {
-        self.inner.cache.get(&RenderKey::new(*key, options, vars))
+        self.inner
+            .cache
+            .get(&RenderKey::new(*key, options, vars, &[]))
     }
 
     pub fn stats(&self) -> RenderStats {
@@ -523,10 +562,14 @@ fn render_blocking(
         )));
     }
     *caching = Caching::Everything;
-    let tree = engine
+    let mut tree = engine
         .overlay_tree(commit, &overlay)
         .map_err(overlay_error)?;
-    if tree.not_written.iter().any(|n| n.starts_with(b"remote:")) {
+    for (path, _) in &job.components {
+        let more = engine.overlay_tree(commit, path).map_err(overlay_error)?;
+        merge_tree(&mut tree, more);
+    }
+    if job.remote_component || tree.not_written.iter().any(|n| n.starts_with(b"remote:")) {
         *caching = Caching::Successes;
     }
     let workspace = Workspace::create(settings.work_dir.as_deref())?;
@@ -564,6 +607,23 @@ fn render_blocking(
         output_bytes: output.len() as u64,
         took: start.elapsed(),
     }))
+}
+
+/// Adds `more`'s entries to `tree`, each path once (closures of one
+/// commit agree on what a path is).
+fn merge_tree(tree: &mut OverlayTree, more: OverlayTree) {
+    let files: HashSet<Vec<u8>> = tree.files.iter().map(|f| f.path.clone()).collect();
+    let links: HashSet<Vec<u8>> = tree.links.iter().map(|l| l.path.clone()).collect();
+    tree.files
+        .extend(more.files.into_iter().filter(|f| !files.contains(&f.path)));
+    tree.links
+        .extend(more.links.into_iter().filter(|l| !links.contains(&l.path)));
+    for d in more.dirs {
+        if !tree.dirs.contains(&d) {
+            tree.dirs.push(d);
+        }
+    }
+    tree.not_written.extend(more.not_written);
 }
 
 /// A private temporary directory (mode 0700): `tree/` holds the overlay's

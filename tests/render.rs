@@ -851,3 +851,62 @@ destination: {namespace: dest-ns}
     );
     assert_empty(work.path());
 }
+
+/// A component the controller adds is outside the overlay's closure:
+/// the renderer writes its closure too and keys the rendering by its
+/// checksum, so a change only to the component renders anew.
+#[test]
+fn components_the_controller_adds_are_written_and_keyed() {
+    let r = controller_repo();
+    r.write(
+        "components/extra/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [extra.yaml]\n",
+    );
+    r.write(
+        "components/extra/extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata: {v: one}\n",
+    );
+    r.commit("component");
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(kubectl(work.path()));
+    let rt = runtime();
+    let spec = flux_spec("targetNamespace: prod\ncomponents: [../../components/extra]\n");
+    let options = BuildOptions::flux(&spec).unwrap();
+    let extra = |r: &Rendering| {
+        r.objects()
+            .find(|(id, _)| id.name == "extra")
+            .map(|(id, v)| (id.to_string(), v["data"]["v"].clone()))
+    };
+    let first = render_with(&rt, &renderer, &r, "apps/prod", &options, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        extra(&first),
+        Some(("ConfigMap prod/extra".to_owned(), Value::from("one")))
+    );
+    let overlay_sum = first.checksum;
+
+    r.write(
+        "components/extra/extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata: {v: two}\n",
+    );
+    r.commit("component changed");
+    let second = render_with(&rt, &renderer, &r, "apps/prod", &options, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        second.checksum, overlay_sum,
+        "the overlay's own closure is unchanged"
+    );
+    assert_eq!(extra(&second).unwrap().1, "two");
+
+    // Argo CD adds components the same way.
+    let app: stale_guard::argo::ApplicationSpec = serde_yaml_ng::from_str(
+        "source: {path: apps/prod, kustomize: {components: [../../components/extra]}}\n",
+    )
+    .unwrap();
+    let argo = BuildOptions::argo(&app).unwrap();
+    let third = render_with(&rt, &renderer, &r, "apps/prod", &argo, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        extra(&third),
+        Some(("ConfigMap overlay-ns/extra".to_owned(), Value::from("two")))
+    );
+    assert_eq!(renderer.stats().started, 3);
+    assert_empty(work.path());
+}

@@ -210,6 +210,45 @@ impl BuildOptions {
         BuildDigest(h.finalize().into())
     }
 
+    /// The components the controller adds, as written.
+    pub fn components(&self) -> &[String] {
+        match self {
+            BuildOptions::None => &[],
+            BuildOptions::Flux(f) => &f.components,
+            BuildOptions::Argo(a) => &a.components,
+        }
+    }
+
+    /// The repository paths of the local components the controller adds
+    /// to `overlay` (a cleaned repository path): their closures are not in
+    /// the overlay's, so the renderer writes them and keys the rendering
+    /// by their checksums too. The bool is true when a remote component
+    /// is added (kustomize fetches it). A path that leaves the repository
+    /// is an error.
+    pub fn component_paths(&self, overlay: &str) -> Result<(Vec<String>, bool), String> {
+        let base = if overlay == "." { "" } else { overlay };
+        let mut paths = Vec::new();
+        let mut remote = false;
+        for c in self.components() {
+            if !local_relative(c) {
+                remote = true;
+                continue;
+            }
+            let joined = crate::tree::join_clean(base.as_bytes(), c.as_bytes())
+                .map_err(|e| format!("component {}: {e}", crate::echo::value(c)))?;
+            let path = String::from_utf8_lossy(&joined).into_owned();
+            let path = if path.is_empty() {
+                ".".to_owned()
+            } else {
+                path
+            };
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        Ok((paths, remote))
+    }
+
     /// Whether the variables given with a rendering are substituted.
     pub fn substitutes(&self) -> bool {
         matches!(self, BuildOptions::Flux(f) if f.post_build)
@@ -1033,5 +1072,38 @@ mod tests {
         fs::remove_file(o.join("kustomization.yaml")).unwrap();
         let argo = BuildOptions::Argo(ArgoBuild::default());
         assert!(prepare(&argo, root.path(), &o).is_err());
+    }
+
+    #[test]
+    fn component_paths_are_joined_to_the_overlay() {
+        let argo = BuildOptions::Argo(ArgoBuild {
+            components: vec![
+                "../../components/a".into(),
+                "local".into(),
+                "../../components/a/".into(),
+                "https://example.com/c.git".into(),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            argo.component_paths("apps/prod").unwrap(),
+            (
+                vec!["components/a".to_owned(), "apps/prod/local".to_owned()],
+                true
+            )
+        );
+        let up = BuildOptions::Argo(ArgoBuild {
+            components: vec!["../../..".into()],
+            ..Default::default()
+        });
+        assert!(up.component_paths("apps/prod").is_err());
+        let root = BuildOptions::Argo(ArgoBuild {
+            components: vec!["c".into(), ".".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            root.component_paths(".").unwrap(),
+            (vec!["c".to_owned(), ".".to_owned()], false)
+        );
     }
 }
