@@ -365,15 +365,23 @@ fn named<'a>(items: &'a mut [Yaml], name: &str) -> Option<&'a mut Yaml> {
 /// The kustomization file `text` edited as the controller edits it
 /// (`BuildOptions::None` returns it unchanged).
 pub fn edit_kustomization(options: &BuildOptions, text: &str) -> Result<String, String> {
-    let value: Yaml = serde_yaml_ng::from_str(text)
-        .map_err(|e| format!("cannot read the kustomization file: {e}"))?;
+    use serde::Deserialize as _;
+    if matches!(options, BuildOptions::None) {
+        return Ok(text.to_owned());
+    }
+    // Only the first document counts, for kustomize as for the checksum.
+    let value = match serde_yaml_ng::Deserializer::from_str(text).next() {
+        Some(doc) => Yaml::deserialize(doc)
+            .map_err(|e| format!("cannot read the kustomization file: {e}"))?,
+        None => Yaml::Null,
+    };
     let mut m = match value {
         Yaml::Mapping(m) => m,
         Yaml::Null => Mapping::new(),
         _ => return Err("the kustomization file is not a map".to_owned()),
     };
     match options {
-        BuildOptions::None => return Ok(text.to_owned()),
+        BuildOptions::None => {}
         BuildOptions::Flux(f) => edit_flux(f, &mut m)?,
         BuildOptions::Argo(a) => edit_argo(a, &mut m)?,
     }
@@ -733,6 +741,22 @@ mod tests {
         );
         assert_eq!(out["namespace"], "own");
         assert_eq!(out["namePrefix"], "own-");
+    }
+
+    #[test]
+    fn only_the_first_document_of_the_kustomization_counts() {
+        let out = flux(
+            KustomizationSpec {
+                name_prefix: Some("p-".into()),
+                ..Default::default()
+            },
+            "resources: [a.yaml]\n---\nresources: [b.yaml]\n",
+        );
+        assert_eq!(out, yaml("{resources: [a.yaml], namePrefix: p-}"));
+        assert_eq!(flux(KustomizationSpec::default(), ""), yaml("{}"));
+        let bad = BuildOptions::Flux(FluxBuild::default());
+        assert!(edit_kustomization(&bad, "- a\n").is_err());
+        assert!(edit_kustomization(&bad, "a: [\n").is_err());
     }
 
     #[test]
