@@ -60,6 +60,17 @@ pub struct ArgoKustomize {
     pub patches: Vec<Patch>,
     pub components: Vec<String>,
     pub replicas: Vec<Replica>,
+    /// `kustomize edit add label --force`: override the overlay's own.
+    pub force_common_labels: bool,
+    pub force_common_annotations: bool,
+    /// Flags stale-guard does not reproduce: a rendering with them set is
+    /// refused ([`crate::render::BuildOptions::argo`]).
+    pub label_without_selector: bool,
+    pub label_include_templates: bool,
+    pub common_annotations_envsubst: bool,
+    pub ignore_missing_components: bool,
+    /// A kustomize version by name (Argo CD's `kustomize.versions`).
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

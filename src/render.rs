@@ -15,17 +15,26 @@
 //! a submodule's directory is absent (kustomize fails on it), and an
 //! external plugin finds no plugin binary (the plugin home is empty).
 //!
-//! [`Renderer`] runs one process per checksum at most (single flight), at
-//! most `concurrency` at once, and caches results by checksum: failures
-//! too, except timeouts, local trouble (spawning, disk) and failures of an
+//! [`Renderer`] runs one process per key at most (single flight), at
+//! most `concurrency` at once, and caches results by key: failures too,
+//! except timeouts, local trouble (spawning, disk) and failures of an
 //! overlay that reads remote content, which another attempt may not
-//! repeat.
+//! repeat. The key is the checksum alone for a plain rendering
+//! ([`Renderer::render`]); a rendering of what a GitOps controller builds
+//! ([`Renderer::render_with`], [`BuildOptions`]) is keyed by the checksum,
+//! the options' digest and the substitution variables' digest, so two
+//! controller objects that build one overlay differently never share one.
+
+pub mod build;
+pub mod varsub;
+
+pub use build::{ArgoBuild, BuildDigest, BuildOptions, FluxBuild};
 
 use crate::checksum::{Checksum, ChecksumEngine, ChecksumError, OverlayTree, TreeFile};
 use crate::content::Identity;
 use gix::ObjectId;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
@@ -135,6 +144,9 @@ fn local(what: &str, e: impl std::fmt::Display) -> RenderError {
 #[derive(Debug)]
 pub struct Rendering {
     pub checksum: Checksum,
+    /// The digest of the build options it was rendered with;
+    /// `BuildOptions::None`'s for a plain rendering.
+    pub build: BuildDigest,
     /// The commit it was rendered at (any commit with this checksum
     /// renders the same).
     pub commit: ObjectId,
@@ -201,11 +213,70 @@ struct Counters {
     micros: AtomicU64,
 }
 
+/// What a rendering is cached and single-flighted by: the overlay
+/// checksum, and for a controller's build a digest of its options and
+/// variables (zero for a plain rendering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RenderKey {
+    checksum: Checksum,
+    variant: [u8; 32],
+}
+
+impl RenderKey {
+    fn plain(checksum: Checksum) -> RenderKey {
+        RenderKey {
+            checksum,
+            variant: [0; 32],
+        }
+    }
+
+    fn new(
+        checksum: Checksum,
+        options: &BuildOptions,
+        vars: &BTreeMap<String, String>,
+        components: &[(Arc<str>, Checksum)],
+    ) -> RenderKey {
+        if matches!(options, BuildOptions::None) {
+            return RenderKey::plain(checksum);
+        }
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(options.digest().0);
+        // Variables only change what substitutes them.
+        if options.substitutes() {
+            h.update(build::variables_digest(vars));
+        }
+        // What the components read changes the rendering as much as what
+        // the overlay reads.
+        for (path, sum) in components {
+            h.update((path.len() as u64).to_le_bytes());
+            h.update(path.as_bytes());
+            h.update(sum.0);
+        }
+        RenderKey {
+            checksum,
+            variant: h.finalize().into(),
+        }
+    }
+}
+
+/// What one run renders: the overlay checksum it must have, and the
+/// options and variables.
+struct Job {
+    checksum: Checksum,
+    /// The local components the options add, with their checksums at
+    /// the commit (part of the key), and whether a remote one is added.
+    components: Vec<(Arc<str>, Checksum)>,
+    remote_component: bool,
+    options: BuildOptions,
+    vars: BTreeMap<String, String>,
+}
+
 struct Inner {
     settings: RenderSettings,
     permits: Semaphore,
-    cache: moka::sync::Cache<Checksum, Outcome>,
-    inflight: Mutex<HashMap<Checksum, watch::Receiver<Option<Outcome>>>>,
+    cache: moka::sync::Cache<RenderKey, Outcome>,
+    inflight: Mutex<HashMap<RenderKey, watch::Receiver<Option<Outcome>>>>,
     counters: Counters,
 }
 
@@ -254,10 +325,59 @@ impl Renderer {
         overlay: &str,
         key: Checksum,
     ) -> Outcome {
+        self.render_with(
+            engine,
+            commit,
+            overlay,
+            key,
+            &BuildOptions::None,
+            &BTreeMap::new(),
+        )
+        .await
+    }
+
+    /// [`Renderer::render`] of what a GitOps controller builds: the
+    /// overlay's kustomization file is edited in the private tree as the
+    /// controller edits it before the command runs, then Flux's `vars`
+    /// (already merged by Flux's precedence,
+    /// [`varsub::merge_variables`]) are substituted and its common
+    /// metadata set ([`build`]). Cached and single-flighted by the
+    /// checksum, the options' digest and the variables' digest.
+    pub async fn render_with(
+        &self,
+        engine: ChecksumEngine,
+        commit: ObjectId,
+        overlay: &str,
+        checksum: Checksum,
+        options: &BuildOptions,
+        vars: &BTreeMap<String, String>,
+    ) -> Outcome {
+        let overlay = crate::checksum::overlay_key(overlay).map_err(overlay_error)?;
+        let (paths, remote_component) = options
+            .component_paths(&overlay)
+            .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
+        let (engine, components) = if paths.is_empty() {
+            (engine, Vec::new())
+        } else {
+            // Checksumming reads git: off the async threads.
+            let (engine, sums) = tokio::task::spawn_blocking(move || {
+                let sums = paths
+                    .into_iter()
+                    .map(|p| {
+                        let sum = engine.checksum(commit, &p).map_err(overlay_error)?;
+                        Ok((Arc::from(p), sum.checksum))
+                    })
+                    .collect::<Result<Vec<_>, RenderError>>();
+                (engine, sums)
+            })
+            .await
+            .map_err(|e| local("checksumming components", e))?;
+            (engine, sums?)
+        };
+        let key = RenderKey::new(checksum, options, vars, &components);
         if let Some(hit) = self.inner.cache.get(&key) {
             return hit;
         }
-        let overlay = crate::checksum::overlay_key(overlay).map_err(overlay_error)?;
         let mut rx = {
             let mut inflight = lock(&self.inner.inflight);
             if let Some(rx) = inflight.get(&key) {
@@ -271,7 +391,18 @@ impl Renderer {
                 let (tx, rx) = watch::channel(None);
                 inflight.insert(key, rx.clone());
                 drop(inflight);
-                tokio::spawn(Arc::clone(&self.inner).run(engine, commit, overlay, key, tx));
+                let job = Arc::new(Job {
+                    checksum,
+                    components,
+                    remote_component,
+                    options: options.clone(),
+                    vars: if options.substitutes() {
+                        vars.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
+                });
+                tokio::spawn(Arc::clone(&self.inner).run(engine, commit, overlay, key, job, tx));
                 rx
             }
         };
@@ -285,9 +416,24 @@ impl Renderer {
         }
     }
 
-    /// Without waiting: the cached result for `key`, if any.
+    /// Without waiting: the cached plain rendering for `key`, if any.
     pub fn cached(&self, key: &Checksum) -> Option<Outcome> {
-        self.inner.cache.get(key)
+        self.inner.cache.get(&RenderKey::plain(*key))
+    }
+
+    /// Without waiting: the cached result of [`Renderer::render_with`]
+    /// with these arguments, if any, for options that add no local
+    /// component (their checksums are part of the key and take reading
+    /// the repository).
+    pub fn cached_with(
+        &self,
+        key: &Checksum,
+        options: &BuildOptions,
+        vars: &BTreeMap<String, String>,
+    ) -> Option<Outcome> {
+        self.inner
+            .cache
+            .get(&RenderKey::new(*key, options, vars, &[]))
     }
 
     pub fn stats(&self) -> RenderStats {
@@ -314,12 +460,13 @@ impl Inner {
         engine: ChecksumEngine,
         commit: ObjectId,
         overlay: Arc<str>,
-        key: Checksum,
+        key: RenderKey,
+        job: Arc<Job>,
         tx: watch::Sender<Option<Outcome>>,
     ) {
         // Frees the slot even if this task panics or is cancelled (runtime
         // shutdown): waiters then see the channel closed.
-        struct Slot(Arc<Inner>, Checksum);
+        struct Slot(Arc<Inner>, RenderKey);
         impl Drop for Slot {
             fn drop(&mut self) {
                 lock(&self.0.inflight).remove(&self.1);
@@ -338,7 +485,7 @@ impl Inner {
                     &engine,
                     commit,
                     overlay,
-                    key,
+                    &job,
                     start,
                     &mut caching,
                 );
@@ -401,10 +548,11 @@ fn render_blocking(
     engine: &ChecksumEngine,
     commit: ObjectId,
     overlay: Arc<str>,
-    key: Checksum,
+    job: &Job,
     start: Instant,
     caching: &mut Caching,
 ) -> Outcome {
+    let key = job.checksum;
     let sum = engine.checksum(commit, &overlay).map_err(overlay_error)?;
     if sum.checksum != key {
         return Err(RenderError::Local(format!(
@@ -414,10 +562,14 @@ fn render_blocking(
         )));
     }
     *caching = Caching::Everything;
-    let tree = engine
+    let mut tree = engine
         .overlay_tree(commit, &overlay)
         .map_err(overlay_error)?;
-    if tree.not_written.iter().any(|n| n.starts_with(b"remote:")) {
+    for (path, _) in &job.components {
+        let more = engine.overlay_tree(commit, path).map_err(overlay_error)?;
+        merge_tree(&mut tree, more);
+    }
+    if job.remote_component || tree.not_written.iter().any(|n| n.starts_with(b"remote:")) {
         *caching = Caching::Successes;
     }
     let workspace = Workspace::create(settings.work_dir.as_deref())?;
@@ -429,15 +581,25 @@ fn render_blocking(
     } else {
         workspace.tree.join(OsStr::from_bytes(overlay.as_bytes()))
     };
+    // The controller's edit: deterministic for the key, so a refusal is
+    // cached like kustomize's own errors.
+    build::prepare(&job.options, &workspace.tree, &target)
+        .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
     let output = run_command(settings, &workspace, &target)?;
     workspace.remove();
-    let objects = parse_objects(&output)?;
+    let output = build::post_process(&job.options, &job.vars, output, settings.max_output_bytes)
+        .map_err(|e| RenderError::Overlay(crate::echo::message(e)))?;
+    let mut objects = parse_objects(&output)?;
+    if let BuildOptions::Flux(f) = &job.options {
+        build::apply_common_metadata(&mut objects, &f.common_labels, &f.common_annotations);
+    }
     let bytes = objects
         .iter()
         .map(|(id, v)| identity_heap(id) + value_heap(v))
         .sum();
     Ok(Arc::new(Rendering {
         checksum: key,
+        build: job.options.digest(),
         commit,
         overlay,
         objects,
@@ -445,6 +607,23 @@ fn render_blocking(
         output_bytes: output.len() as u64,
         took: start.elapsed(),
     }))
+}
+
+/// Adds `more`'s entries to `tree`, each path once (closures of one
+/// commit agree on what a path is).
+fn merge_tree(tree: &mut OverlayTree, more: OverlayTree) {
+    let files: HashSet<Vec<u8>> = tree.files.iter().map(|f| f.path.clone()).collect();
+    let links: HashSet<Vec<u8>> = tree.links.iter().map(|l| l.path.clone()).collect();
+    tree.files
+        .extend(more.files.into_iter().filter(|f| !files.contains(&f.path)));
+    tree.links
+        .extend(more.links.into_iter().filter(|l| !links.contains(&l.path)));
+    for d in more.dirs {
+        if !tree.dirs.contains(&d) {
+            tree.dirs.push(d);
+        }
+    }
+    tree.not_written.extend(more.not_written);
 }
 
 /// A private temporary directory (mode 0700): `tree/` holds the overlay's

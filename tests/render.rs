@@ -17,7 +17,8 @@ use gix::ObjectId;
 use serde_json::Value;
 use stale_guard::checksum::{Checksum, ChecksumEngine};
 use stale_guard::content::Identity;
-use stale_guard::render::{RenderError, RenderSettings, Renderer, Rendering};
+use stale_guard::render::varsub::merge_variables;
+use stale_guard::render::{BuildOptions, RenderError, RenderSettings, Renderer, Rendering};
 use support::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -582,5 +583,330 @@ fn renders_the_vector_repositories_like_kubectl_kustomize() {
             (expected, got) => panic!("{name}: kustomize {expected:?}, rendered {got:?}"),
         }
     }
+    assert_empty(work.path());
+}
+
+/// A base with a Deployment that reads Flux variables and two
+/// ConfigMaps (one opting out of substitution), an overlay over it that
+/// sets its own namespace.
+fn controller_repo() -> Repo {
+    let r = Repo::new();
+    r.write(
+        "base/kustomization.yaml",
+        "resources: [deploy.yaml, cm.yaml]\n",
+    );
+    r.write(
+        "base/deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: nginx:1.0\n        env:\n        - {name: CLUSTER, value: \"${cluster}\"}\n        - {name: REGION, value: \"${region:=eu}\"}\n",
+    );
+    r.write(
+        "base/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  script: \"echo $${HOME} $HOME ${cluster}\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: raw\n  annotations:\n    kustomize.toolkit.fluxcd.io/substitute: disabled\ndata:\n  x: \"${cluster}\"\n",
+    );
+    r.write(
+        "apps/prod/kustomization.yaml",
+        "resources: [../../base]\nnamespace: overlay-ns\n",
+    );
+    r.commit("controller overlay");
+    r
+}
+
+fn render_with(
+    rt: &tokio::runtime::Runtime,
+    renderer: &Renderer,
+    repo: &Repo,
+    overlay: &str,
+    options: &BuildOptions,
+    vars: &BTreeMap<String, String>,
+) -> Result<Arc<Rendering>, RenderError> {
+    let (commit, sum) = key(repo, "HEAD", overlay);
+    let engine = ChecksumEngine::open(repo.path()).unwrap();
+    rt.block_on(renderer.render_with(engine, commit, overlay, sum, options, vars))
+}
+
+fn flux_spec(yaml: &str) -> stale_guard::flux::KustomizationSpec {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+/// What kustomize-controller applies for this Kustomization, field by
+/// field from its sources: the generator puts `targetNamespace` over the
+/// overlay's `namespace`, adds `namePrefix`, the patch (applied before
+/// the prefix, so it targets `web`) and the image; substitution then
+/// expands `${cluster}` and the default of `${region:=eu}`, turns `$${HOME}`
+/// into `${HOME}`, leaves `$HOME` and the opted-out ConfigMap alone;
+/// `commonMetadata` lands on each object's metadata only (the selector
+/// and the pod template keep theirs).
+const FLUX_EXPECTED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: p-web
+  namespace: prod
+  labels: {app: web, team: payments}
+  annotations: {owner: sre}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+        env:
+        - {name: CLUSTER, value: east}
+        - {name: REGION, value: eu}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: p-cfg
+  namespace: prod
+  labels: {team: payments}
+  annotations: {owner: sre}
+data:
+  script: echo ${HOME} $HOME east
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: p-raw
+  namespace: prod
+  labels: {team: payments}
+  annotations: {kustomize.toolkit.fluxcd.io/substitute: disabled, owner: sre}
+data:
+  x: ${cluster}
+"#;
+
+const FLUX_SPEC: &str = r#"
+path: ./apps/prod
+targetNamespace: prod
+namePrefix: p-
+patches:
+- patch: |
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: web
+    spec:
+      replicas: 3
+  target: {kind: Deployment, name: web}
+images:
+- {name: nginx, newTag: "1.25"}
+commonMetadata:
+  labels: {team: payments}
+  annotations: {owner: sre}
+postBuild:
+  substitute: {cluster: east}
+"#;
+
+#[test]
+fn renders_what_a_flux_kustomization_applies() {
+    let r = controller_repo();
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(kubectl(work.path()));
+    let rt = runtime();
+    let spec = flux_spec(FLUX_SPEC);
+    let options = BuildOptions::flux(&spec).unwrap();
+    let vars = merge_variables([], &spec.post_build.clone().unwrap().substitute);
+    let rendering = render_with(&rt, &renderer, &r, "apps/prod", &options, &vars).unwrap();
+    assert_eq!(objects(&rendering), documents(FLUX_EXPECTED));
+    assert_eq!(rendering.build, options.digest());
+
+    // The plain rendering of the same checksum is kustomize's own, kept
+    // apart from the controller's.
+    let plain = render(&rt, &renderer, &r, "HEAD", "apps/prod").unwrap();
+    let bare = documents(&r.kustomize("HEAD", "apps/prod").unwrap());
+    assert_eq!(objects(&plain), bare);
+    assert!(
+        bare.keys().any(|k| k.contains("overlay-ns/web")),
+        "{bare:?}"
+    );
+
+    // Other variables: another key, another rendering; the first is
+    // still cached.
+    let west: BTreeMap<String, String> = [("cluster".to_owned(), "west".to_owned())].into();
+    let other = render_with(&rt, &renderer, &r, "apps/prod", &options, &west).unwrap();
+    let web = |r: &Rendering| {
+        r.objects()
+            .find(|(id, _)| id.kind == "Deployment")
+            .map(|(_, v)| v["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"].clone())
+            .unwrap()
+    };
+    assert_eq!(web(&other), "west");
+    let again = render_with(&rt, &renderer, &r, "apps/prod", &options, &vars).unwrap();
+    assert!(Arc::ptr_eq(&again, &rendering));
+    let (_, sum) = key(&r, "HEAD", "apps/prod");
+    assert!(renderer.cached_with(&sum, &options, &vars).is_some());
+    assert_eq!(renderer.stats().started, 3);
+
+    // The repository's files are as committed: only the private tree was
+    // edited.
+    assert_eq!(
+        r.read("apps/prod/kustomization.yaml"),
+        b"resources: [../../base]\nnamespace: overlay-ns\n"
+    );
+    assert_empty(work.path());
+}
+
+/// What Argo CD's repo server renders for this Application, from its
+/// `kustomize edit` calls: `set namesuffix` names every object `-a`;
+/// `set image` makes nginx `mirror/nginx:2.0`; `set replicas` gives `web`
+/// 4; `add label` writes `commonLabels`, which kustomize puts on the
+/// metadata, the selector and the pod template; `set namespace` puts
+/// `argo-ns` over the overlay's. No substitution: the `${...}` texts
+/// stay.
+const ARGO_EXPECTED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web-a
+  namespace: argo-ns
+  labels: {app: web, env: prod}
+spec:
+  replicas: 4
+  selector:
+    matchLabels: {app: web, env: prod}
+  template:
+    metadata:
+      labels: {app: web, env: prod}
+    spec:
+      containers:
+      - name: web
+        image: mirror/nginx:2.0
+        env:
+        - {name: CLUSTER, value: "${cluster}"}
+        - {name: REGION, value: "${region:=eu}"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg-a
+  namespace: argo-ns
+  labels: {env: prod}
+data:
+  script: echo $${HOME} $HOME ${cluster}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: raw-a
+  namespace: argo-ns
+  labels: {env: prod}
+  annotations: {kustomize.toolkit.fluxcd.io/substitute: disabled}
+data:
+  x: ${cluster}
+"#;
+
+#[test]
+fn renders_what_an_argo_application_applies() {
+    let r = controller_repo();
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(kubectl(work.path()));
+    let rt = runtime();
+    let spec: stale_guard::argo::ApplicationSpec = serde_yaml_ng::from_str(
+        r#"
+source:
+  repoURL: https://example.com/repo.git
+  path: apps/prod
+  kustomize:
+    nameSuffix: -a
+    commonLabels: {env: prod}
+    images: ["nginx=mirror/nginx:2.0"]
+    replicas: [{name: web, count: 4}]
+    namespace: argo-ns
+destination: {namespace: dest-ns}
+"#,
+    )
+    .unwrap();
+    let options = BuildOptions::argo(&spec).unwrap();
+    let rendering =
+        render_with(&rt, &renderer, &r, "apps/prod", &options, &BTreeMap::new()).unwrap();
+    assert_eq!(objects(&rendering), documents(ARGO_EXPECTED));
+
+    // The same as kustomize on a checkout whose kustomization file was
+    // edited by hand the way those `kustomize edit` calls write it.
+    let checkout = r.checkout("HEAD");
+    fs::write(
+        checkout.path().join("apps/prod/kustomization.yaml"),
+        "resources: [../../base]\nnamespace: argo-ns\nnameSuffix: -a\nimages:\n- {name: nginx, newName: mirror/nginx, newTag: '2.0'}\nreplicas:\n- {name: web, count: 4}\ncommonLabels: {env: prod}\n",
+    )
+    .unwrap();
+    let by_hand = documents(&kustomize_dir(checkout.path(), "apps/prod").unwrap());
+    assert_eq!(objects(&rendering), by_hand);
+
+    // A label the overlay already has stops Argo CD's `add label` (no
+    // --force): an overlay error, cached like kustomize's own.
+    r.write(
+        "apps/prod/kustomization.yaml",
+        "resources: [../../base]\ncommonLabels: {env: dev}\n",
+    );
+    r.commit("own label");
+    let err = render_with(&rt, &renderer, &r, "apps/prod", &options, &BTreeMap::new()).unwrap_err();
+    assert!(
+        matches!(&err, RenderError::Overlay(m) if m.contains("label env already in kustomization file")),
+        "{err}"
+    );
+    assert_empty(work.path());
+}
+
+/// A component the controller adds is outside the overlay's closure:
+/// the renderer writes its closure too and keys the rendering by its
+/// checksum, so a change only to the component renders anew.
+#[test]
+fn components_the_controller_adds_are_written_and_keyed() {
+    let r = controller_repo();
+    r.write(
+        "components/extra/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [extra.yaml]\n",
+    );
+    r.write(
+        "components/extra/extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata: {v: one}\n",
+    );
+    r.commit("component");
+    let work = tempfile::tempdir().unwrap();
+    let renderer = Renderer::new(kubectl(work.path()));
+    let rt = runtime();
+    let spec = flux_spec("targetNamespace: prod\ncomponents: [../../components/extra]\n");
+    let options = BuildOptions::flux(&spec).unwrap();
+    let extra = |r: &Rendering| {
+        r.objects()
+            .find(|(id, _)| id.name == "extra")
+            .map(|(id, v)| (id.to_string(), v["data"]["v"].clone()))
+    };
+    let first = render_with(&rt, &renderer, &r, "apps/prod", &options, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        extra(&first),
+        Some(("ConfigMap prod/extra".to_owned(), Value::from("one")))
+    );
+    let overlay_sum = first.checksum;
+
+    r.write(
+        "components/extra/extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata: {v: two}\n",
+    );
+    r.commit("component changed");
+    let second = render_with(&rt, &renderer, &r, "apps/prod", &options, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        second.checksum, overlay_sum,
+        "the overlay's own closure is unchanged"
+    );
+    assert_eq!(extra(&second).unwrap().1, "two");
+
+    // Argo CD adds components the same way.
+    let app: stale_guard::argo::ApplicationSpec = serde_yaml_ng::from_str(
+        "source: {path: apps/prod, kustomize: {components: [../../components/extra]}}\n",
+    )
+    .unwrap();
+    let argo = BuildOptions::argo(&app).unwrap();
+    let third = render_with(&rt, &renderer, &r, "apps/prod", &argo, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        extra(&third),
+        Some(("ConfigMap overlay-ns/extra".to_owned(), Value::from("two")))
+    );
+    assert_eq!(renderer.stats().started, 3);
     assert_empty(work.path());
 }
