@@ -6,6 +6,7 @@
 #   benches/webhook-load.sh [ROUNDS]        (default 4; DUR=10 seconds a run)
 #   ATTACKS=1 benches/webhook-load.sh 0     (only valid reviews during attacks)
 #   MODE=content benches/webhook-load.sh     (a content: verify rule, no annotations read)
+#   MODE=flux benches/webhook-load.sh        (provenance: flux from a Kustomization)
 #
 # With ATTACKS=1, valid reviews (h1, 64 connections) are then measured
 # quiet, while benches/attack_client.py holds request bodies open or
@@ -16,6 +17,13 @@
 # floor's Ingress (the sample review's object without the fields the API
 # server adds), and the rule verifies the object against it with
 # `provenance: none`: the review is the floor's, byte for byte.
+#
+# With MODE=flux, the fake API server of tests/kube_support (the ignored
+# test `serve_api_for_bench` in tests/provenance.rs, release build) serves
+# a Kustomization at head for overlays/prod/east; the rule has
+# `provenance: flux` and no source or overlay, and the review's object
+# carries Flux's two labels naming it (its stale-guard annotations are
+# not read).
 #
 # Needs h2load (Debian nghttp2-client), wrk, curl, openssl, git (and
 # kubectl for MODE=content).
@@ -30,7 +38,11 @@ for tool in h2load wrk curl openssl git; do
 done
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  touch "$work/stop" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5; rm -rf "$work"
+}
 trap cleanup EXIT
 
 echo "== building (release)"
@@ -76,6 +88,29 @@ EOF
     content: verify"
   render="render: { command: [kubectl, kustomize] }"
 fi
+kube=""
+if [ "${MODE:-annotations}" = flux ]; then
+  (cd "$here" && cargo test --release -q --test provenance --no-run 2>/dev/null)
+  SG_BENCH_URL="$work/repo" SG_BENCH_REV="$rev" SG_BENCH_DIR="$work" \
+    cargo test --release -q --manifest-path "$here/Cargo.toml" --test provenance -- \
+    --ignored --exact serve_api_for_bench >"$work/api.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 100); do [ -s "$work/kubeconfig" ] && break; sleep 0.2; done
+  [ -s "$work/kubeconfig" ] || { echo "webhook-load: the fake API server did not start:" >&2; cat "$work/api.log" >&2; exit 1; }
+  python3 - "$work/fresh.json" <<'EOF'
+import json, sys
+review = json.load(open(sys.argv[1]))
+labels = review["request"]["object"]["metadata"].setdefault("labels", {})
+labels["kustomize.toolkit.fluxcd.io/name"] = "bench"
+labels["kustomize.toolkit.fluxcd.io/namespace"] = "flux-system"
+json.dump(review, open(sys.argv[1], "w"), separators=(",", ":"))
+EOF
+  rule_extra="    provenance: flux"
+  kube="kube: { kubeconfig: $work/kubeconfig }"
+fi
+rule_source="    source: gitops
+    overlay: $overlay"
+[ "${MODE:-annotations}" = flux ] && rule_source=""
 cat > "$work/config.yaml" <<EOF
 listen: "127.0.0.1:9443"
 tls: { certFile: $certs/server.crt, keyFile: $certs/server.key }
@@ -85,10 +120,10 @@ sources:
 rules:
   - name: prod-east
     match: { namespaces: [prod-apps], kinds: [Ingress] }
-    source: gitops
-    overlay: $overlay
+$rule_source
 $rule_extra
 $render
+$kube
 EOF
 
 echo "== starting both servers"

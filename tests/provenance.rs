@@ -717,3 +717,42 @@ async fn sources_that_are_not_git_branches_are_untracked() {
     }
     srv.stop().await;
 }
+
+/// Not a test: the fake API server for `MODE=flux benches/webhook-load.sh`.
+/// Serves GitRepository `gitops` (`SG_BENCH_URL`, main) and Kustomization
+/// `flux-system/bench` (overlays/prod/east, attempted `SG_BENCH_REV`),
+/// writes `$SG_BENCH_DIR/kubeconfig`, and serves until
+/// `$SG_BENCH_DIR/stop` exists (at most an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "serves the fake API server for a benchmark, run by the script"]
+async fn serve_api_for_bench() {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+    let (url, rev, dir) = (
+        env("SG_BENCH_URL"),
+        env("SG_BENCH_REV"),
+        env("SG_BENCH_DIR"),
+    );
+    let dir = std::path::PathBuf::from(dir);
+    let api = KubeApi::start(&[
+        Resource::flux_kustomization(),
+        Resource::flux_git_repository(),
+    ])
+    .await;
+    api.set(json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"namespace": FLUX_NS, "name": "gitops"},
+        "spec": {"interval": "1m", "url": url, "ref": {"branch": "main"}}
+    }));
+    api.set(json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"namespace": FLUX_NS, "name": "bench"},
+        "spec": {"interval": "10m", "path": "./overlays/prod/east", "prune": true,
+                 "sourceRef": {"kind": "GitRepository", "name": "gitops"}},
+        "status": {"lastAttemptedRevision": format!("main@sha1:{rev}")}
+    }));
+    std::fs::write(dir.join("kubeconfig"), api.kubeconfig()).unwrap();
+    let until = Instant::now() + Duration::from_secs(3600);
+    while !dir.join("stop").exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
