@@ -14,6 +14,7 @@
 //! The objects read before stay served meanwhile.
 
 pub mod sources;
+pub mod variables;
 
 use crate::argo::{self, Application, TrackingId};
 use crate::flux::{self, GitRepository, Kustomization, Meta};
@@ -268,6 +269,56 @@ pub struct Provenance {
     pub source: Result<(String, GitRef), String>,
     /// `spec.path` / `spec.source.path`, `.` when empty.
     pub overlay: String,
+    /// What the controller adds when it builds the overlay.
+    pub build: ControllerBuild,
+}
+
+/// How the controller builds the overlay it applies (contract section 9),
+/// for content verification: what it adds to kustomize's input, and, for
+/// Flux, where its post-build substitution variables come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerBuild {
+    /// The build options, or why the controller's spec cannot be
+    /// reproduced (content verification then fails with it).
+    pub options: Result<crate::render::build::BuildOptions, String>,
+    /// Flux's `spec.postBuild`.
+    pub post_build: Option<variables::PostBuildInputs>,
+}
+
+impl ControllerBuild {
+    /// A digest of everything here (inline values included), to key what
+    /// is resolved and rendered for it. In memory only.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"stale-guard controller build v1\0");
+        match &self.options {
+            Ok(options) => {
+                h.update([0]);
+                h.update(options.digest().0);
+            }
+            Err(why) => {
+                h.update([1]);
+                h.update(why.as_bytes());
+            }
+        }
+        if let Some(p) = &self.post_build {
+            h.update([2]);
+            h.update(crate::render::build::variables_digest(&p.substitute));
+            let mut refs = vec![(String::new(), p.namespace.clone())];
+            refs.extend(p.substitute_from.iter().map(|r| {
+                let optional = if r.optional { "?" } else { "" };
+                (format!("{}{optional}", r.kind), r.name.clone())
+            }));
+            for (a, b) in refs {
+                for s in [a, b] {
+                    h.update((s.len() as u64).to_le_bytes());
+                    h.update(s.as_bytes());
+                }
+            }
+        }
+        h.finalize().into()
+    }
 }
 
 /// Why an object has no controller provenance.
@@ -480,6 +531,20 @@ impl ControllerCaches {
                 })?;
                 Ok((url.to_owned(), repo.object.git_ref()))
             });
+        let build = ControllerBuild {
+            options: crate::render::build::BuildOptions::flux(&k.object.spec)
+                .map_err(|why| format!("{controller}: {why}")),
+            post_build: k
+                .object
+                .spec
+                .post_build
+                .as_ref()
+                .map(|p| variables::PostBuildInputs {
+                    namespace: ns.clone(),
+                    substitute: p.substitute.clone(),
+                    substitute_from: p.substitute_from.clone(),
+                }),
+        };
         Ok(Provenance {
             controller,
             resource_version: k.meta.resource_version.clone(),
@@ -488,6 +553,7 @@ impl ControllerCaches {
             branch,
             source,
             overlay: k.object.overlay().to_owned(),
+            build,
         })
     }
 
@@ -540,6 +606,11 @@ impl ControllerCaches {
             Some(url) => Ok((url.to_owned(), app.object.git_ref())),
             None => Err(format!("{controller} has no spec.source.repoURL")),
         };
+        let build = ControllerBuild {
+            options: crate::render::build::BuildOptions::argo(&app.object.spec)
+                .map_err(|why| format!("{controller}: {why}")),
+            post_build: None,
+        };
         Ok(Provenance {
             controller,
             resource_version: app.meta.resource_version.clone(),
@@ -548,6 +619,7 @@ impl ControllerCaches {
             branch,
             source,
             overlay: app.object.overlay().to_owned(),
+            build,
         })
     }
 

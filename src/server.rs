@@ -62,6 +62,9 @@ pub struct AppState {
     /// Watch-fed caches of Flux and Argo CD objects, for
     /// `provenance: flux|argo` (set by [`start`]).
     controllers: Option<Arc<crate::controllers::ControllerCaches>>,
+    /// Reads Flux's `postBuild.substituteFrom` objects (set by [`start`]
+    /// with the controllers' client).
+    variables: Option<Arc<crate::controllers::variables::Variables>>,
     /// What stops the tasks a review may start (a resolved content rule's
     /// head follower).
     shutdown: Shutdown,
@@ -96,6 +99,9 @@ struct Rule {
     provenance: policy::Provenance,
     /// Present for `content: verify`.
     renderings: Option<content::Renderings>,
+    /// `provenance: flux|argo` with `content: verify`: what the controller
+    /// adds to the build (the rendering follows it).
+    build: Option<crate::controllers::ControllerBuild>,
 }
 
 /// (source, commit, overlay as configured).
@@ -151,6 +157,7 @@ impl AppState {
             cold,
             renderer,
             controllers: None,
+            variables: None,
             shutdown: Shutdown::default(),
         })
     }
@@ -311,6 +318,7 @@ fn compile_rule(
         source,
         provenance: r.provenance,
         renderings: (r.content == policy::ContentCheck::Verify).then(content::Renderings::default),
+        build: None,
         config: r,
     })
 }
@@ -1053,7 +1061,7 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     };
     let mut state = AppState::new(config, sources)?;
     state.shutdown = shutdown.clone();
-    state.controllers = start_controllers(&state.config, &shutdown).await?;
+    (state.controllers, state.variables) = start_controllers(&state.config, &shutdown).await?;
     let state = Arc::new(state);
     state.tls_ready.store(true, Ordering::Relaxed);
     let mut app = router(state.clone());
@@ -1114,13 +1122,22 @@ pub async fn start(config: Config, options: crate::tls::ServeOptions) -> anyhow:
     })
 }
 
+/// What reads the cluster for `provenance: flux|argo`: the controller
+/// objects' caches, and the reader of `postBuild.substituteFrom` objects.
+type ControllerReaders = (
+    Option<Arc<crate::controllers::ControllerCaches>>,
+    Option<Arc<crate::controllers::variables::Variables>>,
+);
+
 /// The watches of the controller objects the rules' provenance reads, if
-/// any rule reads one. Only the client is built here: the watches list
-/// and follow in the background, and `/readyz` waits for their first list.
+/// any rule reads one, and, when a Flux rule verifies content, the reader
+/// of its substitution variables. Only the client is built here: the
+/// watches list and follow in the background, and `/readyz` waits for
+/// their first list.
 async fn start_controllers(
     config: &Config,
     shutdown: &Shutdown,
-) -> anyhow::Result<Option<Arc<crate::controllers::ControllerCaches>>> {
+) -> anyhow::Result<ControllerReaders> {
     use crate::controllers::Watched;
     let mut kinds = Vec::new();
     for rule in &config.rules {
@@ -1131,7 +1148,7 @@ async fn start_controllers(
         }
     }
     if kinds.is_empty() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let kube = config.kube.clone().unwrap_or_default();
     let client = kube
@@ -1142,12 +1159,17 @@ async fn start_controllers(
         unready_after: kube.unready_after,
         ..Default::default()
     };
-    Ok(Some(crate::controllers::ControllerCaches::start_with(
-        client,
-        &kinds,
-        shutdown.wait(),
-        options,
-    )))
+    let substitutes = config.rules.iter().any(|r| {
+        r.provenance == policy::Provenance::Flux && r.content == policy::ContentCheck::Verify
+    });
+    let variables = substitutes.then(|| {
+        Arc::new(crate::controllers::variables::Variables::new(
+            client.clone(),
+        ))
+    });
+    let caches =
+        crate::controllers::ControllerCaches::start_with(client, &kinds, shutdown.wait(), options);
+    Ok((Some(caches), variables))
 }
 
 /// `stale-guard serve`: runs until SIGTERM or SIGINT, then drains.

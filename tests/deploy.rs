@@ -934,11 +934,12 @@ fn uncommented_blocks(docs: &[Value], keys: &[&str]) -> Config {
 
 /// The flux-provenance and argo-provenance components, added to the base:
 /// each a ClusterRole with get/list/watch on its controller's kinds and
-/// nothing else, bound to the server's account, the token mounted, and
+/// nothing else (Flux's adds get, only, on ConfigMaps and Secrets, for
+/// `postBuild.substituteFrom`), bound to the server's account, the token mounted, and
 /// the (commented) rules of the shipped config valid once uncommented.
 #[test]
 fn provenance_components_grant_reading_the_controller_objects_only() {
-    for (component, rule, provenance, grants) in [
+    for (component, rule, provenance, grants, get_only) in [
         (
             "flux-provenance",
             "- name: flux-apps",
@@ -947,33 +948,43 @@ fn provenance_components_grant_reading_the_controller_objects_only() {
                 ("kustomize.toolkit.fluxcd.io", "kustomizations"),
                 ("source.toolkit.fluxcd.io", "gitrepositories"),
             ],
+            vec![("", "configmaps"), ("", "secrets")],
         ),
         (
             "argo-provenance",
             "- name: argo-apps",
             stale_guard::policy::Provenance::Argo,
             vec![("argoproj.io", "applications")],
+            vec![],
         ),
     ] {
         let docs = render_with_component(component);
         let name = format!("stale-guard-{component}");
         let role: ClusterRole = one(&docs, "ClusterRole", &name);
-        let mut granted = BTreeSet::new();
+        let (mut granted, mut got) = (BTreeSet::new(), BTreeSet::new());
         for r in role.rules.unwrap() {
             let verbs: BTreeSet<_> = r.verbs.iter().map(String::as_str).collect();
-            assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{name}");
+            let into = if verbs == BTreeSet::from(["get"]) {
+                &mut got
+            } else {
+                assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{name}");
+                &mut granted
+            };
             assert!(r.non_resource_urls.is_none() && r.resource_names.is_none());
             for g in r.api_groups.unwrap() {
                 for res in r.resources.clone().unwrap() {
-                    granted.insert((g.clone(), res));
+                    into.insert((g.clone(), res));
                 }
             }
         }
-        let want: BTreeSet<_> = grants
-            .iter()
-            .map(|(g, r)| (g.to_string(), r.to_string()))
-            .collect();
-        assert_eq!(granted, want, "{name}");
+        let set = |pairs: &[(&str, &str)]| -> BTreeSet<_> {
+            pairs
+                .iter()
+                .map(|(g, r)| (g.to_string(), r.to_string()))
+                .collect()
+        };
+        assert_eq!(granted, set(&grants), "{name}");
+        assert_eq!(got, set(&get_only), "{name}: get only");
         let binding: ClusterRoleBinding = one(&docs, "ClusterRoleBinding", &name);
         assert_eq!(binding.role_ref.kind, "ClusterRole");
         assert_eq!(binding.role_ref.name, name);

@@ -6,9 +6,10 @@
 use super::{AppState, Rule, Unanswered};
 use crate::checksum::{Checksum, ChecksumEngine};
 use crate::mirror::Head;
+use crate::render::build::BuildOptions;
 use crate::render::{Renderer, Rendering};
 use gix::ObjectId;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// One earlier distinct rendering of a rule's overlay.
@@ -59,6 +60,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How a rendering is built: the options and the variables.
+pub(super) struct Build<'r> {
+    options: &'r BuildOptions,
+    vars: BTreeMap<String, String>,
+}
+
+/// A plain `kustomize build`.
+static PLAIN: BuildOptions = BuildOptions::None;
+
+impl Default for Build<'_> {
+    fn default() -> Self {
+        Build {
+            options: &PLAIN,
+            vars: BTreeMap::new(),
+        }
+    }
+}
+
 /// What a review of a content rule compares with.
 pub(super) enum Rendered {
     /// Head's overlay cannot be checksummed or rendered: why.
@@ -77,20 +96,52 @@ impl AppState {
             .with_size_limits(self.config.limits.size_limits())
     }
 
+    /// How the rule's overlay is built: plainly, or as its controller
+    /// builds it, with the post-build variables as they are now (read
+    /// objects are cached for a short time: no API call per review). The
+    /// review and the head's pre-rendering both take them from here, so
+    /// they render the same thing.
+    async fn build<'r>(&self, rule: &'r Rule) -> Result<Build<'r>, String> {
+        let Some(build) = &rule.build else {
+            return Ok(Build::default());
+        };
+        let options = build.options.as_ref().map_err(Clone::clone)?;
+        let vars = match &build.post_build {
+            Some(inputs) if options.substitutes() => {
+                crate::controllers::variables::post_build_variables(
+                    self.variables.as_deref(),
+                    inputs,
+                )
+                .await?
+            }
+            _ => BTreeMap::new(),
+        };
+        Ok(Build { options, vars })
+    }
+
     /// The rendering of the rule's overlay at `commit`, whose overlay
-    /// checksum is `sum`: cached, or the one run for that checksum.
+    /// checksum is `sum`, built as `build` says: cached, or the one run
+    /// for that key.
     async fn rendering(
         &self,
         renderer: &Renderer,
         rule: &Rule,
+        build: &Build<'_>,
         commit: ObjectId,
         sum: Checksum,
     ) -> Result<Arc<Rendering>, String> {
-        let result = match renderer.cached(&sum) {
+        let result = match renderer.cached_with(&sum, build.options, &build.vars) {
             Some(cached) => cached,
             None => {
                 renderer
-                    .render(self.engine(rule), commit, &rule.config.overlay, sum)
+                    .render_with(
+                        self.engine(rule),
+                        commit,
+                        &rule.config.overlay,
+                        sum,
+                        build.options,
+                        &build.vars,
+                    )
                     .await
             }
         };
@@ -114,7 +165,14 @@ impl AppState {
             Ok(sum) => sum,
             Err(why) => return Ok(Rendered::Failed(why)),
         };
-        let at_head = match self.rendering(renderer, rule, head.commit, sum).await {
+        let build = match self.build(rule).await {
+            Ok(build) => build,
+            Err(why) => return Ok(Rendered::Failed(why)),
+        };
+        let at_head = match self
+            .rendering(renderer, rule, &build, head.commit, sum)
+            .await
+        {
             Ok(r) => r,
             Err(why) => return Ok(Rendered::Failed(why)),
         };
@@ -122,7 +180,9 @@ impl AppState {
         if in_grace
             && let Some(previous) = head.previous
             && let Ok(prev_sum) = self.checksum(rule, previous).await?
-            && let Ok(r) = self.rendering(renderer, rule, previous, prev_sum).await
+            && let Ok(r) = self
+                .rendering(renderer, rule, &build, previous, prev_sum)
+                .await
         {
             grace = Some((previous, r));
         }
@@ -168,7 +228,14 @@ impl AppState {
             Some(sum) => sum,
             None => return,
         };
-        let rendering = match self.rendering(renderer, rule, head, sum).await {
+        let build = match self.build(rule).await {
+            Ok(build) => build,
+            Err(why) => {
+                tracing::warn!(rule = %name, %head, error = %why, "head's build inputs are not available");
+                return;
+            }
+        };
+        let rendering = match self.rendering(renderer, rule, &build, head, sum).await {
             Ok(r) => r,
             Err(why) => {
                 tracing::warn!(rule = %name, %head, error = %why, "head's rendering failed");
@@ -195,7 +262,7 @@ impl AppState {
             !std::mem::replace(&mut st.walked, true)
         };
         if walk && self.config.render.history > 0 {
-            self.fill_history(renderer, rule, kept, head, rendering.checksum)
+            self.fill_history(renderer, rule, &build, kept, head, rendering.checksum)
                 .await;
         }
         lock(&kept.state).filled = true;
@@ -227,6 +294,7 @@ impl AppState {
         &self,
         renderer: &Renderer,
         rule: &Rule,
+        build: &Build<'_>,
         kept: &Renderings,
         head: ObjectId,
         head_sum: Checksum,
@@ -241,7 +309,7 @@ impl AppState {
         .await
         .unwrap_or_default();
         for (commit, sum) in found {
-            match self.rendering(renderer, rule, commit, sum).await {
+            match self.rendering(renderer, rule, build, commit, sum).await {
                 Ok(rendering) => {
                     let mut st = lock(&kept.state);
                     if st.history.len() < want

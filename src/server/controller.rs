@@ -6,7 +6,7 @@
 use super::{AppState, Rule, rule_policy};
 use crate::admission::{self, Request};
 use crate::config::RuleConfig;
-use crate::controllers::{ControllerCaches, NoProvenance, Provenance};
+use crate::controllers::{ControllerBuild, ControllerCaches, NoProvenance, Provenance};
 use crate::policy::{self, Annotation, ClaimedBy, Decision, Reason, RequestFacts, RulePolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,8 +20,9 @@ pub(super) struct ControllerRule {
     pub config: RuleConfig,
     /// For verdicts reached before the source is known.
     template: RulePolicy,
-    /// (source, overlay) -> the rule resolved to them.
-    resolved: Mutex<HashMap<(String, String), Arc<Rule>>>,
+    /// (source, overlay, digest of the controller's build when content
+    /// is verified) -> the rule resolved to them.
+    resolved: Mutex<HashMap<ResolvedKey, Arc<Rule>>>,
 }
 
 impl ControllerRule {
@@ -33,6 +34,8 @@ impl ControllerRule {
         }
     }
 }
+
+type ResolvedKey = (String, String, Option<[u8; 32]>);
 
 /// What a controller rule's review goes on with, or its verdict already.
 pub(super) enum Claimed {
@@ -140,10 +143,11 @@ impl AppState {
         } else {
             cr.config.overlay.clone()
         };
-        let (rule, new_content_rule) = match self.resolved_rule(cr, &source, &overlay) {
-            Ok(resolved) => resolved,
-            Err(why) => return unclaimed(Reason::OverlayError, why),
-        };
+        let (rule, new_content_rule) =
+            match self.resolved_rule(cr, &source, &overlay, &provenance.build) {
+                Ok(resolved) => resolved,
+                Err(why) => return unclaimed(Reason::OverlayError, why),
+            };
         let facts = RequestFacts {
             revision: Annotation::Valid(provenance.revision),
             branch: provenance.branch,
@@ -223,16 +227,24 @@ impl AppState {
         Ok(source.name.as_str())
     }
 
-    /// The rule `cr` resolved to `source` and `overlay`: kept, so its
-    /// checksum key, policy and renderings are made once; `true` when
-    /// it is new and verifies content (its head is to be followed).
+    /// The rule `cr` resolved to `source` and `overlay` (and, when it
+    /// verifies content, to the controller's `build`, which changes the
+    /// rendering): kept, so its checksum key, policy and renderings are
+    /// made once; `true` when it is new and verifies content (its head is
+    /// to be followed).
     fn resolved_rule(
         &self,
         cr: &ControllerRule,
         source: &str,
         overlay: &str,
+        build: &ControllerBuild,
     ) -> Result<(Arc<Rule>, bool), String> {
-        let key = (source.to_owned(), overlay.to_owned());
+        let verifies = cr.config.content == policy::ContentCheck::Verify;
+        let key = (
+            source.to_owned(),
+            overlay.to_owned(),
+            verifies.then(|| build.digest()),
+        );
         let mut kept = cr.resolved.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rule) = kept.get(&key) {
             return Ok((rule.clone(), false));
@@ -240,10 +252,13 @@ impl AppState {
         let mut config = cr.config.clone();
         config.source = source.to_owned();
         config.overlay = overlay.to_owned();
-        let rule = Arc::new(
-            self.compile(config)
-                .map_err(|e| crate::echo::message(e.to_string()))?,
-        );
+        let mut rule = self
+            .compile(config)
+            .map_err(|e| crate::echo::message(e.to_string()))?;
+        if verifies {
+            rule.build = Some(build.clone());
+        }
+        let rule = Arc::new(rule);
         let keep = kept.len() < MAX_RESOLVED;
         if keep {
             kept.insert(key, rule.clone());
