@@ -115,19 +115,29 @@ impl PartialEq for RawJson<'_> {
     }
 }
 
-/// The object's labels as strings (labels that are not strings, which the
-/// API server never sends, are skipped).
-pub fn labels(req: &Request<'_>) -> Option<BTreeMap<String, String>> {
+/// The object's labels named in `keys`, as strings (labels that are not
+/// strings, which the API server never sends, are skipped). Only those
+/// are copied: an object's other labels cost no allocation.
+pub fn labels(req: &Request<'_>, keys: &[&str]) -> Option<BTreeMap<String, String>> {
     let raw = req.object.as_ref()?.metadata.labels?;
-    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(raw.0.get()).ok()?;
-    Some(
-        map.into_iter()
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::String(v) => Some((k, v)),
-                _ => None,
-            })
-            .collect(),
-    )
+    let wanted = |k: &str| keys.contains(&k);
+    let picked: BTreeMap<String, String> =
+        match serde_json::from_str::<BTreeMap<Str<'_>, Str<'_>>>(raw.0.get()) {
+            Ok(map) => map
+                .into_iter()
+                .filter(|(k, _)| wanted(k))
+                .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
+                .collect(),
+            Err(_) => serde_json::from_str::<BTreeMap<String, serde_json::Value>>(raw.0.get())
+                .ok()?
+                .into_iter()
+                .filter_map(|(k, v)| match v {
+                    serde_json::Value::String(v) if wanted(&k) => Some((k, v)),
+                    _ => None,
+                })
+                .collect(),
+        };
+    Some(picked)
 }
 
 /// An object's API group, version and kind (kube's `GroupVersionKind`).
@@ -570,6 +580,39 @@ pub fn audit_annotations(decision: &Decision) -> std::collections::HashMap<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_copies_only_the_named_strings() {
+        let body = |labels: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{
+                "uid":"u","kind":{{"group":"","version":"v1","kind":"ConfigMap"}},
+                "name":"c","namespace":"n","operation":"CREATE",
+                "object":{{"metadata":{{"name":"c","labels":{labels}}}}}}}}}"#
+            )
+        };
+        let want = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        let text = body(r#"{"a/name":"web","other":"x","a\/ns":"esc\u0061ped"}"#);
+        let req = parse_review(text.as_bytes()).unwrap();
+        assert_eq!(
+            labels(&req, &["a/name", "a/ns"]),
+            want(&[("a/name", "web"), ("a/ns", "escaped")])
+        );
+        // A label that is not a string is skipped, the rest still read.
+        let text = body(r#"{"a/name":7,"a/ns":"flux-system"}"#);
+        let req = parse_review(text.as_bytes()).unwrap();
+        assert_eq!(
+            labels(&req, &["a/name", "a/ns"]),
+            want(&[("a/ns", "flux-system")])
+        );
+    }
 
     /// `response_json` writes what kube's types would, for every shape of
     /// verdict: allowed, denied, warned, overridden, unenforced.

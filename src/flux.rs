@@ -22,6 +22,8 @@ pub const VERSION: &str = "v1";
 /// The labels kustomize-controller puts on every object it applies.
 pub const NAME_LABEL: &str = "kustomize.toolkit.fluxcd.io/name";
 pub const NAMESPACE_LABEL: &str = "kustomize.toolkit.fluxcd.io/namespace";
+/// The labels that name an object's Kustomization.
+pub const LABELS: [&str; 2] = [NAME_LABEL, NAMESPACE_LABEL];
 
 /// The identity and version of a controller object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -66,7 +66,7 @@ where
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let Walk { keys, seed, out } = self;
         let mut seed = Some(seed);
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        while let Some(key) = map.next_key::<crate::admission::Str<'de>>()? {
             let wanted = keys.first().is_some_and(|k| *k == &*key);
             match seed.take() {
                 Some(s) if wanted && keys.len() == 1 => {
@@ -88,36 +88,6 @@ where
             }
         }
         Ok(())
-    }
-}
-
-/// A map key borrowed from the body, copied only when it has escapes
-/// (serde's own `Cow<str>` always copies: an allocation per key).
-pub(super) struct Key<'de>(pub std::borrow::Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl std::ops::Deref for Key<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
     }
 }
 

@@ -85,7 +85,7 @@ impl<'de> Visitor<'de> for Pruned<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
-        while let Some(key) = map.next_key::<super::envelope::Key<'de>>()? {
+        while let Some(key) = map.next_key::<crate::admission::Str<'de>>()? {
             match self.under(&key) {
                 Some(seed) => {
                     let value = map.next_value_seed(seed)?;

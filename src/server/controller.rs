@@ -174,7 +174,7 @@ impl AppState {
         req: &'r Request<'_>,
     ) -> impl Fn(&ControllerCaches) -> Result<Provenance, NoProvenance> + 'r {
         let labels = match cr.config.provenance {
-            policy::Provenance::Flux => admission::labels(req),
+            policy::Provenance::Flux => admission::labels(req, &crate::flux::LABELS),
             _ => None,
         };
         // Only the tracking id is read from the annotations.
