@@ -557,17 +557,9 @@ pub fn verify(
     let mut docs = parse_documents(input)?;
     let sum = checksum_at(repo, rev, overlay, limits)?;
     let head = Revision::parse(&sum.commit.to_string()).map_err(StampError::Failed)?;
-    let mut objects = Vec::new();
-    for doc in &mut docs {
-        let where_ = format!("document {}", doc.number);
-        for_each_object(&mut doc.value, &where_, &mut |object, _| {
-            objects.push(ObjectReport {
-                object: describe(object),
-                failure: check_object(object, keys, head, &sum.checksum),
-            });
-            Ok::<(), StampError>(())
-        })?;
-    }
+    let objects = report_each(&mut docs, |object| {
+        check_object(object, keys, head, &sum.checksum)
+    })?;
     Ok(Verification {
         head: head.to_hex(),
         checksum: sum.checksum,
@@ -601,22 +593,32 @@ pub async fn verify_content(
                 "OverlayError: overlay {overlay:?} cannot be rendered at {rev}: {e}"
             ))
         })?;
-    let mut objects = Vec::new();
-    for doc in &mut docs {
-        let where_ = format!("document {}", doc.number);
-        for_each_object(&mut doc.value, &where_, &mut |object, _| {
-            objects.push(ObjectReport {
-                object: describe(object),
-                failure: content_failure(object, &rendering, rev),
-            });
-            Ok::<(), StampError>(())
-        })?;
-    }
+    let objects = report_each(&mut docs, |object| content_failure(object, &rendering, rev))?;
     Ok(Verification {
         head: sum.commit.to_string(),
         checksum: sum.checksum,
         objects,
     })
+}
+
+/// A report for every object of `docs` (lists included), each judged by
+/// `check`: the one loop of both `verify` modes.
+fn report_each(
+    docs: &mut [Document],
+    mut check: impl FnMut(&Mapping) -> Option<(Reason, String)>,
+) -> Result<Vec<ObjectReport>, StampError> {
+    let mut objects = Vec::new();
+    for doc in docs {
+        let where_ = format!("document {}", doc.number);
+        for_each_object(&mut doc.value, &where_, &mut |object, _| {
+            objects.push(ObjectReport {
+                object: describe(object),
+                failure: check(object),
+            });
+            Ok::<(), StampError>(())
+        })?;
+    }
+    Ok(objects)
 }
 
 /// Why one input object would be denied by content verification, if it
