@@ -658,3 +658,53 @@ async fn stamped_manifests_pass_the_webhook_at_head_and_are_stale_after() {
     );
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }
+
+/// `verify --content`: the CI side of content verification. Objects are
+/// compared with the overlay's rendering at head by the webhook's
+/// comparison, annotations ignored.
+#[test]
+fn verify_content_compares_objects_with_the_rendering() {
+    let fx = fixture();
+    let repo = fx.repo.path().to_str().unwrap().to_owned();
+    let verify_content = |input: &str| {
+        run(
+            &[
+                "verify",
+                "--content",
+                "--render-command",
+                "kubectl kustomize",
+                "--repo",
+                &repo,
+                "--overlay",
+                OVERLAY,
+                "-",
+            ],
+            input,
+        )
+    };
+    let at_head = rendered(fx.repo.path());
+    let o = verify_content(&at_head);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+
+    // The image of the commit before: the differing field and both values.
+    let stale = at_head.replace("nginx:1.27.3", "nginx:1.27.0");
+    assert_ne!(stale, at_head);
+    let o = verify_content(&stale);
+    let said = format!("{}{}", o.stdout, o.stderr);
+    assert_eq!(o.code, 1, "{said}");
+    assert!(said.contains("ContentMismatch"), "{said}");
+    assert!(
+        said.contains("spec.template.spec.containers[0].image"),
+        "{said}"
+    );
+    assert!(
+        said.contains("nginx:1.27.0") && said.contains("nginx:1.27.3"),
+        "{said}"
+    );
+
+    // An object the overlay does not render.
+    let o = verify_content(&at_head.replace("name: web-config", "name: other-config"));
+    let said = format!("{}{}", o.stdout, o.stderr);
+    assert_eq!(o.code, 1, "{said}");
+    assert!(said.contains("NotRendered"), "{said}");
+}
