@@ -115,29 +115,84 @@ impl PartialEq for RawJson<'_> {
     }
 }
 
-/// The object's labels named in `keys`, as strings (labels that are not
-/// strings, which the API server never sends, are skipped). Only those
-/// are copied: an object's other labels cost no allocation.
-pub fn labels(req: &Request<'_>, keys: &[&str]) -> Option<BTreeMap<String, String>> {
+/// The object's labels named in `keys` (as those keys), borrowed from the
+/// body where they have no escapes. One pass over the labels, building
+/// nothing for the others; a label that is not a string (which the API
+/// server never sends) is skipped.
+pub fn labels<'k, 'a>(req: &Request<'a>, keys: &[&'k str]) -> Option<BTreeMap<&'k str, Str<'a>>> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    /// A label's value: a string, or anything else (skipped).
+    struct Value<'a>(Option<Str<'a>>);
+    impl<'de> Deserialize<'de> for Value<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Value<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a label value")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Value<'de>, E> {
+                    Ok(Value(Some(Str(Cow::Borrowed(v)))))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Value<'de>, E> {
+                    Ok(Value(Some(Str(Cow::Owned(v.to_owned())))))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Value<'de>, E> {
+                    Ok(Value(None))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Value<'de>, E> {
+                    Ok(Value(None))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Value<'de>, E> {
+                    Ok(Value(None))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Value<'de>, E> {
+                    Ok(Value(None))
+                }
+                fn visit_unit<E>(self) -> Result<Value<'de>, E> {
+                    Ok(Value(None))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    a: A,
+                ) -> Result<Value<'de>, A::Error> {
+                    IgnoredAny.visit_seq(a).map(|_| Value(None))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Value<'de>, A::Error> {
+                    IgnoredAny.visit_map(a).map(|_| Value(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    struct Picker<'k, 'q> {
+        keys: &'q [&'k str],
+    }
+    impl<'de, 'k> Visitor<'de> for Picker<'k, '_> {
+        type Value = BTreeMap<&'k str, Str<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of labels")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut picked = BTreeMap::new();
+            while let Some(key) = map.next_key::<Str<'de>>()? {
+                match self.keys.iter().find(|k| **k == &*key) {
+                    Some(k) => {
+                        if let Value(Some(v)) = map.next_value()? {
+                            picked.insert(*k, v);
+                        }
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(picked)
+        }
+    }
     let raw = req.object.as_ref()?.metadata.labels?;
-    let wanted = |k: &str| keys.contains(&k);
-    let picked: BTreeMap<String, String> =
-        match serde_json::from_str::<BTreeMap<Str<'_>, Str<'_>>>(raw.0.get()) {
-            Ok(map) => map
-                .into_iter()
-                .filter(|(k, _)| wanted(k))
-                .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
-                .collect(),
-            Err(_) => serde_json::from_str::<BTreeMap<String, serde_json::Value>>(raw.0.get())
-                .ok()?
-                .into_iter()
-                .filter_map(|(k, v)| match v {
-                    serde_json::Value::String(v) if wanted(&k) => Some((k, v)),
-                    _ => None,
-                })
-                .collect(),
-        };
-    Some(picked)
+    let mut de = serde_json::Deserializer::from_str(raw.0.get());
+    de.deserialize_map(Picker { keys }).ok()
 }
 
 /// An object's API group, version and kind (kube's `GroupVersionKind`).
@@ -591,11 +646,11 @@ mod tests {
                 "object":{{"metadata":{{"name":"c","labels":{labels}}}}}}}}}"#
             )
         };
-        let want = |pairs: &[(&str, &str)]| {
+        let want = |pairs: &[(&'static str, &'static str)]| {
             Some(
                 pairs
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .map(|(k, v)| (*k, Str(Cow::Borrowed(*v))))
                     .collect::<BTreeMap<_, _>>(),
             )
         };

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, DefaultBackoff};
 use serde::de::DeserializeOwned;
-use sources::GitRef;
+use sources::GitSource;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
@@ -114,8 +114,10 @@ pub struct KindStatus {
     pub last_error: Option<String>,
 }
 
-/// Objects by namespace, then name: looked up with borrowed strings.
-type Objects<T> = HashMap<String, HashMap<String, Arc<Snapshot<T>>>>;
+/// By namespace, then name: looked up with borrowed strings.
+type ByName<V> = HashMap<String, HashMap<String, V>>;
+
+type Objects<T> = ByName<Arc<Snapshot<T>>>;
 
 fn insert<T>(objects: &mut Objects<T>, snapshot: Snapshot<T>) {
     objects
@@ -245,6 +247,10 @@ impl<T: DeserializeOwned> KindCache<T> {
             .get(namespace, name)
     }
 
+    fn len(&self) -> usize {
+        self.store.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn status(&self) -> KindStatus {
         let mut s = lock(&self.status).clone();
         s.objects = self.store.read().unwrap_or_else(|e| e.into_inner()).len();
@@ -266,11 +272,13 @@ pub struct Provenance {
     pub branch: Option<String>,
     /// The git URL and what it follows, or why there is none (a missing
     /// GitRepository, a multi-source Application).
-    pub source: Result<(String, GitRef), String>,
+    pub source: Result<GitSource, String>,
     /// `spec.path` / `spec.source.path`, `.` when empty.
     pub overlay: String,
     /// What the controller adds when it builds the overlay.
     pub build: ControllerBuild,
+    /// `build.digest()`, made once.
+    pub build_digest: [u8; 32],
 }
 
 /// How the controller builds the overlay it applies (contract section 9),
@@ -368,11 +376,178 @@ fn revision_of(
 /// Flux builds and applies, so it names what is being applied.
 pub const FLUX_REVISION_FIELD: &str = "status.lastAttemptedRevision";
 
+/// What a Kustomization (`ns`/`name`) and its GitRepository, when known,
+/// say is being applied.
+fn flux_claim(
+    ns: &str,
+    name: &str,
+    k: &Snapshot<Kustomization>,
+    repo: Option<&Snapshot<GitRepository>>,
+) -> Result<Provenance, NoProvenance> {
+    let controller = format!("Kustomization {ns}/{name}");
+    let kind = k.object.spec.source_ref.kind.as_str();
+    if !kind.is_empty() && kind != "GitRepository" {
+        return Err(NoProvenance::NotGit(format!(
+            "{controller} applies from a {}, not a GitRepository: not followed",
+            crate::echo::value(kind)
+        )));
+    }
+    let (revision, branch) = revision_of(
+        &controller,
+        FLUX_REVISION_FIELD,
+        k.object.status.last_attempted_revision.as_deref(),
+    )?;
+    let source =
+        k.object
+            .git_repository(ns)
+            .and_then(|(repo_ns, repo_name)| {
+                let repo = repo.ok_or_else(|| {
+                    format!("GitRepository {repo_ns}/{repo_name} (its sourceRef) is not known")
+                })?;
+                let url = repo.object.url().ok_or_else(|| {
+                    format!("GitRepository {repo_ns}/{repo_name} has no spec.url")
+                })?;
+                Ok(GitSource::new(url, repo.object.git_ref()))
+            });
+    let build = ControllerBuild {
+        options: crate::render::build::BuildOptions::flux(&k.object.spec)
+            .map_err(|why| format!("{controller}: {why}")),
+        post_build: k
+            .object
+            .spec
+            .post_build
+            .as_ref()
+            .map(|p| variables::PostBuildInputs {
+                namespace: ns.to_owned(),
+                substitute: p.substitute.clone(),
+                substitute_from: p.substitute_from.clone(),
+            }),
+    };
+    Ok(Provenance {
+        controller,
+        resource_version: k.meta.resource_version.clone(),
+        field: FLUX_REVISION_FIELD,
+        revision,
+        branch,
+        source,
+        overlay: k.object.overlay().to_owned(),
+        build_digest: build.digest(),
+        build,
+    })
+}
+
+/// What an Application (`ns`/`name`) says is being applied.
+fn argo_claim(
+    ns: &str,
+    name: &str,
+    app: &Snapshot<Application>,
+) -> Result<Provenance, NoProvenance> {
+    let controller = format!("Application {ns}/{name}");
+    // Argo CD reads spec.sources when it is set, and records their
+    // revisions in status.sync.revisions; a chart's is its version.
+    if app.object.spec.sources.is_some() {
+        return Err(NoProvenance::NotGit(format!(
+            "{controller} has several sources (spec.sources): not followed"
+        )));
+    }
+    if let Some(chart) = app.object.chart() {
+        return Err(NoProvenance::NotGit(format!(
+            "{controller} applies Helm chart {}: not followed",
+            crate::echo::value(chart)
+        )));
+    }
+    let (value, field) = app.object.revision();
+    let (revision, branch) = revision_of(&controller, field, value)?;
+    let source = match app.object.repo_url() {
+        Some(url) => Ok(GitSource::new(url, app.object.git_ref())),
+        None => Err(format!("{controller} has no spec.source.repoURL")),
+    };
+    let build = ControllerBuild {
+        options: crate::render::build::BuildOptions::argo(&app.object.spec)
+            .map_err(|why| format!("{controller}: {why}")),
+        post_build: None,
+    };
+    Ok(Provenance {
+        controller,
+        resource_version: app.meta.resource_version.clone(),
+        field,
+        revision,
+        branch,
+        source,
+        overlay: app.object.overlay().to_owned(),
+        build_digest: build.digest(),
+        build,
+    })
+}
+
+/// Claims already read, by the controller object's namespace and name,
+/// with the snapshots they were read from. A watch event replaces an
+/// object's snapshot, so while the cached snapshots are these very ones
+/// (pointer equality) the claim stands, and a review reuses it instead of
+/// reading the objects again.
+struct ClaimMemo<A, B> {
+    entries: RwLock<ByName<Memoised<A, B>>>,
+}
+
+struct Memoised<A, B> {
+    from: (Arc<Snapshot<A>>, Option<Arc<Snapshot<B>>>),
+    claim: Result<Arc<Provenance>, NoProvenance>,
+}
+
+impl<A, B> Default for ClaimMemo<A, B> {
+    fn default() -> Self {
+        ClaimMemo {
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<A, B> ClaimMemo<A, B> {
+    fn get(
+        &self,
+        ns: &str,
+        name: &str,
+        a: &Arc<Snapshot<A>>,
+        b: Option<&Arc<Snapshot<B>>>,
+    ) -> Option<Result<Arc<Provenance>, NoProvenance>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let m = entries.get(ns)?.get(name)?;
+        let same_b = match (&m.from.1, b) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            (None, None) => true,
+            _ => false,
+        };
+        (Arc::ptr_eq(&m.from.0, a) && same_b).then(|| m.claim.clone())
+    }
+
+    /// Keeps `claim`; the memo is emptied first when it holds more than
+    /// twice `objects` (the objects it can be about, plus deleted ones).
+    fn insert(
+        &self,
+        ns: &str,
+        name: &str,
+        from: (Arc<Snapshot<A>>, Option<Arc<Snapshot<B>>>),
+        claim: Result<Arc<Provenance>, NoProvenance>,
+        objects: usize,
+    ) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.values().map(HashMap::len).sum::<usize>() > 2 * objects + 16 {
+            entries.clear();
+        }
+        entries
+            .entry(ns.to_owned())
+            .or_default()
+            .insert(name.to_owned(), Memoised { from, claim });
+    }
+}
+
 /// The watch-fed caches of the controller objects the rules need.
 pub struct ControllerCaches {
     kustomizations: Option<Arc<KindCache<Kustomization>>>,
     git_repositories: Option<Arc<KindCache<GitRepository>>>,
     applications: Option<Arc<KindCache<Application>>>,
+    flux_claims: ClaimMemo<Kustomization, GitRepository>,
+    argo_claims: ClaimMemo<Application, ()>,
     /// Bumped on every change a lookup or readiness can see.
     changed: watch::Sender<u64>,
     options: CacheOptions,
@@ -416,6 +591,8 @@ impl ControllerCaches {
             applications: kinds
                 .contains(&Watched::Applications)
                 .then(|| KindCache::new(Watched::Applications.kind())),
+            flux_claims: ClaimMemo::default(),
+            argo_claims: ClaimMemo::default(),
             changed,
             options,
         });
@@ -489,6 +666,8 @@ impl ControllerCaches {
             kustomizations: fill(Watched::Kustomizations, objects),
             git_repositories: fill(Watched::GitRepositories, objects),
             applications: fill(Watched::Applications, objects),
+            flux_claims: ClaimMemo::default(),
+            argo_claims: ClaimMemo::default(),
             changed: watch::channel(0).0,
             options: CacheOptions::default(),
         })
@@ -496,65 +675,33 @@ impl ControllerCaches {
 
     /// `provenance: flux`: the Kustomization an object's labels name, its
     /// `status.lastAttemptedRevision`, and its GitRepository's URL and ref.
-    pub fn flux_provenance(
+    /// Read once per version of the two objects (see [`ClaimMemo`]).
+    pub fn flux_provenance<K, V>(
         &self,
-        labels: Option<&BTreeMap<String, String>>,
-    ) -> Result<Provenance, NoProvenance> {
+        labels: Option<&BTreeMap<K, V>>,
+    ) -> Result<Arc<Provenance>, NoProvenance>
+    where
+        K: std::borrow::Borrow<str> + Ord,
+        V: AsRef<str>,
+    {
         let (ns, name) = flux::kustomization_of(labels).map_err(NoProvenance::Unnamed)?;
-        let controller = format!("Kustomization {ns}/{name}");
-        let Some(k) = self.kustomization(&ns, &name) else {
+        let Some(k) = self.kustomization(ns, name) else {
             return Err(NoProvenance::Missing(format!(
-                "{controller} (named by the object's labels) is not known"
+                "Kustomization {ns}/{name} (named by the object's labels) is not known"
             )));
         };
-        let kind = k.object.spec.source_ref.kind.as_str();
-        if !kind.is_empty() && kind != "GitRepository" {
-            return Err(NoProvenance::NotGit(format!(
-                "{controller} applies from a {}, not a GitRepository: not followed",
-                crate::echo::value(kind)
-            )));
+        let repo = match k.object.git_repository(ns) {
+            Ok((repo_ns, repo_name)) => self.git_repository(repo_ns, repo_name),
+            Err(_) => None,
+        };
+        if let Some(claim) = self.flux_claims.get(ns, name, &k, repo.as_ref()) {
+            return claim;
         }
-        let (revision, branch) = revision_of(
-            &controller,
-            FLUX_REVISION_FIELD,
-            k.object.status.last_attempted_revision.as_deref(),
-        )?;
-        let source = k
-            .object
-            .git_repository(&ns)
-            .and_then(|(repo_ns, repo_name)| {
-                let repo = self.git_repository(&repo_ns, &repo_name).ok_or_else(|| {
-                    format!("GitRepository {repo_ns}/{repo_name} (its sourceRef) is not known")
-                })?;
-                let url = repo.object.url().ok_or_else(|| {
-                    format!("GitRepository {repo_ns}/{repo_name} has no spec.url")
-                })?;
-                Ok((url.to_owned(), repo.object.git_ref()))
-            });
-        let build = ControllerBuild {
-            options: crate::render::build::BuildOptions::flux(&k.object.spec)
-                .map_err(|why| format!("{controller}: {why}")),
-            post_build: k
-                .object
-                .spec
-                .post_build
-                .as_ref()
-                .map(|p| variables::PostBuildInputs {
-                    namespace: ns.clone(),
-                    substitute: p.substitute.clone(),
-                    substitute_from: p.substitute_from.clone(),
-                }),
-        };
-        Ok(Provenance {
-            controller,
-            resource_version: k.meta.resource_version.clone(),
-            field: FLUX_REVISION_FIELD,
-            revision,
-            branch,
-            source,
-            overlay: k.object.overlay().to_owned(),
-            build,
-        })
+        let claim = flux_claim(ns, name, &k, repo.as_deref()).map(Arc::new);
+        let bound = self.kustomizations.as_ref().map_or(0, |c| c.len());
+        self.flux_claims
+            .insert(ns, name, (k, repo), claim.clone(), bound);
+        claim
     }
 
     /// `provenance: argo`: the Application the object's tracking id names
@@ -566,7 +713,7 @@ impl ControllerCaches {
         annotations: Option<&BTreeMap<String, String>>,
         object: (&str, &str, &str, &str),
         default_namespace: &str,
-    ) -> Result<Provenance, NoProvenance> {
+    ) -> Result<Arc<Provenance>, NoProvenance> {
         let (api_version, kind, namespace, name) = object;
         let Some(id) = annotations
             .and_then(|a| a.get(argo::TRACKING_ID))
@@ -581,46 +728,19 @@ impl ControllerCaches {
         id.check_names(api_version, kind, namespace, name)
             .map_err(NoProvenance::Unnamed)?;
         let (app_ns, app_name) = id.application(default_namespace);
-        let controller = format!("Application {app_ns}/{app_name}");
         let Some(app) = self.application(&app_ns, &app_name) else {
             return Err(NoProvenance::Missing(format!(
-                "{controller} (named by the tracking id) is not known"
+                "Application {app_ns}/{app_name} (named by the tracking id) is not known"
             )));
         };
-        // Argo CD reads spec.sources when it is set, and records their
-        // revisions in status.sync.revisions; a chart's is its version.
-        if app.object.spec.sources.is_some() {
-            return Err(NoProvenance::NotGit(format!(
-                "{controller} has several sources (spec.sources): not followed"
-            )));
+        if let Some(claim) = self.argo_claims.get(&app_ns, &app_name, &app, None) {
+            return claim;
         }
-        if let Some(chart) = app.object.chart() {
-            return Err(NoProvenance::NotGit(format!(
-                "{controller} applies Helm chart {}: not followed",
-                crate::echo::value(chart)
-            )));
-        }
-        let (value, field) = app.object.revision();
-        let (revision, branch) = revision_of(&controller, field, value)?;
-        let source = match app.object.repo_url() {
-            Some(url) => Ok((url.to_owned(), app.object.git_ref())),
-            None => Err(format!("{controller} has no spec.source.repoURL")),
-        };
-        let build = ControllerBuild {
-            options: crate::render::build::BuildOptions::argo(&app.object.spec)
-                .map_err(|why| format!("{controller}: {why}")),
-            post_build: None,
-        };
-        Ok(Provenance {
-            controller,
-            resource_version: app.meta.resource_version.clone(),
-            field,
-            revision,
-            branch,
-            source,
-            overlay: app.object.overlay().to_owned(),
-            build,
-        })
+        let claim = argo_claim(&app_ns, &app_name, &app).map(Arc::new);
+        let bound = self.applications.as_ref().map_or(0, |c| c.len());
+        self.argo_claims
+            .insert(&app_ns, &app_name, (app, None), claim.clone(), bound);
+        claim
     }
 
     /// The status of every watched kind.
@@ -850,7 +970,7 @@ mod tests {
         ])
     }
 
-    fn missing(r: Result<Provenance, NoProvenance>) -> String {
+    fn missing(r: Result<Arc<Provenance>, NoProvenance>) -> String {
         match r {
             Err(NoProvenance::Missing(why) | NoProvenance::Unnamed(why)) => why,
             other => panic!("{other:?}"),
@@ -872,13 +992,13 @@ mod tests {
         assert_eq!(p.overlay, "./overlays/prod");
         assert_eq!(
             p.source,
-            Ok((
-                "https://git.example.com/gitops.git".into(),
-                GitRef::Branch("main".into())
+            Ok(GitSource::new(
+                "https://git.example.com/gitops.git",
+                sources::GitRef::Branch("main".into())
             ))
         );
 
-        let why = missing(c.flux_provenance(None));
+        let why = missing(c.flux_provenance::<String, String>(None));
         assert!(why.contains(flux::NAME_LABEL), "{why}");
         let why = missing(c.flux_provenance(Some(&labels("flux-system", "nope"))));
         assert!(why.contains("Kustomization flux-system/nope"), "{why}");
@@ -891,6 +1011,53 @@ mod tests {
             Err(NoProvenance::Malformed { value, .. }) => assert_eq!(value, "main@sha1:abc"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A claim is read once per version of its objects: the same claim
+    /// while they stand, a new one when either changes.
+    #[test]
+    fn a_claim_is_reused_until_its_objects_change() {
+        let c = caches();
+        let read = || {
+            c.flux_provenance(Some(&labels("flux-system", "apps")))
+                .unwrap()
+        };
+        let first = read();
+        assert!(Arc::ptr_eq(&first, &read()), "read again");
+        let apply = |kind: &KindCache<GitRepository>, o: serde_json::Value| {
+            let o: DynamicObject = serde_json::from_value(o).unwrap();
+            let applied = kind.store.write().unwrap().apply(watcher::Event::Apply(o));
+            assert_eq!(applied, Applied::Changed);
+        };
+        apply(
+            c.git_repositories.as_ref().unwrap(),
+            json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+                   "metadata": {"namespace": "flux-system", "name": "gitops"},
+                   "spec": {"url": "https://git.example.com/moved.git", "ref": {"branch": "main"}}}),
+        );
+        let moved = read();
+        assert!(!Arc::ptr_eq(&first, &moved));
+        assert_eq!(
+            moved.source.as_ref().map(|s| s.url.as_str()),
+            Ok("https://git.example.com/moved.git")
+        );
+        assert!(Arc::ptr_eq(&moved, &read()));
+        let k: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"namespace": "flux-system", "name": "apps", "resourceVersion": "12"},
+            "spec": {"path": "./overlays/prod", "sourceRef": {"kind": "GitRepository", "name": "gitops"}},
+            "status": {"lastAttemptedRevision": format!("main@sha1:{A}")}}))
+        .unwrap();
+        c.kustomizations
+            .as_ref()
+            .unwrap()
+            .store
+            .write()
+            .unwrap()
+            .apply(watcher::Event::Apply(k));
+        let newer = read();
+        assert_eq!(newer.revision, Revision::parse(A).unwrap());
+        assert_eq!(newer.resource_version, "12");
     }
 
     #[test]
@@ -907,9 +1074,9 @@ mod tests {
         assert_eq!(p.overlay, "overlays/prod");
         assert_eq!(
             p.source,
-            Ok((
-                "https://git.example.com/gitops".into(),
-                GitRef::Branch("main".into())
+            Ok(GitSource::new(
+                "https://git.example.com/gitops",
+                sources::GitRef::Branch("main".into())
             ))
         );
         let why = missing(c.argo_provenance(None, obj, "argocd"));

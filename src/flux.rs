@@ -163,7 +163,10 @@ pub struct KustomizationStatus {
 
 impl Kustomization {
     /// The GitRepository's (namespace, name), or why it is not one.
-    pub fn git_repository(&self, own_namespace: &str) -> Result<(String, String), String> {
+    pub fn git_repository<'s>(
+        &'s self,
+        own_namespace: &'s str,
+    ) -> Result<(&'s str, &'s str), String> {
         let r = &self.spec.source_ref;
         if r.kind != "GitRepository" {
             return Err(format!(
@@ -179,7 +182,7 @@ impl Kustomization {
             .as_deref()
             .filter(|n| !n.is_empty())
             .unwrap_or(own_namespace);
-        Ok((ns.to_owned(), r.name.clone()))
+        Ok((ns, r.name.as_str()))
     }
 
     /// `spec.path`, or the repository root.
@@ -275,17 +278,19 @@ pub fn parse_revision(value: &str) -> Result<(Option<String>, Revision), String>
 
 /// The Kustomization (namespace, name) that applied an object, from its
 /// labels; the error says which label is missing.
-pub fn kustomization_of(
-    labels: Option<&BTreeMap<String, String>>,
-) -> Result<(String, String), String> {
+pub fn kustomization_of<K, V>(labels: Option<&BTreeMap<K, V>>) -> Result<(&str, &str), String>
+where
+    K: std::borrow::Borrow<str> + Ord,
+    V: AsRef<str>,
+{
     let get = |k: &str| {
         labels
             .and_then(|l| l.get(k))
-            .map(|v| v.trim())
+            .map(|v| v.as_ref().trim())
             .filter(|v| !v.is_empty())
     };
     match (get(NAMESPACE_LABEL), get(NAME_LABEL)) {
-        (Some(ns), Some(name)) => Ok((ns.to_owned(), name.to_owned())),
+        (Some(ns), Some(name)) => Ok((ns, name)),
         (ns, name) => {
             let missing: Vec<&str> = [(NAMESPACE_LABEL, ns), (NAME_LABEL, name)]
                 .into_iter()
@@ -342,15 +347,12 @@ mod tests {
             (NAME_LABEL.to_owned(), "apps".to_owned()),
             (NAMESPACE_LABEL.to_owned(), "flux-system".to_owned()),
         ]);
-        assert_eq!(
-            kustomization_of(Some(&labels)),
-            Ok(("flux-system".into(), "apps".into()))
-        );
+        assert_eq!(kustomization_of(Some(&labels)), Ok(("flux-system", "apps")));
         let mut only_name = labels.clone();
         only_name.remove(NAMESPACE_LABEL);
         let e = kustomization_of(Some(&only_name)).unwrap_err();
         assert!(e.contains(NAMESPACE_LABEL) && !e.contains(" or "), "{e}");
-        let e = kustomization_of(None).unwrap_err();
+        let e = kustomization_of::<String, String>(None).unwrap_err();
         assert!(e.contains(NAME_LABEL) && e.contains(NAMESPACE_LABEL), "{e}");
         let empty = BTreeMap::from([(NAME_LABEL.to_owned(), " ".to_owned())]);
         assert!(kustomization_of(Some(&empty)).is_err());
@@ -384,7 +386,7 @@ mod tests {
         assert_eq!(meta.resource_version, "7");
         assert_eq!(
             k.git_repository(&meta.namespace),
-            Ok(("flux-system".into(), "gitops".into()))
+            Ok(("flux-system", "gitops"))
         );
         assert_eq!(k.overlay(), "./overlays/prod");
         assert_eq!(k.spec.images[0].new_tag.as_deref(), Some("1.2"));

@@ -692,7 +692,7 @@ async fn flux_kustomizations(
             field: "status.lastAppliedRevision",
         };
         let matched = k.git_repository(&meta.namespace).and_then(|(ns, name)| {
-            match repos.get(&(ns.clone(), name.clone())) {
+            match repos.get(&(ns.to_owned(), name.to_owned())) {
                 None => Err(format!("GitRepository {ns}/{name} does not exist")),
                 Some(repo) => match repo.url() {
                     None => Err(format!("GitRepository {ns}/{name} has no spec.url")),

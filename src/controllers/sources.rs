@@ -74,26 +74,52 @@ pub fn match_source<'c>(
     url: &str,
     git_ref: &GitRef,
 ) -> Result<&'c SourceConfig, String> {
-    let want = normalise_url(url);
-    let same_url: Vec<&SourceConfig> = sources
-        .iter()
-        .filter(|s| normalise_url(&s.url) == want)
-        .collect();
-    let Some(first) = same_url.first() else {
+    let normalised: Vec<String> = sources.iter().map(|s| normalise_url(&s.url)).collect();
+    let want = GitSource::new(url, git_ref.clone());
+    match_normalised(normalised.iter().map(String::as_str).zip(sources), &want)
+}
+
+/// A controller's git source: its URL as written and normalised once,
+/// and what it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    pub url: String,
+    pub normalised: String,
+    pub git_ref: GitRef,
+}
+
+impl GitSource {
+    pub fn new(url: &str, git_ref: GitRef) -> GitSource {
+        GitSource {
+            url: url.to_owned(),
+            normalised: normalise_url(url),
+            git_ref,
+        }
+    }
+}
+
+/// [`match_source`] over sources whose URLs are normalised already
+/// (`(normalised URL, source)`, in configuration order): no allocation
+/// unless it fails.
+pub fn match_normalised<'n, 'c, I>(sources: I, want: &GitSource) -> Result<&'c SourceConfig, String>
+where
+    I: Iterator<Item = (&'n str, &'c SourceConfig)> + Clone,
+{
+    let url = &want.url;
+    let mut same_url = sources
+        .filter(|(normalised, _)| *normalised == want.normalised)
+        .map(|(_, s)| s);
+    let Some(first) = same_url.clone().next() else {
         return Err(format!("git URL {url} is not a configured source"));
     };
-    match git_ref {
+    match &want.git_ref {
         GitRef::Default => Ok(first),
-        GitRef::Branch(b) => same_url
-            .iter()
-            .find(|s| &s.branch == b)
-            .copied()
-            .ok_or_else(|| {
-                format!(
-                    "branch {b:?} of {url} is not configured (source {} follows {:?})",
-                    first.name, first.branch
-                )
-            }),
+        GitRef::Branch(b) => same_url.find(|s| &s.branch == b).ok_or_else(|| {
+            format!(
+                "branch {b:?} of {url} is not configured (source {} follows {:?})",
+                first.name, first.branch
+            )
+        }),
         GitRef::Pinned(what) => Err(format!(
             "pinned to {what} of {url}, not a branch: nothing to be behind"
         )),

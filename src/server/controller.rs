@@ -6,7 +6,7 @@
 use super::{AppState, Rule, rule_policy};
 use crate::admission::{self, Request};
 use crate::config::RuleConfig;
-use crate::controllers::{ControllerBuild, ControllerCaches, NoProvenance, Provenance};
+use crate::controllers::{ControllerCaches, NoProvenance, Provenance};
 use crate::policy::{self, Annotation, ClaimedBy, Decision, Reason, RequestFacts, RulePolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,22 +20,30 @@ pub(super) struct ControllerRule {
     pub config: RuleConfig,
     /// For verdicts reached before the source is known.
     template: RulePolicy,
-    /// (source, overlay, digest of the controller's build when content
-    /// is verified) -> the rule resolved to them.
-    resolved: Mutex<HashMap<ResolvedKey, Arc<Rule>>>,
+    /// The configured sources' URLs, normalised once (in order).
+    source_urls: Vec<String>,
+    /// source -> overlay -> digest of the controller's build when content
+    /// is verified -> the rule resolved to them. Nested, so a review looks
+    /// it up with borrowed keys.
+    resolved: Mutex<Resolved>,
 }
+
+type Resolved = HashMap<String, HashMap<String, HashMap<Option<[u8; 32]>, Arc<Rule>>>>;
 
 impl ControllerRule {
     pub fn new(config: &crate::config::Config, rule: &RuleConfig) -> ControllerRule {
         ControllerRule {
             config: rule.clone(),
             template: rule_policy(config, rule),
+            source_urls: config
+                .sources
+                .iter()
+                .map(|s| crate::controllers::sources::normalise_url(&s.url))
+                .collect(),
             resolved: Mutex::new(HashMap::new()),
         }
     }
 }
-
-type ResolvedKey = (String, String, Option<[u8; 32]>);
 
 /// What a controller rule's review goes on with, or its verdict already.
 pub(super) enum Claimed {
@@ -85,7 +93,7 @@ impl AppState {
         };
         let lookup = self.lookup(cr, req);
         let mut claim = lookup(caches);
-        let fresh = |claim: &Result<Provenance, NoProvenance>| match claim {
+        let fresh = |claim: &Result<Arc<Provenance>, NoProvenance>| match claim {
             Ok(p) => self
                 .resolve_source(cr, p)
                 .ok()
@@ -134,29 +142,28 @@ impl AppState {
             }
         };
         let source = match self.resolve_source(cr, &provenance) {
-            Ok(source) => source.to_owned(),
+            Ok(source) => source,
             Err(Unresolved::Untracked(why)) => return unclaimed(Reason::UntrackedSource, why),
             Err(Unresolved::Unknown(why)) => return unclaimed(Reason::MissingRevision, why),
         };
         let overlay = if cr.config.overlay.is_empty() {
-            provenance.overlay.clone()
+            &provenance.overlay
         } else {
-            cr.config.overlay.clone()
+            &cr.config.overlay
         };
-        let (rule, new_content_rule) =
-            match self.resolved_rule(cr, &source, &overlay, &provenance.build) {
-                Ok(resolved) => resolved,
-                Err(why) => return unclaimed(Reason::OverlayError, why),
-            };
+        let (rule, new_content_rule) = match self.resolved_rule(cr, source, overlay, &provenance) {
+            Ok(resolved) => resolved,
+            Err(why) => return unclaimed(Reason::OverlayError, why),
+        };
         let facts = RequestFacts {
             revision: Annotation::Valid(provenance.revision),
-            branch: provenance.branch,
+            branch: provenance.branch.clone(),
             checksum: Annotation::Missing {
                 near_misses: Vec::new(),
             },
             break_glass,
             claimed_by: ClaimedBy::Controller {
-                object: provenance.controller,
+                object: provenance.controller.clone(),
                 field: provenance.field,
             },
         };
@@ -172,7 +179,7 @@ impl AppState {
         &'r self,
         cr: &'r ControllerRule,
         req: &'r Request<'_>,
-    ) -> impl Fn(&ControllerCaches) -> Result<Provenance, NoProvenance> + 'r {
+    ) -> impl Fn(&ControllerCaches) -> Result<Arc<Provenance>, NoProvenance> + 'r {
         let labels = match cr.config.provenance {
             policy::Provenance::Flux => admission::labels(req, &crate::flux::LABELS),
             _ => None,
@@ -208,14 +215,18 @@ impl AppState {
         cr: &ControllerRule,
         claim: &Provenance,
     ) -> Result<&'c str, Unresolved> {
-        let (url, git_ref) = claim
+        let wanted = claim
             .source
             .as_ref()
             .map_err(|why| Unresolved::Unknown(why.clone()))?;
-        let source = crate::controllers::sources::match_source(&self.config.sources, url, git_ref)
-            .map_err(|why| {
-                Unresolved::Untracked(format!("{}: {why}", crate::echo::value(&claim.controller)))
-            })?;
+        let sources = cr.source_urls.iter().map(String::as_str);
+        let source = crate::controllers::sources::match_normalised(
+            sources.zip(&self.config.sources),
+            wanted,
+        )
+        .map_err(|why| {
+            Unresolved::Untracked(format!("{}: {why}", crate::echo::value(&claim.controller)))
+        })?;
         if !cr.config.source.is_empty() && source.name != cr.config.source {
             return Err(Unresolved::Untracked(format!(
                 "{} follows source {}, not {} (the rule's source)",
@@ -237,16 +248,16 @@ impl AppState {
         cr: &ControllerRule,
         source: &str,
         overlay: &str,
-        build: &ControllerBuild,
+        claim: &Provenance,
     ) -> Result<(Arc<Rule>, bool), String> {
         let verifies = cr.config.content == policy::ContentCheck::Verify;
-        let key = (
-            source.to_owned(),
-            overlay.to_owned(),
-            verifies.then(|| build.digest()),
-        );
+        let build = verifies.then_some(claim.build_digest);
         let mut kept = cr.resolved.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rule) = kept.get(&key) {
+        if let Some(rule) = kept
+            .get(source)
+            .and_then(|o| o.get(overlay))
+            .and_then(|b| b.get(&build))
+        {
             return Ok((rule.clone(), false));
         }
         let mut config = cr.config.clone();
@@ -256,12 +267,21 @@ impl AppState {
             .compile(config)
             .map_err(|e| crate::echo::message(e.to_string()))?;
         if verifies {
-            rule.build = Some(build.clone());
+            rule.build = Some(claim.build.clone());
         }
         let rule = Arc::new(rule);
-        let keep = kept.len() < MAX_RESOLVED;
+        let count: usize = kept
+            .values()
+            .flat_map(HashMap::values)
+            .map(HashMap::len)
+            .sum();
+        let keep = count < MAX_RESOLVED;
         if keep {
-            kept.insert(key, rule.clone());
+            kept.entry(source.to_owned())
+                .or_default()
+                .entry(overlay.to_owned())
+                .or_default()
+                .insert(build, rule.clone());
         }
         Ok((rule.clone(), keep && rule.renderings.is_some()))
     }
