@@ -130,7 +130,8 @@ impl<'de> Visitor<'de> for Sub<'_> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             return Ok(false);
         };
-        let maps = rendered.iter().all(Value::is_object);
+        // An empty rendered list is not a list of maps: it says "empty".
+        let maps = !rendered.is_empty() && rendered.iter().all(Value::is_object);
         let mut next = 0;
         let mut ok = true;
         while let Some(want) = rendered.get(next).filter(|_| ok) {
