@@ -12,13 +12,20 @@
 //! - `content/deployment_matches`: the admitted object matches;
 //! - `content/deployment_differs`: one environment variable of the last
 //!   container differs (the whole object is walked, then the difference is
-//!   written out).
+//!   written out);
+//! - `content/review_contains`, `content/review_parsed_and_compared`: the
+//!   object read from an AdmissionReview's bytes, unchanged (checked,
+//!   nothing built) or changed (built where the rendering sets fields);
+//! - `content/review_parse_then_contains` and
+//!   `content/review_parse_checking`: the whole review read as the server
+//!   reads it, in two passes (the request, then the object checked) or in
+//!   one (the object checked while the request is parsed).
 //!
 //! Run with `cargo bench --bench content`.
 
 use criterion::Criterion;
 use serde_json::{Value, json};
-use stale_guard::content;
+use stale_guard::{admission, content};
 use std::hint::black_box;
 
 fn container(name: &str, image: &str, env: usize) -> Value {
@@ -229,6 +236,40 @@ fn main() {
     assert!(!content::review_contains(&old, &rendered));
     group.bench_function("review_contains", |b| {
         b.iter(|| content::review_contains(black_box(&fresh), black_box(&canonical)))
+    });
+    // The whole review as the server reads it, in the API server's field
+    // order: parsed, then the object checked in a second read; or both
+    // in one pass, the object checked while the review is parsed.
+    let ordered = |object: &Value| {
+        let object = serde_json::to_string(object).expect("serialises");
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"apps","version":"v1","kind":"Deployment"}},"name":"payments","namespace":"shop","operation":"UPDATE","userInfo":{{"username":"flux"}},"object":{object},"oldObject":{object},"dryRun":false}}}}"#
+        )
+        .into_bytes()
+    };
+    let fresh_ordered = ordered(&admitted(&canonical));
+    struct Head<'v>(&'v Value);
+    impl admission::Expectation for Head<'_> {
+        fn rendered(&self) -> &Value {
+            self.0
+        }
+    }
+    let one_pass = |body: &[u8]| {
+        admission::parse_review_checking(body, |_| Some(Head(&canonical)))
+            .map(|(req, pre)| (req.uid.len(), pre.is_some_and(|p| p.contains)))
+    };
+    assert_eq!(one_pass(&fresh_ordered).map(|r| r.1), Ok(true));
+    group.bench_function("review_parse_then_contains", |b| {
+        b.iter(|| {
+            let req = admission::parse_review(black_box(&fresh_ordered));
+            (
+                req.map(|r| r.uid.len()),
+                content::review_contains(&fresh_ordered, &canonical),
+            )
+        })
+    });
+    group.bench_function("review_parse_checking", |b| {
+        b.iter(|| one_pass(black_box(&fresh_ordered)))
     });
     group.bench_function("review_parsed_and_compared", |b| {
         b.iter(|| {

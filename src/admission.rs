@@ -10,6 +10,9 @@ use serde::Deserialize;
 use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
+mod read;
+pub use read::{Expectation, Nothing, Prechecked};
+
 /// A string of the review body: borrowed from the body when it has no JSON
 /// escapes (nearly always), owned when it had to be unescaped. Every field
 /// the webhook reads is one; building them as `String`s was most of the
@@ -210,27 +213,27 @@ pub struct Kind<'a> {
 /// body. The shape and field types are kube's (`AdmissionRequest`), minus
 /// what no decision uses (resource, requestKind, options, oldObject...),
 /// which the parser skips without building: each of those costs
-/// allocations on every request.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// allocations on every request. Read by [`read::RequestVisitor`]
+/// (`uid`, `kind` and `operation` required; the rest default).
+#[derive(Clone, Debug)]
 pub struct Request<'a> {
-    #[serde(borrow)]
     pub uid: Str<'a>,
-    #[serde(borrow)]
     pub kind: Kind<'a>,
-    #[serde(default, borrow)]
     pub sub_resource: Option<Str<'a>>,
-    #[serde(default, borrow)]
     pub name: Str<'a>,
-    #[serde(default, borrow)]
     pub namespace: Option<Str<'a>>,
     pub operation: Operation,
-    #[serde(default, borrow)]
     pub user_info: UserInfo<'a>,
-    #[serde(default, borrow)]
     pub object: Option<AppliedObject<'a>>,
-    #[serde(default)]
     pub dry_run: bool,
+}
+
+impl<'de> Deserialize<'de> for Request<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let visitor =
+            read::RequestVisitor::<fn(&Request<'de>) -> Option<read::Nothing>> { pick: None };
+        d.deserialize_map(visitor).map(|(req, _)| req)
+    }
 }
 
 /// Who sent the request.
@@ -251,11 +254,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for AppliedObject<'a> {
             metadata: Option<Metadata<'a>>,
         }
         let raw = Raw::deserialize(d)?;
-        // Every Kubernetes object has metadata; one without is not a review
-        // the API server sent.
         let metadata = raw
             .metadata
-            .ok_or_else(|| serde::de::Error::custom("the object has no metadata"))?;
+            .ok_or_else(|| serde::de::Error::custom(read::NO_METADATA))?;
         Ok(AppliedObject { metadata })
     }
 }
@@ -270,20 +271,24 @@ pub struct BadReview(pub String);
 
 /// Parses and checks an AdmissionReview body. The request borrows from it.
 pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
+    parse_review_checking(body, |_| None::<Nothing>).map(|(req, _)| req)
+}
+
+/// [`parse_review`], checking the object against what `pick` chooses from
+/// the request's other fields while it is read (see [`read`]): one walk
+/// of the object instead of two.
+pub fn parse_review_checking<'a, P, F>(
+    body: &'a [u8],
+    pick: F,
+) -> Result<(Request<'a>, Option<Prechecked<P>>), BadReview>
+where
+    P: Expectation,
+    F: FnOnce(&Request<'a>) -> Option<P>,
+{
     // kube's `AdmissionReview` flattens its TypeMeta, which makes serde
-    // buffer the whole body into an intermediate tree first; this envelope
-    // reads the same fields in one pass (half the cost of a request).
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Envelope<'a> {
-        #[serde(default, borrow)]
-        api_version: Str<'a>,
-        #[serde(default, borrow)]
-        kind: Str<'a>,
-        #[serde(borrow)]
-        request: Option<Request<'a>>,
-    }
-    let envelope: Envelope<'_> = match serde_json::from_slice(body) {
+    // buffer the whole body into an intermediate tree first; this reads
+    // the same fields in one pass (half the cost of a request).
+    let (api_version, kind, request) = match read::review(body, pick) {
         Ok(r) => r,
         Err(e) => {
             // A wrong version deserves that message rather than the first
@@ -307,10 +312,9 @@ pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
             )));
         }
     };
-    check_types(&envelope.api_version, &envelope.kind)?;
-    let request = envelope
-        .request
-        .ok_or_else(|| BadReview("the AdmissionReview has no request".to_owned()))?;
+    check_types(&api_version, &kind)?;
+    let (request, prechecked) =
+        request.ok_or_else(|| BadReview("the AdmissionReview has no request".to_owned()))?;
     if request.uid.is_empty() {
         return Err(BadReview(
             "the AdmissionReview request has an empty uid".to_owned(),
@@ -329,7 +333,7 @@ pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
             "the AdmissionReview request is a {operation} without an object (null or missing); the API server always sends one"
         )));
     }
-    Ok(request)
+    Ok((request, prechecked))
 }
 
 /// Only `admission.k8s.io/v1` `AdmissionReview` is answered, so the
@@ -731,6 +735,69 @@ mod tests {
         format!(
             r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u-1","kind":{{"group":"networking.k8s.io","version":"v1","kind":"Ingress"}},"resource":{{"group":"networking.k8s.io","version":"v1","resource":"ingresses"}},"name":"web","namespace":"prod-apps","operation":"CREATE","userInfo":{{"username":"system:serviceaccount:flux-system:kustomize-controller","groups":["system:serviceaccounts"]}},"object":{{"apiVersion":"networking.k8s.io/v1","kind":"Ingress","metadata":{{"name":"web","annotations":{{"fluxcd":"x"}}}}}}{extra}}}}}"#
         )
+    }
+
+    /// The one-pass parse: `pick` sees the fields the API server writes
+    /// before the object, and the object is checked while it is read.
+    #[test]
+    fn the_object_is_checked_against_what_the_fields_before_it_pick() {
+        struct Fixed(serde_json::Value);
+        impl Expectation for Fixed {
+            fn rendered(&self) -> &serde_json::Value {
+                &self.0
+            }
+        }
+        let body = review("");
+        let mut seen = None;
+        let (req, pre) = parse_review_checking(body.as_bytes(), |req| {
+            seen = Some((req.name.to_string(), req.namespace.as_deref().map(str::to_owned)));
+            Some(Fixed(serde_json::json!({
+                "kind": "Ingress", "metadata": {"name": "web", "annotations": {"fluxcd": "x"}}
+            })))
+        })
+        .unwrap();
+        assert_eq!(seen, Some(("web".into(), Some("prod-apps".into()))));
+        assert!(pre.unwrap().contains);
+        assert_eq!(req.object, parse_review(body.as_bytes()).unwrap().object);
+        let other = |rendered: serde_json::Value| {
+            parse_review_checking(body.as_bytes(), |_| Some(Fixed(rendered)))
+                .unwrap()
+                .1
+                .unwrap()
+                .contains
+        };
+        assert!(!other(serde_json::json!({"metadata": {"annotations": {"fluxcd": "y"}}})));
+        assert!(!other(serde_json::json!({"metadata": {"labels": {"a": "b"}}})));
+        // A type the rendering does not expect is "not contained", never
+        // a refused review.
+        assert!(!other(serde_json::json!({"kind": 7, "metadata": {"name": {"x": 1}}})));
+
+        // The object's own errors are the plain parse's.
+        for (object, why) in [
+            (r#"{"kind":"x"}"#, "no metadata"),
+            (r#"{"metadata":null}"#, "no metadata"),
+            (
+                r#"{"metadata":{"annotations":{"a":"1"},"annotations":{}}}"#,
+                "duplicate field",
+            ),
+            (r#"{"metadata":{"annotations":{"a":1}}}"#, "invalid type"),
+        ] {
+            let body = review("").replace(
+                r#"{"apiVersion":"networking.k8s.io/v1","kind":"Ingress","metadata":{"name":"web","annotations":{"fluxcd":"x"}}}"#,
+                object,
+            );
+            let checked = parse_review_checking(body.as_bytes(), |_| Some(Fixed(serde_json::json!({}))));
+            let e = checked.err().unwrap().0;
+            assert!(e.contains(why), "{object}: {e}");
+            assert!(parse_review(body.as_bytes()).unwrap_err().0.contains(why));
+        }
+        // A null object: no check, and the plain parse's refusal.
+        let body = review("").replace(
+            r#"{"apiVersion":"networking.k8s.io/v1","kind":"Ingress","metadata":{"name":"web","annotations":{"fluxcd":"x"}}}"#,
+            "null",
+        );
+        let e = parse_review_checking(body.as_bytes(), |_| Some(Fixed(serde_json::json!({}))));
+        assert!(e.err().unwrap().0.contains("without an object"));
     }
 
     #[test]

@@ -94,6 +94,7 @@ use std::fmt;
 mod envelope;
 mod fast;
 mod pruned;
+pub(crate) use fast::ObjectSeed;
 pub use fast::review_contains;
 pub use pruned::review_object;
 

@@ -167,7 +167,18 @@ impl Rendering {
     /// The rendered object a request's object matches: the same identity,
     /// or without a namespace (it takes the request's).
     pub fn find(&self, id: &Identity) -> Option<&Value> {
-        id.lookup_keys().find_map(|key| self.objects.get(&key))
+        self.find_entry(id).map(|(_, v)| v)
+    }
+
+    /// [`Self::find`], with the identity the object is kept under.
+    pub fn find_entry(&self, id: &Identity) -> Option<(&Identity, &Value)> {
+        id.lookup_keys()
+            .find_map(|key| self.objects.get_key_value(&key))
+    }
+
+    /// The object kept under exactly `key`.
+    pub fn get(&self, key: &Identity) -> Option<&Value> {
+        self.objects.get(key)
     }
 
     pub fn len(&self) -> usize {

@@ -8,7 +8,7 @@ mod cold;
 mod content;
 mod controller;
 
-use crate::admission;
+use crate::admission::{self, Expectation, Prechecked};
 use crate::checksum::{Caches, ChecksumEngine, ChecksumError};
 use crate::config::{Config, RuleConfig};
 use crate::metrics::{CacheLabels, Metrics, ReviewDecision};
@@ -265,14 +265,22 @@ async fn validate(
             return json_error(status, message);
         }
     };
-    let req = match admission::parse_review(&body) {
-        Ok(req) => req,
+    let (req, prechecked) = match admission::parse_review_checking(&body, |req| st.expectation(req))
+    {
+        Ok(read) => read,
         Err(e) => {
             st.metrics.bad_requests.inc();
             return json_error(StatusCode::BAD_REQUEST, e.0);
         }
     };
-    let decision = st.decide(&req, &body, api_timeout(query.as_deref())).await;
+    let decision = st
+        .decide(
+            &req,
+            &body,
+            prechecked.as_ref(),
+            api_timeout(query.as_deref()),
+        )
+        .await;
     let latency = started.elapsed();
     st.metrics
         .count_review(decision_label(&decision), decision.reason);
@@ -359,6 +367,7 @@ fn request_identity(req: &admission::Request<'_>) -> Result<crate::content::Iden
 fn compared_object<'r>(
     body: &[u8],
     content: &policy::ContentFacts<'r>,
+    prechecked: Option<&Prechecked<Guess>>,
 ) -> Result<Compared<'r>, String> {
     let seeds: Vec<&'r serde_json::Value> = match content {
         policy::ContentFacts::RenderFailed { .. } => {
@@ -370,10 +379,21 @@ fn compared_object<'r>(
             .chain(in_grace.and_then(|g| g.object))
             .collect(),
     };
-    if let Some(seed) = seeds
-        .iter()
-        .find(|s| crate::content::review_contains(body, s))
-    {
+    // Checked while the review was parsed, when the guess was right.
+    let guessed = prechecked.and_then(|p| {
+        let value = p.expected.rendered();
+        seeds
+            .iter()
+            .find(|s| std::ptr::eq(**s, value))
+            .map(|s| (*s, p.contains))
+    });
+    if let Some((seed, true)) = guessed {
+        return Ok(Compared::Rendered(seed));
+    }
+    let known_not = guessed.map(|(seed, _)| seed);
+    if let Some(seed) = seeds.iter().find(|s| {
+        !known_not.is_some_and(|k| std::ptr::eq(k, **s)) && crate::content::review_contains(body, s)
+    }) {
         return Ok(Compared::Rendered(seed));
     }
     if !seeds.is_empty()
@@ -395,20 +415,29 @@ fn compared_object<'r>(
     Ok(Compared::Parsed(review.request.object))
 }
 
+/// The rendered object a review's object is most likely compared with
+/// (head's, for the static rule the request matches), picked while the
+/// review is parsed so the object is checked against it in the same pass.
+/// [`compared_object`] uses that answer only when `gather` brings this
+/// very object (the same rendering).
+struct Guess {
+    rendering: Arc<crate::render::Rendering>,
+    key: crate::content::Identity,
+}
+
+impl Expectation for Guess {
+    fn rendered(&self) -> &serde_json::Value {
+        self.rendering
+            .get(&self.key)
+            .unwrap_or(&serde_json::Value::Null)
+    }
+}
+
 /// What [`compared_object`] gives: a rendering the object contains, or
 /// the object as parsed.
 enum Compared<'r> {
     Rendered(&'r serde_json::Value),
     Parsed(serde_json::Value),
-}
-
-impl Compared<'_> {
-    fn value(&self) -> &serde_json::Value {
-        match self {
-            Compared::Rendered(v) => v,
-            Compared::Parsed(v) => v,
-        }
-    }
 }
 
 /// The part of a rule the decision reads.
@@ -447,6 +476,26 @@ fn api_timeout(query: Option<&str>) -> Option<Duration> {
 }
 
 impl AppState {
+    /// What the object of `req` (read up to its object) is checked against
+    /// while the review is parsed: head's rendering of the object, for a
+    /// static rule with content verification whose head is rendered.
+    fn expectation(&self, req: &crate::admission::Request<'_>) -> Option<Guess> {
+        if admission::out_of_scope(req).is_some() {
+            return None;
+        }
+        let Compiled::Static(rule) = self
+            .rules
+            .iter()
+            .find(|r| admission::rule_matches(r.config(), req))?
+        else {
+            return None;
+        };
+        let rendering = rule.renderings.as_ref()?.current()?;
+        let identity = request_identity(req).ok()?;
+        let key = rendering.find_entry(&identity)?.0.clone();
+        Some(Guess { rendering, key })
+    }
+
     /// The time this request may take: the configured decision timeout,
     /// cut short by the API server's deadline.
     fn budget(&self, api_timeout: Option<Duration>) -> Duration {
@@ -464,10 +513,11 @@ impl AppState {
     /// The verdict for one request. Never fails: every problem is a verdict.
     /// `body` is the review the request was parsed from: content
     /// verification reads the whole object from it.
-    pub async fn decide(
+    async fn decide(
         self: &Arc<Self>,
         req: &crate::admission::Request<'_>,
         body: &[u8],
+        prechecked: Option<&Prechecked<Guess>>,
         api_timeout: Option<Duration>,
     ) -> Decision {
         if let Some(why) = admission::out_of_scope(req) {
@@ -543,46 +593,50 @@ impl AppState {
         };
         match gathered {
             Ok(Ok((mirror_facts, rendered))) => {
-                let decision = match (&identity, &rendered) {
-                    (Some(identity), Some(rendered)) => {
-                        let content = self.content_facts(rule, identity, rendered);
-                        let object = match compared_object(body, &content) {
-                            Ok(object) => object,
-                            Err(why) => {
-                                return policy::unverifiable_object(rule_policy, &facts, &why);
-                            }
-                        };
-                        let object = object.value();
-                        let reviewed = policy::ReviewedObject { identity, object };
+                let compared_content = rendered.is_some();
+                let decide =
+                    |content: Option<(policy::ReviewedObject<'_>, &policy::ContentFacts<'_>)>| {
                         policy::decide_checks(
                             rule_policy,
                             rule.provenance,
                             &facts,
                             &mirror_facts,
-                            Some((reviewed, &content)),
+                            content,
                             failure.mirror_unavailable,
                         )
+                    };
+                let decision = match (&identity, rendered) {
+                    (Some(identity), Some(mut rendered)) => {
+                        let content = self.content_facts(rule, identity, &rendered);
+                        let parsed = match compared_object(body, &content, prechecked) {
+                            // Head's or the grace rendering is contained:
+                            // a match, no earlier rendering to explain.
+                            Ok(Compared::Rendered(object)) => {
+                                let reviewed = policy::ReviewedObject { identity, object };
+                                return self.count_comparison(decide(Some((reviewed, &content))));
+                            }
+                            Ok(Compared::Parsed(object)) => object,
+                            Err(why) => {
+                                return policy::unverifiable_object(rule_policy, &facts, &why);
+                            }
+                        };
+                        drop(content);
+                        // A difference may need explaining.
+                        self.add_history(rule, &mut rendered);
+                        let content = self.content_facts(rule, identity, &rendered);
+                        let reviewed = policy::ReviewedObject {
+                            identity,
+                            object: &parsed,
+                        };
+                        decide(Some((reviewed, &content)))
                     }
-                    _ => policy::decide_checks(
-                        rule_policy,
-                        rule.provenance,
-                        &facts,
-                        &mirror_facts,
-                        None,
-                        failure.mirror_unavailable,
-                    ),
+                    _ => decide(None),
                 };
-                if rendered.is_some() {
-                    self.metrics.count_comparison(
-                        match decision.overridden.unwrap_or(decision.reason) {
-                            policy::Reason::ContentMismatch => "mismatch",
-                            policy::Reason::NotRendered => "not_rendered",
-                            policy::Reason::OverlayError => "render_failed",
-                            _ => "match",
-                        },
-                    );
+                if compared_content {
+                    self.count_comparison(decision)
+                } else {
+                    decision
                 }
-                decision
             }
             Ok(Err(Unanswered::Overloaded { queued })) => {
                 self.metrics.checksum_overloaded.inc();
@@ -592,6 +646,28 @@ impl AppState {
             Ok(Err(Unanswered::Timeout)) | Err(_) => {
                 policy::timed_out(rule_policy, &facts, budget, failure.decision_timeout_action)
             }
+        }
+    }
+
+    /// Counts a content verdict by its outcome.
+    fn count_comparison(&self, decision: Decision) -> Decision {
+        self.metrics
+            .count_comparison(match decision.overridden.unwrap_or(decision.reason) {
+                policy::Reason::ContentMismatch => "mismatch",
+                policy::Reason::NotRendered => "not_rendered",
+                policy::Reason::OverlayError => "render_failed",
+                _ => "match",
+            });
+        decision
+    }
+
+    /// Fills in the earlier renderings of `rendered`, to explain a
+    /// difference with.
+    fn add_history(&self, rule: &Rule, rendered: &mut content::Rendered) {
+        if let (Some(kept), content::Rendered::Ready { head, history, .. }) =
+            (&rule.renderings, rendered)
+        {
+            *history = kept.history(&head.checksum);
         }
     }
 

@@ -1770,3 +1770,96 @@ fn content_cheap_paths_agree_with_compare() {
         },
     );
 }
+
+/// Object metadata with string annotations and labels drawn from a few
+/// keys and values, so that renderings and objects often agree.
+fn content_metadata() -> impl Strategy<Value = Value> {
+    let strings = || {
+        prop::collection::btree_map(
+            prop::sample::select(vec!["a", "b", "x/y", "fluxcd.io/checksum"]),
+            prop::sample::select(vec!["1", "2", "v"]),
+            0..3,
+        )
+    };
+    (strings(), strings(), any::<bool>(), any::<bool>()).prop_map(
+        |(annotations, labels, with_annotations, with_labels)| {
+            let mut m = json!({"name": "n"});
+            if with_annotations {
+                m["annotations"] = json!(annotations);
+            }
+            if with_labels {
+                m["labels"] = json!(labels);
+            }
+            m
+        },
+    )
+}
+
+/// A rendering to check the object against, fixed.
+struct Fixed<'v>(&'v Value);
+
+impl admission::Expectation for Fixed<'_> {
+    fn rendered(&self) -> &Value {
+        self.0
+    }
+}
+
+/// The one-pass parse of a review (the object checked while it is read)
+/// reads the request as the plain parse does, and its check says what
+/// the literal check on the bytes says: true only when `compare` accepts.
+#[test]
+fn content_one_pass_parse_agrees_with_the_literal_check() {
+    fuzz(
+        "admission::parse_review_checking against parse_review and review_contains",
+        cases(1_500),
+        (
+            content_object(),
+            content_object(),
+            content_metadata(),
+            content_metadata(),
+            any::<u64>(),
+        ),
+        |(mut rendered, mut object, rendered_meta, object_meta, mut seed)| {
+            rendered["metadata"] = rendered_meta;
+            object["metadata"] = object_meta;
+            // In the API server's field order: the object after the fields
+            // that pick what it is checked against.
+            let review = |o: &Value| {
+                format!(
+                    r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+                    "request":{{"uid":"u","kind":{{"group":"","version":"v1","kind":"X"}},
+                    "name":"n","operation":"CREATE","object":{o},
+                    "oldObject":{{"metadata":{{"name":"old"}}}}}}}}"#
+                )
+                .into_bytes()
+            };
+            for (r, o) in [
+                (&rendered, &object),
+                (&object, &object),
+                (&subset_of(&object, &mut seed), &object),
+            ] {
+                let body = review(o);
+                let plain = admission::parse_review(&body);
+                let checked = admission::parse_review_checking(&body, |_| Some(Fixed(r)));
+                let (plain, (checked, pre)) = match (plain, checked) {
+                    (Ok(plain), Ok(checked)) => (plain, checked),
+                    (Err(_), Err(_)) => continue,
+                    (plain, checked) => {
+                        return Err(TestCaseError::fail(format!(
+                            "one parse failed: plain {:?}, checked {:?}",
+                            plain.err(),
+                            checked.err()
+                        )));
+                    }
+                };
+                prop_assert_eq!(&plain.object, &checked.object, "metadata read the same");
+                prop_assert_eq!(&plain.uid, &checked.uid);
+                let pre = pre.expect("picked");
+                let literal = content::review_contains(&body, r);
+                prop_assert_eq!(pre.contains, literal, "rendered {}\nobject {}", r, o);
+                prop_assert!(!pre.contains || content::compare(r, o).is_ok());
+            }
+            Ok(())
+        },
+    );
+}

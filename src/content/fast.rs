@@ -44,12 +44,9 @@ impl<'de> DeserializeSeed<'de> for Sub<'_> {
             d.deserialize_ignored_any(IgnoredAny)?;
             return Ok(true);
         }
-        if self.rendered.is_string() {
-            // Compared as bytes, unescaped but not checked for UTF-8: equal
-            // bytes are the rendering's valid UTF-8. Anything but a string
-            // there is an error, which makes the whole check false.
-            return d.deserialize_bytes(self);
-        }
+        // Never an error on valid JSON, whatever the types: the review's
+        // parse reads the object with this (`ObjectSeed`), and an error
+        // there would refuse the review.
         d.deserialize_any(self)
     }
 }
@@ -77,6 +74,233 @@ impl<'de> serde::Deserialize<'de> for KeyBytes<'de> {
     }
 }
 
+/// Whether the map being read contains `rendered`: each key the
+/// rendering sets (but `null`, and the object's own `status`) present once
+/// and containing the rendered value. `hook` sees every key first, with
+/// the rendered value when the key counts; when it returns `Some`, it has
+/// read the value itself and says whether that contains it.
+fn contains_map<'de, A, H>(
+    mut map: A,
+    rendered: &serde_json::Map<String, Value>,
+    top: bool,
+    mut hook: H,
+) -> Result<bool, A::Error>
+where
+    A: MapAccess<'de>,
+    H: FnMut(&[u8], Option<&Value>, &mut A) -> Result<Option<bool>, A::Error>,
+{
+    let counted = |k: &str, v: &Value| !(v.is_null() || top && k == "status");
+    let want = rendered.iter().filter(|(k, v)| counted(k, v)).count();
+    // Which rendered keys were matched, by position: a key written
+    // twice must not stand in for one the object lacks. Wider maps
+    // take the careful path.
+    let mut matched: u128 = 0;
+    let mut ok = rendered.len() <= 128;
+    while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
+        let found = rendered
+            .iter()
+            .enumerate()
+            .find(|(_, (k, _))| k.as_bytes() == &*key.0)
+            .filter(|(_, (k, v))| counted(k, v));
+        let read = hook(&key.0, found.map(|(_, (_, v))| v), &mut map)?;
+        match found {
+            Some((i, (_, v))) if ok => {
+                let bit = 1u128 << i;
+                let contained = match read {
+                    Some(contained) => contained,
+                    None if matched & bit != 0 => {
+                        map.next_value::<IgnoredAny>()?;
+                        false
+                    }
+                    None => map.next_value_seed(Sub {
+                        rendered: v,
+                        top: false,
+                    })?,
+                };
+                if matched & bit != 0 || !contained {
+                    ok = false;
+                } else {
+                    matched |= bit;
+                }
+            }
+            _ => {
+                if read.is_none() {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+    }
+    Ok(ok && matched.count_ones() as usize == want)
+}
+
+/// The `request.object` of a review read once for two purposes: the
+/// metadata the request needs ([`crate::admission::Metadata`], as its own
+/// parser reads it) and whether the object contains `rendered` (as
+/// [`review_contains`] says). `None` for a `null` object.
+pub(crate) struct ObjectSeed<'r> {
+    pub rendered: &'r Value,
+}
+
+/// The metadata read, and whether the object contains the rendering.
+pub(crate) type ObjectRead<'de> = (Option<crate::admission::Metadata<'de>>, bool);
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = Option<ObjectRead<'de>>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed<'_> {
+    type Value = Option<ObjectRead<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(ObjectMap(self.rendered)).map(Some)
+    }
+}
+
+struct ObjectMap<'r>(&'r Value);
+
+impl<'de> Visitor<'de> for ObjectMap<'_> {
+    type Value = ObjectRead<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let (rendered, shaped) = match self.0.as_object() {
+            Some(m) => (m, true),
+            None => (&*EMPTY, false),
+        };
+        let mut metadata = None;
+        let contained = contains_map(map, rendered, true, |key, want, map| {
+            if key != b"metadata" {
+                return Ok(None);
+            }
+            if metadata.is_some() {
+                return Err(de::Error::duplicate_field("metadata"));
+            }
+            let (read, contained) = map.next_value_seed(MetaSeed { rendered: want })?;
+            metadata = Some(read);
+            Ok(Some(contained))
+        })?;
+        Ok((metadata.flatten(), shaped && contained))
+    }
+}
+
+static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
+    std::sync::LazyLock::new(serde_json::Map::new);
+
+/// An object's `metadata`, read as [`crate::admission::Metadata`] and
+/// checked against the rendered metadata when there is one.
+struct MetaSeed<'r> {
+    rendered: Option<&'r Value>,
+}
+
+impl<'de> DeserializeSeed<'de> for MetaSeed<'_> {
+    type Value = (Option<crate::admission::Metadata<'de>>, bool);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MetaSeed<'_> {
+    type Value = (Option<crate::admission::Metadata<'de>>, bool);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("struct Metadata")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((None, self.rendered.is_none()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((None, self.rendered.is_none()))
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        use crate::admission::{Metadata, RawJson, Str};
+        use std::collections::BTreeMap;
+        let (rendered, shaped) = match self.rendered.map(Value::as_object) {
+            None => (&*EMPTY, true),
+            Some(Some(m)) => (m, true),
+            Some(None) => (&*EMPTY, false),
+        };
+        let mut annotations: Option<Option<BTreeMap<Str<'de>, Str<'de>>>> = None;
+        let mut labels: Option<Option<RawJson<'de>>> = None;
+        let contained = contains_map(map, rendered, false, |key, want, map| match key {
+            b"annotations" => {
+                if annotations.is_some() {
+                    return Err(de::Error::duplicate_field("annotations"));
+                }
+                let read: Option<BTreeMap<Str<'de>, Str<'de>>> = map.next_value()?;
+                let contained = want.is_some_and(|w| annotations_contain(read.as_ref(), w));
+                annotations = Some(read);
+                Ok(Some(contained))
+            }
+            b"labels" => {
+                if labels.is_some() {
+                    return Err(de::Error::duplicate_field("labels"));
+                }
+                let read: Option<RawJson<'de>> = map.next_value()?;
+                let contained = want.is_some_and(|w| {
+                    let text = read.map_or("null", |r| r.0.get());
+                    let seed = Sub {
+                        rendered: w,
+                        top: false,
+                    };
+                    seed.deserialize(&mut serde_json::Deserializer::from_str(text))
+                        .unwrap_or(false)
+                });
+                labels = Some(read);
+                Ok(Some(contained))
+            }
+            _ => Ok(None),
+        })?;
+        let metadata = Metadata {
+            annotations: annotations.flatten(),
+            labels: labels.flatten(),
+        };
+        Ok((Some(metadata), shaped && contained))
+    }
+}
+
+/// What [`Sub`] says of annotations already read into a map: every
+/// rendered annotation (but `null`) present and the same string. A map
+/// read from JSON keeps the last of a key written twice, as the careful
+/// comparison's parse does.
+fn annotations_contain(
+    read: Option<&std::collections::BTreeMap<crate::admission::Str<'_>, crate::admission::Str<'_>>>,
+    rendered: &Value,
+) -> bool {
+    let (Some(read), Some(rendered)) = (read, rendered.as_object()) else {
+        return false;
+    };
+    rendered.iter().all(|(k, v)| {
+        v.is_null()
+            || v.as_str()
+                .is_some_and(|v| read.get(k.as_str()).is_some_and(|r| **r == *v))
+    })
+}
+
 impl<'de> Visitor<'de> for Sub<'_> {
     type Value = bool;
 
@@ -89,40 +313,7 @@ impl<'de> Visitor<'de> for Sub<'_> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             return Ok(false);
         };
-        let counted = |k: &str, v: &Value| !(v.is_null() || self.top && k == "status");
-        let want = rendered.iter().filter(|(k, v)| counted(k, v)).count();
-        // Which rendered keys were matched, by position: a key written
-        // twice must not stand in for one the object lacks. Wider maps
-        // take the careful path.
-        let mut matched: u128 = 0;
-        let mut ok = rendered.len() <= 128;
-        while let Some(key) = map.next_key::<KeyBytes<'de>>()? {
-            let found = rendered
-                .iter()
-                .enumerate()
-                .find(|(_, (k, _))| k.as_bytes() == &*key.0);
-            match found {
-                Some((i, (k, v))) if ok && counted(k, v) => {
-                    let bit = 1u128 << i;
-                    let sub = Sub {
-                        rendered: v,
-                        top: false,
-                    };
-                    if matched & bit != 0 {
-                        map.next_value::<IgnoredAny>()?;
-                        ok = false;
-                    } else if map.next_value_seed(sub)? {
-                        matched |= bit;
-                    } else {
-                        ok = false;
-                    }
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(ok && matched.count_ones() as usize == want)
+        contains_map(map, rendered, self.top, |_, _, _| Ok(None))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {

@@ -45,8 +45,23 @@ impl Renderings {
         lock(&self.state).filled
     }
 
+    /// Head's rendering as last prepared: what a review of this rule most
+    /// likely compares with.
+    pub(super) fn current(&self) -> Option<Arc<Rendering>> {
+        lock(&self.state).current.as_ref().map(|(_, r)| r.clone())
+    }
+
+    /// Head's rendering as last prepared, when it is `commit`'s.
+    fn current_at(&self, commit: ObjectId) -> Option<Arc<Rendering>> {
+        lock(&self.state)
+            .current
+            .as_ref()
+            .filter(|(at, _)| *at == commit)
+            .map(|(_, r)| r.clone())
+    }
+
     /// The earlier renderings, newest first, without head's checksum.
-    fn history(&self, head: &Checksum) -> Vec<Earlier> {
+    pub(super) fn history(&self, head: &Checksum) -> Vec<Earlier> {
         lock(&self.state)
             .history
             .iter()
@@ -86,6 +101,8 @@ pub(super) enum Rendered {
         head: Arc<Rendering>,
         /// The previous head and its rendering, within the grace period.
         grace: Option<(ObjectId, Arc<Rendering>)>,
+        /// Empty until a verdict needs to explain a difference
+        /// ([`Renderings::history`]).
         history: Vec<Earlier>,
     },
 }
@@ -161,20 +178,32 @@ impl AppState {
                 "content verification is not set up for this rule".to_owned(),
             ));
         };
-        let sum = match self.checksum(rule, head.commit).await? {
-            Ok(sum) => sum,
-            Err(why) => return Ok(Rendered::Failed(why)),
-        };
         let build = match self.build(rule).await {
             Ok(build) => build,
             Err(why) => return Ok(Rendered::Failed(why)),
         };
-        let at_head = match self
-            .rendering(renderer, rule, &build, head.commit, sum)
-            .await
-        {
-            Ok(r) => r,
-            Err(why) => return Ok(Rendered::Failed(why)),
+        // Warm, a plain build's head rendering is the one prepared when
+        // the head moved (any commit renders as its checksum does).
+        let prepared = rule
+            .build
+            .is_none()
+            .then(|| kept.current_at(head.commit))
+            .flatten();
+        let at_head = match prepared {
+            Some(prepared) => prepared,
+            None => {
+                let sum = match self.checksum(rule, head.commit).await? {
+                    Ok(sum) => sum,
+                    Err(why) => return Ok(Rendered::Failed(why)),
+                };
+                match self
+                    .rendering(renderer, rule, &build, head.commit, sum)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(why) => return Ok(Rendered::Failed(why)),
+                }
+            }
         };
         let mut grace = None;
         if in_grace
@@ -187,9 +216,9 @@ impl AppState {
             grace = Some((previous, r));
         }
         Ok(Rendered::Ready {
-            history: kept.history(&at_head.checksum),
             head: at_head,
             grace,
+            history: Vec::new(),
         })
     }
 }
