@@ -445,6 +445,22 @@ pub fn request_facts(config: &Config, req: &Request<'_>) -> RequestFacts {
     }
 }
 
+/// The facts of a request whose claim is not read from its annotations
+/// (`provenance: none`, or a controller's claim to come): only break-glass.
+pub fn facts_without_claim(config: &Config, req: &Request<'_>) -> RequestFacts {
+    RequestFacts {
+        revision: Annotation::Missing {
+            near_misses: Vec::new(),
+        },
+        branch: None,
+        checksum: Annotation::Missing {
+            near_misses: Vec::new(),
+        },
+        break_glass: is_break_glass(config, req),
+        claimed_by: policy::ClaimedBy::Annotations,
+    }
+}
+
 /// The revision and checksum annotations of an object's `annotations`, read
 /// with the configured keys (also used by `scan` on running objects).
 pub fn read_annotations<K, V>(
@@ -750,7 +766,10 @@ mod tests {
         let body = review("");
         let mut seen = None;
         let (req, pre) = parse_review_checking(body.as_bytes(), |req| {
-            seen = Some((req.name.to_string(), req.namespace.as_deref().map(str::to_owned)));
+            seen = Some((
+                req.name.to_string(),
+                req.namespace.as_deref().map(str::to_owned),
+            ));
             Some(Fixed(serde_json::json!({
                 "kind": "Ingress", "metadata": {"name": "web", "annotations": {"fluxcd": "x"}}
             })))
@@ -766,11 +785,17 @@ mod tests {
                 .unwrap()
                 .contains
         };
-        assert!(!other(serde_json::json!({"metadata": {"annotations": {"fluxcd": "y"}}})));
-        assert!(!other(serde_json::json!({"metadata": {"labels": {"a": "b"}}})));
+        assert!(!other(
+            serde_json::json!({"metadata": {"annotations": {"fluxcd": "y"}}})
+        ));
+        assert!(!other(
+            serde_json::json!({"metadata": {"labels": {"a": "b"}}})
+        ));
         // A type the rendering does not expect is "not contained", never
         // a refused review.
-        assert!(!other(serde_json::json!({"kind": 7, "metadata": {"name": {"x": 1}}})));
+        assert!(!other(
+            serde_json::json!({"kind": 7, "metadata": {"name": {"x": 1}}})
+        ));
 
         // The object's own errors are the plain parse's.
         for (object, why) in [
@@ -786,7 +811,8 @@ mod tests {
                 r#"{"apiVersion":"networking.k8s.io/v1","kind":"Ingress","metadata":{"name":"web","annotations":{"fluxcd":"x"}}}"#,
                 object,
             );
-            let checked = parse_review_checking(body.as_bytes(), |_| Some(Fixed(serde_json::json!({}))));
+            let checked =
+                parse_review_checking(body.as_bytes(), |_| Some(Fixed(serde_json::json!({}))));
             let e = checked.err().unwrap().0;
             assert!(e.contains(why), "{object}: {e}");
             assert!(parse_review(body.as_bytes()).unwrap_err().0.contains(why));

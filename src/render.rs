@@ -172,8 +172,12 @@ impl Rendering {
 
     /// [`Self::find`], with the identity the object is kept under.
     pub fn find_entry(&self, id: &Identity) -> Option<(&Identity, &Value)> {
-        id.lookup_keys()
-            .find_map(|key| self.objects.get_key_value(&key))
+        // The exact key first, without building one (the common case).
+        self.objects.get_key_value(id).or_else(|| {
+            id.lookup_keys()
+                .skip(1)
+                .find_map(|key| self.objects.get_key_value(&key))
+        })
     }
 
     /// The object kept under exactly `key`.

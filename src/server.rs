@@ -492,7 +492,10 @@ impl AppState {
         };
         let rendering = rule.renderings.as_ref()?.current()?;
         let identity = request_identity(req).ok()?;
-        let key = rendering.find_entry(&identity)?.0.clone();
+        let key = match rendering.find_entry(&identity)? {
+            (key, _) if *key == identity => identity,
+            (key, _) => key.clone(),
+        };
         Some(Guess { rendering, key })
     }
 
@@ -535,7 +538,14 @@ impl AppState {
         let budget = self.budget(api_timeout);
         let deadline = tokio::time::Instant::now() + budget;
         let (rule, facts) = match compiled {
-            Compiled::Static(rule) => (rule.clone(), admission::request_facts(&self.config, req)),
+            Compiled::Static(rule) => {
+                // `provenance: none` reads no claim from the annotations.
+                let facts = match rule.provenance {
+                    policy::Provenance::None => admission::facts_without_claim(&self.config, req),
+                    _ => admission::request_facts(&self.config, req),
+                };
+                (rule.clone(), facts)
+            }
             Compiled::Controller(cr) => match self.controller_claim(cr, req, deadline).await {
                 controller::Claimed::Checked {
                     rule,

@@ -69,19 +69,8 @@ impl AppState {
         req: &Request<'_>,
         deadline: tokio::time::Instant,
     ) -> Claimed {
-        let break_glass = admission::is_break_glass(&self.config, req);
         let unclaimed = |reason: Reason, detail: String| {
-            let facts = RequestFacts {
-                revision: Annotation::Missing {
-                    near_misses: Vec::new(),
-                },
-                branch: None,
-                checksum: Annotation::Missing {
-                    near_misses: Vec::new(),
-                },
-                break_glass,
-                claimed_by: ClaimedBy::Annotations,
-            };
+            let facts = admission::facts_without_claim(&self.config, req);
             Claimed::Decided(policy::without_claim(&cr.template, &facts, reason, detail))
         };
         let Some(caches) = &self.controllers else {
@@ -161,7 +150,7 @@ impl AppState {
             checksum: Annotation::Missing {
                 near_misses: Vec::new(),
             },
-            break_glass,
+            break_glass: admission::is_break_glass(&self.config, req),
             claimed_by: ClaimedBy::Controller {
                 object: provenance.controller.clone(),
                 field: provenance.field,
