@@ -108,6 +108,9 @@ pub struct Metrics {
     pub mirror_consecutive_failures: Family<SourceLabels, Gauge>,
     pub mirror_ready: Family<SourceLabels, Gauge>,
     pub cache: Family<CacheLabels, Counter>,
+    /// `cache{cache="checksum",result="hit"}`, resolved on first use (one
+    /// per warm review).
+    checksum_hits: OnceLock<Counter>,
     pub checksum_computations: Counter,
     pub checksum_files: Counter,
     pub checksum_overloaded: Counter,
@@ -324,6 +327,7 @@ impl Metrics {
             registry,
             reviews,
             review_counters: Default::default(),
+            checksum_hits: OnceLock::new(),
             review_duration,
             bad_requests,
             body_budget_refusals,
@@ -357,6 +361,20 @@ impl Metrics {
 
     /// Counts one review with its decision and reason code.
     /// Counts one content comparison by its result.
+    /// A checksum read from the cache.
+    pub fn count_checksum_hit(&self) {
+        self.checksum_hits
+            .get_or_init(|| {
+                self.cache
+                    .get_or_create(&CacheLabels {
+                        cache: "checksum",
+                        result: "hit",
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
     pub fn count_comparison(&self, result: &'static str) {
         self.content_comparisons
             .get_or_create(&ResultLabels { result })

@@ -887,6 +887,15 @@ fn missing_annotation(what: &str, near_misses: &[String]) -> String {
     )
 }
 
+/// `main@950bf0f`, written when a message is.
+struct HeadName<'a>(&'a str, Revision);
+
+impl std::fmt::Display for HeadName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.0, self.1.short())
+    }
+}
+
 fn evaluate(
     rule: &RulePolicy,
     request: &RequestFacts,
@@ -982,7 +991,8 @@ fn evaluate(
         } => (head, position, at_revision, at_head),
     };
     cx.head = Some(head.commit);
-    let head_name = format!("{}@{}", rule.branch, head.commit.short());
+    // Only the verdicts that are not `Fresh` at head name it.
+    let head_name = HeadName(&rule.branch, head.commit);
     let in_grace = head
         .previous
         .is_some_and(|(prev, since)| prev == revision && since <= rule.grace_period);

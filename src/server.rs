@@ -830,7 +830,7 @@ impl AppState {
             .caches
             .cached_result_for(commit, &compiled.overlay_key);
         if let Some(cached) = cached {
-            self.metrics.cache.get_or_create(&cache("hit")).inc();
+            self.metrics.count_checksum_hit();
             return Ok(match cached.as_ref() {
                 Ok(sum) => Ok(sum.checksum),
                 Err(e) => Err(crate::echo::message(e.to_string())),

@@ -174,13 +174,16 @@ impl AppState {
             _ => None,
         };
         // Only the tracking id is read from the annotations.
-        let annotations: Option<BTreeMap<String, String>> = admission::annotations(req)
+        let annotations: Option<BTreeMap<String, String>> = (cr.config.provenance
+            == policy::Provenance::Argo)
+            .then(|| admission::annotations(req))
+            .flatten()
             .and_then(|a| a.get(crate::argo::TRACKING_ID))
             .map(|v| BTreeMap::from([(crate::argo::TRACKING_ID.to_owned(), v.to_string())]));
-        let api_version = if req.kind.group.is_empty() {
-            req.kind.version.to_string()
-        } else {
-            format!("{}/{}", req.kind.group, req.kind.version)
+        let api_version = match cr.config.provenance {
+            policy::Provenance::Argo if req.kind.group.is_empty() => req.kind.version.to_string(),
+            policy::Provenance::Argo => format!("{}/{}", req.kind.group, req.kind.version),
+            _ => String::new(),
         };
         move |caches: &ControllerCaches| match cr.config.provenance {
             policy::Provenance::Argo => caches.argo_provenance(
