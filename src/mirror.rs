@@ -817,6 +817,12 @@ impl Mirror {
     /// revisions.
     pub fn facts(&self, rev: ObjectId) -> RevisionFacts {
         let snap = read(&self.snapshot).clone();
+        // The head's facts are two index lookups: cheaper than the cache.
+        if let Some(s) = &snap
+            && s.head.commit == rev
+        {
+            return self.facts_uncached_with(Some(s), rev);
+        }
         if let Some(s) = &snap
             && let Some(f) = self.facts_cache.get(&(rev, s.head.commit))
         {
