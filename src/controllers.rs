@@ -259,7 +259,7 @@ impl<T: DeserializeOwned> KindCache<T> {
 }
 
 /// What the controller that applied an object says it applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Provenance {
     /// `Kustomization flux-system/apps`, `Application argocd/web`.
     pub controller: String,
@@ -275,10 +275,48 @@ pub struct Provenance {
     pub source: Result<GitSource, String>,
     /// `spec.path` / `spec.source.path`, `.` when empty.
     pub overlay: String,
-    /// What the controller adds when it builds the overlay.
-    pub build: ControllerBuild,
-    /// `build.digest()`, made once.
-    pub build_digest: [u8; 32],
+    /// The controller object the build is read from (content
+    /// verification only): read on first use, then kept.
+    build_from: BuildFrom,
+    /// Boxed: most claims never need it.
+    build: std::sync::OnceLock<Box<(ControllerBuild, [u8; 32])>>,
+}
+
+/// The object a claim's [`ControllerBuild`] is read from.
+#[derive(Debug, Clone, PartialEq)]
+enum BuildFrom {
+    Flux(Arc<Snapshot<Kustomization>>),
+    Argo(Arc<Snapshot<Application>>),
+}
+
+impl Provenance {
+    /// What the controller adds when it builds the overlay, and its
+    /// digest; read once.
+    pub fn build(&self) -> &(ControllerBuild, [u8; 32]) {
+        self.build.get_or_init(|| {
+            let controller = &self.controller;
+            let build = match &self.build_from {
+                BuildFrom::Flux(k) => ControllerBuild {
+                    options: crate::render::build::BuildOptions::flux(&k.object.spec)
+                        .map_err(|why| format!("{controller}: {why}")),
+                    post_build: k.object.spec.post_build.as_ref().map(|p| {
+                        variables::PostBuildInputs {
+                            namespace: k.meta.namespace.clone(),
+                            substitute: p.substitute.clone(),
+                            substitute_from: p.substitute_from.clone(),
+                        }
+                    }),
+                },
+                BuildFrom::Argo(app) => ControllerBuild {
+                    options: crate::render::build::BuildOptions::argo(&app.object.spec)
+                        .map_err(|why| format!("{controller}: {why}")),
+                    post_build: None,
+                },
+            };
+            let digest = build.digest();
+            Box::new((build, digest))
+        })
+    }
 }
 
 /// How the controller builds the overlay it applies (contract section 9),
@@ -381,7 +419,7 @@ pub const FLUX_REVISION_FIELD: &str = "status.lastAttemptedRevision";
 fn flux_claim(
     ns: &str,
     name: &str,
-    k: &Snapshot<Kustomization>,
+    k: &Arc<Snapshot<Kustomization>>,
     repo: Option<&Snapshot<GitRepository>>,
 ) -> Result<Provenance, NoProvenance> {
     let controller = format!("Kustomization {ns}/{name}");
@@ -409,20 +447,6 @@ fn flux_claim(
                 })?;
                 Ok(GitSource::new(url, repo.object.git_ref()))
             });
-    let build = ControllerBuild {
-        options: crate::render::build::BuildOptions::flux(&k.object.spec)
-            .map_err(|why| format!("{controller}: {why}")),
-        post_build: k
-            .object
-            .spec
-            .post_build
-            .as_ref()
-            .map(|p| variables::PostBuildInputs {
-                namespace: ns.to_owned(),
-                substitute: p.substitute.clone(),
-                substitute_from: p.substitute_from.clone(),
-            }),
-    };
     Ok(Provenance {
         controller,
         resource_version: k.meta.resource_version.clone(),
@@ -431,8 +455,8 @@ fn flux_claim(
         branch,
         source,
         overlay: k.object.overlay().to_owned(),
-        build_digest: build.digest(),
-        build,
+        build_from: BuildFrom::Flux(k.clone()),
+        build: std::sync::OnceLock::new(),
     })
 }
 
@@ -440,7 +464,7 @@ fn flux_claim(
 fn argo_claim(
     ns: &str,
     name: &str,
-    app: &Snapshot<Application>,
+    app: &Arc<Snapshot<Application>>,
 ) -> Result<Provenance, NoProvenance> {
     let controller = format!("Application {ns}/{name}");
     // Argo CD reads spec.sources when it is set, and records their
@@ -462,11 +486,6 @@ fn argo_claim(
         Some(url) => Ok(GitSource::new(url, app.object.git_ref())),
         None => Err(format!("{controller} has no spec.source.repoURL")),
     };
-    let build = ControllerBuild {
-        options: crate::render::build::BuildOptions::argo(&app.object.spec)
-            .map_err(|why| format!("{controller}: {why}")),
-        post_build: None,
-    };
     Ok(Provenance {
         controller,
         resource_version: app.meta.resource_version.clone(),
@@ -475,8 +494,8 @@ fn argo_claim(
         branch,
         source,
         overlay: app.object.overlay().to_owned(),
-        build_digest: build.digest(),
-        build,
+        build_from: BuildFrom::Argo(app.clone()),
+        build: std::sync::OnceLock::new(),
     })
 }
 

@@ -409,6 +409,49 @@ mod memory {
         // A regression guard, about twice the measured figure.
         assert!(kept < 2_000_000, "{kept} bytes");
     }
+    /// What reviewing every Kustomization once adds: each one's claim,
+    /// kept until its objects change.
+    #[test]
+    fn heap_per_thousand_claims() {
+        use kube::api::DynamicObject;
+        use std::collections::BTreeMap;
+
+        let mut objects: Vec<DynamicObject> = (0..1000)
+            .map(|i| {
+                let ns = format!("team-{}", i % 20);
+                serde_json::from_value(kustomization(&ns, &format!("app-{i:04}"), A)).unwrap()
+            })
+            .collect();
+        for t in 0..20 {
+            objects.push(
+                serde_json::from_value(git_repository(&format!("team-{t}"), "gitops")).unwrap(),
+            );
+        }
+        let caches = ControllerCaches::from_objects(&objects);
+        drop(objects);
+        let labels: Vec<BTreeMap<String, String>> = (0..1000)
+            .map(|i| {
+                BTreeMap::from([
+                    (
+                        stale_guard::flux::NAME_LABEL.to_owned(),
+                        format!("app-{i:04}"),
+                    ),
+                    (
+                        stale_guard::flux::NAMESPACE_LABEL.to_owned(),
+                        format!("team-{}", i % 20),
+                    ),
+                ])
+            })
+            .collect();
+        let before = LIVE.with(Cell::get);
+        for l in &labels {
+            assert!(caches.flux_provenance(Some(l)).is_ok());
+        }
+        let kept = LIVE.with(Cell::get) - before;
+        println!("1000 claims keep {kept} bytes of heap");
+        // A regression guard, about twice the measured figure.
+        assert!(kept < 1_100_000, "{kept} bytes");
+    }
 }
 
 /// A kind the cluster does not serve (Argo CD not installed): never ready,

@@ -243,7 +243,7 @@ impl AppState {
         claim: &Provenance,
     ) -> Result<(Arc<Rule>, bool), String> {
         let verifies = cr.config.content == policy::ContentCheck::Verify;
-        let build = verifies.then_some(claim.build_digest);
+        let build = verifies.then(|| claim.build().1);
         let mut kept = cr.resolved.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rule) = kept
             .get(source)
@@ -259,7 +259,7 @@ impl AppState {
             .compile(config)
             .map_err(|e| crate::echo::message(e.to_string()))?;
         if verifies {
-            rule.build = Some(claim.build.clone());
+            rule.build = Some(claim.build().0.clone());
         }
         let rule = Arc::new(rule);
         let count: usize = kept
