@@ -11,6 +11,7 @@ use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
 mod read;
+pub(crate) use read::OrNull;
 pub use read::{Expectation, Nothing, Prechecked};
 
 /// A string of the review body: borrowed from the body when it has no JSON

@@ -94,6 +94,8 @@ use std::fmt;
 mod envelope;
 mod fast;
 mod pruned;
+#[cfg(test)]
+mod test_review;
 pub(crate) use fast::ObjectSeed;
 pub use fast::review_contains;
 pub use pruned::review_object;

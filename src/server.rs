@@ -51,6 +51,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The rules in `config.rules` order, compiled once at start.
     rules: Vec<Compiled>,
+    /// Some static rule verifies content: only then does a review's parse
+    /// look for a rendering to check the object against.
+    static_content: bool,
     pub sources: HashMap<String, Source>,
     pub metrics: Metrics,
     /// Set once the serving certificate is loaded.
@@ -132,6 +135,9 @@ impl AppState {
                     .map(|c| Compiled::Static(Arc::new(c))),
             })
             .collect::<anyhow::Result<Vec<Compiled>>>()?;
+        let static_content = rules
+            .iter()
+            .any(|r| matches!(r, Compiled::Static(rule) if rule.renderings.is_some()));
         let renderer = config
             .rules
             .iter()
@@ -151,6 +157,7 @@ impl AppState {
         Ok(AppState {
             config,
             rules,
+            static_content,
             sources,
             metrics: Metrics::new(),
             tls_ready: AtomicBool::new(false),
@@ -480,7 +487,7 @@ impl AppState {
     /// while the review is parsed: head's rendering of the object, for a
     /// static rule with content verification whose head is rendered.
     fn expectation(&self, req: &crate::admission::Request<'_>) -> Option<Guess> {
-        if admission::out_of_scope(req).is_some() {
+        if !self.static_content || admission::out_of_scope(req).is_some() {
             return None;
         }
         let Compiled::Static(rule) = self

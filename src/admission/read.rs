@@ -75,7 +75,7 @@ where
                 "apiVersion" => set(&mut api_version, "apiVersion", map.next_value()?)?,
                 "kind" => set(&mut kind, "kind", map.next_value()?)?,
                 "request" => {
-                    let seed = OptionalRequest { pick: pick.take() };
+                    let seed = OrNull(RequestVisitor { pick: pick.take() });
                     let read = map.next_value_seed(seed)?;
                     set(&mut request, "request", read)?;
                 }
@@ -102,32 +102,23 @@ fn set<T, E: de::Error>(slot: &mut Option<T>, field: &'static str, value: T) -> 
     Ok(())
 }
 
-/// `request`: `null` or a request.
-struct OptionalRequest<F> {
-    /// `None` when a duplicate `request` is read (an error anyway).
-    pick: Option<F>,
-}
+/// A map read by the visitor `V`, or `null` (`None`): the one `Option`
+/// wrapper the hand-written seeds share (serde's own needs a
+/// `Deserialize` type, not a visitor with state).
+pub(crate) struct OrNull<V>(pub V);
 
-impl<'de, P, F> DeserializeSeed<'de> for OptionalRequest<F>
-where
-    P: Expectation,
-    F: FnOnce(&Request<'de>) -> Option<P>,
-{
-    type Value = Option<(Request<'de>, Option<Prechecked<P>>)>;
+impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for OrNull<V> {
+    type Value = Option<V::Value>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'de, P, F> Visitor<'de> for OptionalRequest<F>
-where
-    P: Expectation,
-    F: FnOnce(&Request<'de>) -> Option<P>,
-{
-    type Value = Option<(Request<'de>, Option<Prechecked<P>>)>;
+impl<'de, V: Visitor<'de>> Visitor<'de> for OrNull<V> {
+    type Value = Option<V::Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("struct Request")
+        self.0.expecting(f)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
@@ -139,8 +130,7 @@ where
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(RequestVisitor { pick: self.pick })
-            .map(Some)
+        d.deserialize_map(self.0).map(Some)
     }
 }
 
@@ -223,11 +213,10 @@ where
                     };
                     match expected {
                         Some(expected) => {
-                            let seed = crate::content::ObjectSeed {
+                            let seed = OrNull(crate::content::ObjectSeed {
                                 rendered: expected.rendered(),
-                            };
-                            let read = map.next_value_seed(seed)?;
-                            let (metadata, contains) = match read {
+                            });
+                            let (metadata, contains) = match map.next_value_seed(seed)? {
                                 Some((metadata, contains)) => (Some(metadata), contains),
                                 None => (None, false),
                             };

@@ -14,6 +14,7 @@
 //! by far the most common, takes this one: building the object was most
 //! of its cost.
 
+use crate::admission::OrNull;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::fmt;
@@ -136,7 +137,8 @@ where
 /// The `request.object` of a review read once for two purposes: the
 /// metadata the request needs ([`crate::admission::Metadata`], as its own
 /// parser reads it) and whether the object contains `rendered` (as
-/// [`review_contains`] says). `None` for a `null` object.
+/// [`review_contains`] says). A map visitor: `null` is the caller's
+/// (`admission::read::OrNull`).
 pub(crate) struct ObjectSeed<'r> {
     pub rendered: &'r Value,
 }
@@ -144,36 +146,7 @@ pub(crate) struct ObjectSeed<'r> {
 /// The metadata read, and whether the object contains the rendering.
 pub(crate) type ObjectRead<'de> = (Option<crate::admission::Metadata<'de>>, bool);
 
-impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
-    type Value = Option<ObjectRead<'de>>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
 impl<'de> Visitor<'de> for ObjectSeed<'_> {
-    type Value = Option<ObjectRead<'de>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(ObjectMap(self.rendered)).map(Some)
-    }
-}
-
-struct ObjectMap<'r>(&'r Value);
-
-impl<'de> Visitor<'de> for ObjectMap<'_> {
     type Value = ObjectRead<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -181,7 +154,7 @@ impl<'de> Visitor<'de> for ObjectMap<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        let (rendered, shaped) = match self.0.as_object() {
+        let (rendered, shaped) = match self.rendered.as_object() {
             Some(m) => (m, true),
             None => (&*EMPTY, false),
         };
@@ -193,7 +166,12 @@ impl<'de> Visitor<'de> for ObjectMap<'_> {
             if metadata.is_some() {
                 return Err(de::Error::duplicate_field("metadata"));
             }
-            let (read, contained) = map.next_value_seed(MetaSeed { rendered: want })?;
+            let seed = OrNull(MetaSeed { rendered: want });
+            let (read, contained) = match map.next_value_seed(seed)? {
+                Some((read, contained)) => (Some(read), contained),
+                // `null` sets nothing: contained only if nothing is rendered.
+                None => (None, want.is_none()),
+            };
             metadata = Some(read);
             Ok(Some(contained))
         })?;
@@ -204,36 +182,17 @@ impl<'de> Visitor<'de> for ObjectMap<'_> {
 static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
     std::sync::LazyLock::new(serde_json::Map::new);
 
-/// An object's `metadata`, read as [`crate::admission::Metadata`] and
+/// An object's `metadata` (a map visitor), read as [`crate::admission::Metadata`] and
 /// checked against the rendered metadata when there is one.
 struct MetaSeed<'r> {
     rendered: Option<&'r Value>,
 }
 
-impl<'de> DeserializeSeed<'de> for MetaSeed<'_> {
-    type Value = (Option<crate::admission::Metadata<'de>>, bool);
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
 impl<'de> Visitor<'de> for MetaSeed<'_> {
-    type Value = (Option<crate::admission::Metadata<'de>>, bool);
+    type Value = (crate::admission::Metadata<'de>, bool);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("struct Metadata")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok((None, self.rendered.is_none()))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok((None, self.rendered.is_none()))
-    }
-
-    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
@@ -279,7 +238,7 @@ impl<'de> Visitor<'de> for MetaSeed<'_> {
             annotations: annotations.flatten(),
             labels: labels.flatten(),
         };
-        Ok((Some(metadata), shaped && contained))
+        Ok((metadata, shaped && contained))
     }
 }
 
@@ -364,9 +323,6 @@ impl<'de> Visitor<'de> for Sub<'_> {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
         Ok(self.rendered.as_str() == Some(v))
     }
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<bool, E> {
-        Ok(self.rendered.as_str().map(str::as_bytes) == Some(v))
-    }
     fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
         Ok(false)
     }
@@ -377,13 +333,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn review(object: &Value) -> Vec<u8> {
-        serde_json::to_vec(&json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": "u", "oldObject": {"spec": 1}, "object": object}
-        }))
-        .unwrap()
-    }
+    use crate::content::test_review::review;
 
     fn deployment() -> Value {
         json!({

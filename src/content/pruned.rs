@@ -139,13 +139,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn review(object: &Value) -> Vec<u8> {
-        serde_json::to_vec(&json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": "u", "oldObject": {"x": 1}, "object": object}
-        }))
-        .unwrap()
-    }
+    use crate::content::test_review::review;
 
     #[test]
     fn only_what_a_rendering_sets_is_built() {
