@@ -20,6 +20,10 @@
 //!   `content/review_parse_checking`: the whole review read as the server
 //!   reads it, in two passes (the request, then the object checked) or in
 //!   one (the object checked while the request is parsed).
+//! - `content/sample_review_parse_checking`, `content/sample_review_parse`:
+//!   the load benchmark's review (`data/floor-sample-review.json`, a copy
+//!   of the floor's 4.5 KB Ingress review) read in one pass against its
+//!   own object, and read with no rendering to check.
 //!
 //! Run with `cargo bench --bench content`.
 
@@ -270,6 +274,39 @@ fn main() {
     });
     group.bench_function("review_parse_checking", |b| {
         b.iter(|| one_pass(black_box(&fresh_ordered)))
+    });
+    // The load benchmark's review (the floor's sample: an Ingress with
+    // labels, annotations and managedFields, 4.5 KB) against its own
+    // object without the fields the API server adds, as
+    // benches/webhook-load.sh renders it; and read without a rendering,
+    // as the other modes read it.
+    let sample: &[u8] = include_bytes!("data/floor-sample-review.json");
+    let mut ingress =
+        serde_json::from_slice::<Value>(sample).expect("sample review")["request"]["object"]
+            .clone();
+    for field in [
+        "uid",
+        "generation",
+        "creationTimestamp",
+        "managedFields",
+        "resourceVersion",
+    ] {
+        ingress["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove(field);
+    }
+    ingress.as_object_mut().expect("object").remove("status");
+    let sample_pass = |body: &[u8]| {
+        admission::parse_review_checking(body, |_| Some(Head(&ingress)))
+            .map(|(req, pre)| (req.uid.len(), pre.is_some_and(|p| p.contains)))
+    };
+    assert_eq!(sample_pass(sample).map(|r| r.1), Ok(true));
+    group.bench_function("sample_review_parse_checking", |b| {
+        b.iter(|| sample_pass(black_box(sample)))
+    });
+    group.bench_function("sample_review_parse", |b| {
+        b.iter(|| admission::parse_review(black_box(sample)).map(|r| r.uid.len()))
     });
     group.bench_function("review_parsed_and_compared", |b| {
         b.iter(|| {

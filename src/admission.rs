@@ -96,107 +96,76 @@ pub struct AppliedObject<'a> {
     pub metadata: Metadata<'a>,
 }
 
-/// The part of an object's metadata the webhook reads.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The part of an object's metadata the webhook reads. Read by
+/// [`crate::content::MetaSeed`], the one reader of metadata (with or
+/// without a rendering to check it against).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metadata<'a> {
-    #[serde(default, borrow)]
-    pub annotations: Option<BTreeMap<Str<'a>, Str<'a>>>,
-    /// Kept unparsed: only `provenance: flux` reads them.
-    #[serde(default, borrow)]
-    pub labels: Option<RawJson<'a>>,
+    /// Values must be strings: anything else refuses the review.
+    pub annotations: Option<StrMap<'a>>,
+    /// A value that is not a string is skipped (only `provenance: flux`
+    /// reads labels, and a label it cannot read is a missing one).
+    pub labels: Option<StrMap<'a>>,
 }
 
-/// A JSON value kept as its text, borrowed from the body: delimited by the
-/// parser (which has to read it anyway) but not built.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson<'a>(#[serde(borrow)] pub &'a serde_json::value::RawValue);
+impl<'de: 'a, 'a> Deserialize<'de> for Metadata<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(crate::content::MetaSeed { rendered: None })
+            .map(|(metadata, _)| metadata)
+    }
+}
 
-impl PartialEq for RawJson<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
+/// A JSON map of strings (an object's labels or annotations) as the body
+/// writes it, borrowing from the body: a list, not a tree, since a review
+/// reads at most a few of its keys and building a tree cost more than
+/// reading them. A key written twice reads as its last value, as it would
+/// in a map.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StrMap<'a>(pub Vec<(Str<'a>, Str<'a>)>);
+
+impl<'a> StrMap<'a> {
+    /// The value of `key` (the last, if written twice).
+    pub fn get(&self, key: &str) -> Option<&Str<'a>> {
+        self.0.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+/// A map of strings read by key: an object's annotations from a review
+/// ([`StrMap`]) or from the API (`BTreeMap`, in `scan`).
+pub trait StringMap {
+    /// The value of `key`.
+    fn value(&self, key: &str) -> Option<&str>;
+    /// Every key and value, a key written twice perhaps twice.
+    fn entries(&self) -> impl Iterator<Item = (&str, &str)> + Clone;
+}
+
+impl StringMap for StrMap<'_> {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(|v| &**v)
+    }
+    fn entries(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+}
+
+impl<K: Ord + Borrow<str>, V: AsRef<str>> StringMap for BTreeMap<K, V> {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(AsRef::as_ref)
+    }
+    fn entries(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+        self.iter().map(|(k, v)| (k.borrow(), v.as_ref()))
     }
 }
 
 /// The object's labels named in `keys` (as those keys), borrowed from the
-/// body where they have no escapes. One pass over the labels, building
-/// nothing for the others; a label that is not a string (which the API
-/// server never sends) is skipped.
+/// body where they have no escapes.
 pub fn labels<'k, 'a>(req: &Request<'a>, keys: &[&'k str]) -> Option<BTreeMap<&'k str, Str<'a>>> {
-    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
-    /// A label's value: a string, or anything else (skipped).
-    struct Value<'a>(Option<Str<'a>>);
-    impl<'de> Deserialize<'de> for Value<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Value<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a label value")
-                }
-                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Value<'de>, E> {
-                    Ok(Value(Some(Str(Cow::Borrowed(v)))))
-                }
-                fn visit_str<E>(self, v: &str) -> Result<Value<'de>, E> {
-                    Ok(Value(Some(Str(Cow::Owned(v.to_owned())))))
-                }
-                fn visit_bool<E>(self, _: bool) -> Result<Value<'de>, E> {
-                    Ok(Value(None))
-                }
-                fn visit_i64<E>(self, _: i64) -> Result<Value<'de>, E> {
-                    Ok(Value(None))
-                }
-                fn visit_u64<E>(self, _: u64) -> Result<Value<'de>, E> {
-                    Ok(Value(None))
-                }
-                fn visit_f64<E>(self, _: f64) -> Result<Value<'de>, E> {
-                    Ok(Value(None))
-                }
-                fn visit_unit<E>(self) -> Result<Value<'de>, E> {
-                    Ok(Value(None))
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    a: A,
-                ) -> Result<Value<'de>, A::Error> {
-                    IgnoredAny.visit_seq(a).map(|_| Value(None))
-                }
-                fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Value<'de>, A::Error> {
-                    IgnoredAny.visit_map(a).map(|_| Value(None))
-                }
-            }
-            d.deserialize_any(V)
-        }
-    }
-    struct Picker<'k, 'q> {
-        keys: &'q [&'k str],
-    }
-    impl<'de, 'k> Visitor<'de> for Picker<'k, '_> {
-        type Value = BTreeMap<&'k str, Str<'de>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a map of labels")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut picked = BTreeMap::new();
-            while let Some(key) = map.next_key::<Str<'de>>()? {
-                match self.keys.iter().find(|k| **k == &*key) {
-                    Some(k) => {
-                        if let Value(Some(v)) = map.next_value()? {
-                            picked.insert(*k, v);
-                        }
-                    }
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(picked)
-        }
-    }
-    let raw = req.object.as_ref()?.metadata.labels?;
-    let mut de = serde_json::Deserializer::from_str(raw.0.get());
-    de.deserialize_map(Picker { keys }).ok()
+    let labels = req.object.as_ref()?.metadata.labels.as_ref()?;
+    Some(
+        keys.iter()
+            .filter_map(|k| Some((*k, labels.get(k)?.clone())))
+            .collect(),
+    )
 }
 
 /// An object's API group, version and kind (kube's `GroupVersionKind`).
@@ -426,7 +395,7 @@ pub fn is_break_glass(config: &Config, req: &Request<'_>) -> bool {
 }
 
 /// The annotations of the object being applied.
-pub fn annotations<'r, 'a>(req: &'r Request<'a>) -> Option<&'r BTreeMap<Str<'a>, Str<'a>>> {
+pub fn annotations<'r, 'a>(req: &'r Request<'a>) -> Option<&'r StrMap<'a>> {
     req.object.as_ref()?.metadata.annotations.as_ref()
 }
 
@@ -464,25 +433,14 @@ pub fn facts_without_claim(config: &Config, req: &Request<'_>) -> RequestFacts {
 
 /// The revision and checksum annotations of an object's `annotations`, read
 /// with the configured keys (also used by `scan` on running objects).
-pub fn read_annotations<K, V>(
+pub fn read_annotations<M: StringMap>(
     config: &Config,
-    annotations: Option<&BTreeMap<K, V>>,
-) -> (Annotation<Revision>, Annotation<Checksum>)
-where
-    K: Ord + Borrow<str>,
-    V: AsRef<str>,
-{
-    let pairs = annotations
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.borrow(), v.as_ref()));
-    // The common case, the key present: one map lookup. Otherwise every
-    // key is looked at for near misses.
-    let exact = |key: &str| {
-        annotations
-            .and_then(|a| a.get_key_value(key))
-            .map(|(k, v)| [(k.borrow(), v.as_ref())])
-    };
+    annotations: Option<&M>,
+) -> (Annotation<Revision>, Annotation<Checksum>) {
+    let pairs = annotations.into_iter().flat_map(StringMap::entries);
+    // The common case, the key present: one lookup. Otherwise every key
+    // is looked at for near misses.
+    let exact = |key| annotations.and_then(|a| a.value(key)).map(|v| [(key, v)]);
     let parse_checksum = |v: &str| v.parse::<Checksum>().map_err(|e| e.to_string());
     let keys = &config.annotations;
     (
@@ -499,20 +457,13 @@ where
 
 /// The branch the revision annotation names (`<branch>@sha1:<hex>`), if
 /// it is of that form (also used by `scan`).
-pub fn revision_branch<K, V>(
-    config: &Config,
-    annotations: Option<&BTreeMap<K, V>>,
-) -> Option<String>
-where
-    K: Ord + Borrow<str>,
-    V: AsRef<str>,
-{
-    let value = annotations?.get(config.annotations.revision.as_str())?;
+pub fn revision_branch<M: StringMap>(config: &Config, annotations: Option<&M>) -> Option<String> {
+    let value = annotations?.value(config.annotations.revision.as_str())?;
     // The bare and `sha1:` forms name no branch: nothing to parse again.
-    if !value.as_ref().contains('@') {
+    if !value.contains('@') {
         return None;
     }
-    match Revision::parse_claim(value.as_ref()) {
+    match Revision::parse_claim(value) {
         Ok((_, Some(branch))) => Some(branch.to_owned()),
         _ => None,
     }
@@ -680,6 +631,19 @@ mod tests {
         assert_eq!(
             labels(&req, &["a/name", "a/ns"]),
             want(&[("a/name", "web"), ("a/ns", "escaped")])
+        );
+        // A label written twice reads as its last value, as in a map.
+        let text = body(r#"{"a/name":"old","a/ns":"n","a/name":"web"}"#);
+        let req = parse_review(text.as_bytes()).unwrap();
+        assert_eq!(
+            labels(&req, &["a/name", "a/ns"]),
+            want(&[("a/name", "web"), ("a/ns", "n")])
+        );
+        // Labels that are not a map are no labels, not a refused review.
+        let text = body(r#""web""#);
+        assert_eq!(
+            labels(&parse_review(text.as_bytes()).unwrap(), &["a/name"]),
+            None
         );
         // A label that is not a string is skipped, the rest still read.
         let text = body(r#"{"a/name":7,"a/ns":"flux-system"}"#);
@@ -854,7 +818,7 @@ mod tests {
             );
         let req = parse_review(body.as_bytes()).unwrap();
         let ann = annotations(&req).unwrap();
-        let (k, v) = ann.get_key_value("a/b").unwrap();
+        let (k, v) = ann.0.iter().find(|(k, _)| *k == "a/b").unwrap();
         assert!(matches!(k.0, Cow::Owned(_)) && matches!(v.0, Cow::Owned(_)));
         assert_eq!(&**v, "x & \"y\"");
         assert!(matches!(ann.get("plain").unwrap().0, Cow::Borrowed("z")));

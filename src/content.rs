@@ -96,8 +96,8 @@ mod fast;
 mod pruned;
 #[cfg(test)]
 mod test_review;
-pub(crate) use fast::ObjectSeed;
 pub use fast::review_contains;
+pub(crate) use fast::{MetaSeed, ObjectSeed};
 pub use pruned::review_object;
 
 use serde_json::{Map, Number, Value};

@@ -216,14 +216,18 @@ pub fn read_annotation<'a, T>(
                 why,
             },
         },
-        _ => Annotation::Missing {
-            near_misses: annotations
+        _ => {
+            // Sorted and once each, however the map was written.
+            let mut near_misses: Vec<String> = annotations
                 .into_iter()
                 .map(|(k, _)| k)
                 .filter(|k| *k != key && is_near_miss(k, key))
                 .map(str::to_owned)
-                .collect(),
-        },
+                .collect();
+            near_misses.sort_unstable();
+            near_misses.dedup();
+            Annotation::Missing { near_misses }
+        }
     }
 }
 

@@ -182,10 +182,12 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
 static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
     std::sync::LazyLock::new(serde_json::Map::new);
 
-/// An object's `metadata` (a map visitor), read as [`crate::admission::Metadata`] and
-/// checked against the rendered metadata when there is one.
-struct MetaSeed<'r> {
-    rendered: Option<&'r Value>,
+/// An object's `metadata` (a map visitor), read as
+/// [`crate::admission::Metadata`] and checked against the rendered
+/// metadata when there is one (`None`: the plain parse, whose check is
+/// not looked at).
+pub(crate) struct MetaSeed<'r> {
+    pub rendered: Option<&'r Value>,
 }
 
 impl<'de> Visitor<'de> for MetaSeed<'_> {
@@ -196,43 +198,29 @@ impl<'de> Visitor<'de> for MetaSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        use crate::admission::{Metadata, RawJson, Str};
-        use std::collections::BTreeMap;
+        use crate::admission::{Metadata, StrMap};
         let (rendered, shaped) = match self.rendered.map(Value::as_object) {
             None => (&*EMPTY, true),
             Some(Some(m)) => (m, true),
             Some(None) => (&*EMPTY, false),
         };
-        let mut annotations: Option<Option<BTreeMap<Str<'de>, Str<'de>>>> = None;
-        let mut labels: Option<Option<RawJson<'de>>> = None;
-        let contained = contains_map(map, rendered, false, |key, want, map| match key {
-            b"annotations" => {
-                if annotations.is_some() {
-                    return Err(de::Error::duplicate_field("annotations"));
-                }
-                let read: Option<BTreeMap<Str<'de>, Str<'de>>> = map.next_value()?;
-                let contained = want.is_some_and(|w| annotations_contain(read.as_ref(), w));
-                annotations = Some(read);
-                Ok(Some(contained))
+        let mut annotations: Option<Option<StrMap<'de>>> = None;
+        let mut labels: Option<Option<StrMap<'de>>> = None;
+        let contained = contains_map(map, rendered, false, |key, want, map| {
+            let (slot, field, lenient) = match key {
+                b"annotations" => (&mut annotations, "annotations", false),
+                b"labels" => (&mut labels, "labels", true),
+                _ => return Ok(None),
+            };
+            if slot.is_some() {
+                return Err(de::Error::duplicate_field(field));
             }
-            b"labels" => {
-                if labels.is_some() {
-                    return Err(de::Error::duplicate_field("labels"));
-                }
-                let read: Option<RawJson<'de>> = map.next_value()?;
-                let contained = want.is_some_and(|w| {
-                    let text = read.map_or("null", |r| r.0.get());
-                    let seed = Sub {
-                        rendered: w,
-                        top: false,
-                    };
-                    seed.deserialize(&mut serde_json::Deserializer::from_str(text))
-                        .unwrap_or(false)
-                });
-                labels = Some(read);
-                Ok(Some(contained))
-            }
-            _ => Ok(None),
+            let (read, contained) = map.next_value_seed(PairsSeed {
+                rendered: want,
+                lenient,
+            })?;
+            *slot = Some(read);
+            Ok(Some(contained))
         })?;
         let metadata = Metadata {
             annotations: annotations.flatten(),
@@ -242,22 +230,153 @@ impl<'de> Visitor<'de> for MetaSeed<'_> {
     }
 }
 
-/// What [`Sub`] says of annotations already read into a map: every
-/// rendered annotation (but `null`) present and the same string. A map
-/// read from JSON keeps the last of a key written twice, as the careful
-/// comparison's parse does.
-fn annotations_contain(
-    read: Option<&std::collections::BTreeMap<crate::admission::Str<'_>, crate::admission::Str<'_>>>,
-    rendered: &Value,
-) -> bool {
-    let (Some(read), Some(rendered)) = (read, rendered.as_object()) else {
-        return false;
-    };
-    rendered.iter().all(|(k, v)| {
-        v.is_null()
-            || v.as_str()
-                .is_some_and(|v| read.get(k.as_str()).is_some_and(|r| **r == *v))
-    })
+/// Labels or annotations, a map of strings: read into a
+/// [`crate::admission::StrMap`] and, in the same pass, checked against the
+/// rendered map when there is one (as [`Sub`] would check it). `lenient`:
+/// a value that is not a string, or a map that is not one, is skipped
+/// (labels); otherwise it refuses the review, as it always has
+/// (annotations).
+struct PairsSeed<'r> {
+    rendered: Option<&'r Value>,
+    lenient: bool,
+}
+
+type PairsRead<'de> = (Option<crate::admission::StrMap<'de>>, bool);
+
+impl<'de> DeserializeSeed<'de> for PairsSeed<'_> {
+    type Value = PairsRead<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.lenient {
+            d.deserialize_any(self)
+        } else {
+            d.deserialize_option(self)
+        }
+    }
+}
+
+/// A value of a lenient map: a string or nothing.
+struct LenientStr<'de>(Option<crate::admission::Str<'de>>);
+
+impl<'de> serde::Deserialize<'de> for LenientStr<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::admission::Str;
+        use std::borrow::Cow;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Str(Cow::Borrowed(v)))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(LenientStr(Some(Str(Cow::Owned(v.to_owned())))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_seq(a).map(|_| LenientStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_map(a).map(|_| LenientStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Visitor<'de> for PairsSeed<'_> {
+    type Value = PairsRead<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use crate::admission::{Str, StrMap};
+        // Which rendered keys were matched, by position, as in
+        // `contains_map`; `None`: nothing to check, or too wide to track.
+        let rendered = match self.rendered.map(Value::as_object) {
+            Some(Some(m)) if m.len() <= 128 => Some(m),
+            _ => None,
+        };
+        let mut ok = rendered.is_some();
+        let mut matched: u128 = 0;
+        let mut pairs = Vec::new();
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            let value = if self.lenient {
+                map.next_value::<LenientStr<'de>>()?.0
+            } else {
+                Some(map.next_value::<Str<'de>>()?)
+            };
+            if let (true, Some(rendered)) = (ok, rendered) {
+                let found = rendered
+                    .iter()
+                    .enumerate()
+                    .find(|(_, (k, _))| k.as_str() == &*key);
+                if let Some((i, (_, want))) = found.filter(|(_, (_, w))| !w.is_null()) {
+                    let bit = 1u128 << i;
+                    match (&value, want.as_str()) {
+                        (Some(v), Some(w)) if matched & bit == 0 && **v == *w => matched |= bit,
+                        _ => ok = false,
+                    }
+                }
+            }
+            if let Some(value) = value {
+                pairs.push((key, value));
+            }
+        }
+        let want = rendered.map_or(0, |m| m.values().filter(|v| !v.is_null()).count());
+        Ok((
+            Some(StrMap(pairs)),
+            ok && matched.count_ones() as usize == want,
+        ))
+    }
+
+    // `null`: no map (and not containing a rendered one).
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((None, false))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((None, false))
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    // Only when lenient (`deserialize_any`): not a map, no labels.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok((None, false))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok((None, false))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok((None, false))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok((None, false))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok((None, false))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_seq(a).map(|_| (None, false))
+    }
 }
 
 impl<'de> Visitor<'de> for Sub<'_> {
