@@ -7,6 +7,7 @@
 #   ATTACKS=1 benches/webhook-load.sh 0     (only valid reviews during attacks)
 #   MODE=content benches/webhook-load.sh     (a content: verify rule, no annotations read)
 #   MODE=flux benches/webhook-load.sh        (provenance: flux from a Kustomization)
+#   CONFIGS='-p h1 -c 64;-t wrk -p h1 -c 64' benches/webhook-load.sh   (only these runs)
 #
 # With ATTACKS=1, valid reviews (h1, 64 connections) are then measured
 # quiet, while benches/attack_client.py holds request bodies open or
@@ -145,7 +146,8 @@ case "$verdict" in
 esac
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-[ "$rounds" -gt 0 ] && for cfg in "-p h1 -c 64" "-p h2 -c 64 -m 1" "-p h2 -c 1 -m 64" "-t wrk -p h1 -c 64"; do
+IFS=';' read -r -a configs <<< "${CONFIGS:--p h1 -c 64;-p h2 -c 64 -m 1;-p h2 -c 1 -m 64;-t wrk -p h1 -c 64}"
+[ "$rounds" -gt 0 ] && for cfg in "${configs[@]}"; do
   echo "== $cfg"
   DUR=${DUR:-10} "$work/floor/compare.sh" -r "$rounds" -A "$floor_pid" -B "$sg_pid" -o "$cfg -d ${DUR:-10}" \
     https://127.0.0.1:8443 https://127.0.0.1:9443 "$certs/ca.crt" "$work/fresh.json" | tail -3
