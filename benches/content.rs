@@ -20,10 +20,14 @@
 //!   `content/review_parse_checking`: the whole review read as the server
 //!   reads it, in two passes (the request, then the object checked) or in
 //!   one (the object checked while the request is parsed).
-//! - `content/sample_review_parse_checking`, `content/sample_review_parse`:
-//!   the load benchmark's review (`data/floor-sample-review.json`, a copy
-//!   of the floor's 4.5 KB Ingress review) read in one pass against its
-//!   own object, and read with no rendering to check.
+//! - `content/review_parse_seen`: the one pass again, the object's `spec`
+//!   being the bytes an earlier review was found to contain the rendering
+//!   in (`content::Seen`): delimited, not walked (the server's warm path).
+//! - `content/sample_review_parse_checking`, `content/sample_review_parse_seen`,
+//!   `content/sample_review_parse`: the load benchmark's review
+//!   (`data/floor-sample-review.json`, a copy of the floor's 4.5 KB Ingress
+//!   review) read in one pass against its own object, walked or seen
+//!   before, and read with no rendering to check.
 //!
 //! Run with `cargo bench --bench content`.
 
@@ -252,17 +256,27 @@ fn main() {
         .into_bytes()
     };
     let fresh_ordered = ordered(&admitted(&canonical));
-    struct Head<'v>(&'v Value);
+    /// A rendering, and what objects it was found in (`None`: nothing
+    /// kept, every object walked).
+    struct Head<'v>(&'v Value, Option<&'v content::Seen>);
     impl admission::Expectation for Head<'_> {
         fn rendered(&self) -> &Value {
             self.0
         }
+        fn seen(&self) -> Option<&content::Seen> {
+            self.1
+        }
     }
-    let one_pass = |body: &[u8]| {
-        admission::parse_review_checking(body, |_| Some(Head(&canonical)))
+    let one_pass = |body: &[u8], seen: Option<&content::Seen>| {
+        admission::parse_review_checking(body, |_| Some(Head(&canonical, seen)))
             .map(|(req, pre)| (req.uid.len(), pre.is_some_and(|p| p.contains)))
     };
-    assert_eq!(one_pass(&fresh_ordered).map(|r| r.1), Ok(true));
+    assert_eq!(one_pass(&fresh_ordered, None).map(|r| r.1), Ok(true));
+    let canonical_seen = content::Seen::new(&canonical);
+    assert_eq!(
+        one_pass(&fresh_ordered, Some(&canonical_seen)).map(|r| r.1),
+        Ok(true)
+    );
     group.bench_function("review_parse_then_contains", |b| {
         b.iter(|| {
             let req = admission::parse_review(black_box(&fresh_ordered));
@@ -273,7 +287,10 @@ fn main() {
         })
     });
     group.bench_function("review_parse_checking", |b| {
-        b.iter(|| one_pass(black_box(&fresh_ordered)))
+        b.iter(|| one_pass(black_box(&fresh_ordered), None))
+    });
+    group.bench_function("review_parse_seen", |b| {
+        b.iter(|| one_pass(black_box(&fresh_ordered), Some(&canonical_seen)))
     });
     // The load benchmark's review (the floor's sample: an Ingress with
     // labels, annotations and managedFields, 4.5 KB) against its own
@@ -297,13 +314,21 @@ fn main() {
             .remove(field);
     }
     ingress.as_object_mut().expect("object").remove("status");
-    let sample_pass = |body: &[u8]| {
-        admission::parse_review_checking(body, |_| Some(Head(&ingress)))
+    let sample_pass = |body: &[u8], seen: Option<&content::Seen>| {
+        admission::parse_review_checking(body, |_| Some(Head(&ingress, seen)))
             .map(|(req, pre)| (req.uid.len(), pre.is_some_and(|p| p.contains)))
     };
-    assert_eq!(sample_pass(sample).map(|r| r.1), Ok(true));
+    assert_eq!(sample_pass(sample, None).map(|r| r.1), Ok(true));
+    let ingress_seen = content::Seen::new(&ingress);
+    assert_eq!(
+        sample_pass(sample, Some(&ingress_seen)).map(|r| r.1),
+        Ok(true)
+    );
     group.bench_function("sample_review_parse_checking", |b| {
-        b.iter(|| sample_pass(black_box(sample)))
+        b.iter(|| sample_pass(black_box(sample), None))
+    });
+    group.bench_function("sample_review_parse_seen", |b| {
+        b.iter(|| sample_pass(black_box(sample), Some(&ingress_seen)))
     });
     group.bench_function("sample_review_parse", |b| {
         b.iter(|| admission::parse_review(black_box(sample)).map(|r| r.uid.len()))

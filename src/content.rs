@@ -94,11 +94,13 @@ use std::fmt;
 mod envelope;
 mod fast;
 mod pruned;
+mod seen;
 #[cfg(test)]
 mod test_review;
 pub use fast::review_contains;
 pub(crate) use fast::{MetaSeed, ObjectSeed};
 pub use pruned::review_object;
+pub use seen::Seen;
 
 use serde_json::{Map, Number, Value};
 

@@ -31,7 +31,7 @@ pub mod varsub;
 pub use build::{ArgoBuild, BuildDigest, BuildOptions, FluxBuild};
 
 use crate::checksum::{Checksum, ChecksumEngine, ChecksumError, OverlayTree, TreeFile};
-use crate::content::Identity;
+use crate::content::{Identity, Seen};
 use gix::ObjectId;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -152,10 +152,12 @@ pub struct Rendering {
     pub commit: ObjectId,
     /// The overlay path, cleaned.
     pub overlay: Arc<str>,
-    objects: HashMap<Identity, Value>,
+    /// Each object, and where reviewed objects were found to contain it.
+    objects: HashMap<Identity, (Value, Seen)>,
     /// Estimated heap held by the parsed objects: the cache weight. About
     /// 20 times `output_bytes` (serde_json's maps are B-trees whose
-    /// smallest node holds room for 11 entries).
+    /// smallest node holds room for 11 entries), plus the most the
+    /// objects' [`Seen`] can hold (about 4 times `output_bytes`).
     pub bytes: u64,
     /// Size of the command's output.
     pub output_bytes: u64,
@@ -173,16 +175,23 @@ impl Rendering {
     /// [`Self::find`], with the identity the object is kept under.
     pub fn find_entry(&self, id: &Identity) -> Option<(&Identity, &Value)> {
         // The exact key first, without building one (the common case).
-        self.objects.get_key_value(id).or_else(|| {
+        let (key, (value, _)) = self.objects.get_key_value(id).or_else(|| {
             id.lookup_keys()
                 .skip(1)
                 .find_map(|key| self.objects.get_key_value(&key))
-        })
+        })?;
+        Some((key, value))
     }
 
     /// The object kept under exactly `key`.
     pub fn get(&self, key: &Identity) -> Option<&Value> {
-        self.objects.get(key)
+        self.get_seen(key).map(|(value, _)| value)
+    }
+
+    /// The object kept under exactly `key`, and where reviewed objects
+    /// were found to contain it.
+    pub fn get_seen(&self, key: &Identity) -> Option<(&Value, &Seen)> {
+        self.objects.get(key).map(|(value, seen)| (value, seen))
     }
 
     pub fn len(&self) -> usize {
@@ -194,7 +203,7 @@ impl Rendering {
     }
 
     pub fn objects(&self) -> impl Iterator<Item = (&Identity, &Value)> {
-        self.objects.iter()
+        self.objects.iter().map(|(id, (value, _))| (id, value))
     }
 }
 
@@ -608,9 +617,16 @@ fn render_blocking(
     if let BuildOptions::Flux(f) = &job.options {
         build::apply_common_metadata(&mut objects, &f.common_labels, &f.common_annotations);
     }
+    let objects: HashMap<Identity, (Value, Seen)> = objects
+        .into_iter()
+        .map(|(id, value)| {
+            let seen = Seen::new(&value);
+            (id, (value, seen))
+        })
+        .collect();
     let bytes = objects
         .iter()
-        .map(|(id, v)| identity_heap(id) + value_heap(v))
+        .map(|(id, (v, seen))| identity_heap(id) + value_heap(v) + seen.limit() as u64)
         .sum();
     Ok(Arc::new(Rendering {
         checksum: key,

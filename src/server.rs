@@ -438,6 +438,10 @@ impl Expectation for Guess {
             .get(&self.key)
             .unwrap_or(&serde_json::Value::Null)
     }
+
+    fn seen(&self) -> Option<&crate::content::Seen> {
+        self.rendering.get_seen(&self.key).map(|(_, seen)| seen)
+    }
 }
 
 /// What [`compared_object`] gives: a rendering the object contains, or

@@ -300,6 +300,11 @@ async fn the_first_commits_ingress_is_denied_naming_the_commit_it_matches() {
     post_review(&client, &srv.base, &c1)
         .await
         .assert_allowed("Fresh");
+    // Again: its spec is now the bytes seen to contain head's (not walked
+    // again). The old spec below is still walked, and denied.
+    post_review(&client, &srv.base, &c1)
+        .await
+        .assert_allowed("Fresh");
 
     // Copied fresh annotations do not make an old body pass.
     let head_sum = checksum_at(fx.repo.path(), &fx.c2, OVERLAY);

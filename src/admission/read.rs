@@ -14,6 +14,10 @@ use std::fmt;
 pub trait Expectation {
     /// The rendered object.
     fn rendered(&self) -> &serde_json::Value;
+    /// Where objects were found to contain it before, if that is kept.
+    fn seen(&self) -> Option<&crate::content::Seen> {
+        None
+    }
 }
 
 /// No expectation: the plain parse.
@@ -215,6 +219,7 @@ where
                         Some(expected) => {
                             let seed = OrNull(crate::content::ObjectSeed {
                                 rendered: expected.rendered(),
+                                seen: expected.seen(),
                             });
                             let (metadata, contains) = match map.next_value_seed(seed)? {
                                 Some((metadata, contains)) => (Some(metadata), contains),

@@ -141,6 +141,9 @@ where
 /// (`admission::read::OrNull`).
 pub(crate) struct ObjectSeed<'r> {
     pub rendered: &'r Value,
+    /// Where the object's fields were found to contain the rendering
+    /// before ([`super::Seen`]).
+    pub seen: Option<&'r super::Seen>,
 }
 
 /// The metadata read, and whether the object contains the rendering.
@@ -161,7 +164,26 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
         let mut metadata = None;
         let contained = contains_map(map, rendered, true, |key, want, map| {
             if key != b"metadata" {
-                return Ok(None);
+                let (Some(want), Some(field)) = (want, self.seen.and_then(|s| s.field(key))) else {
+                    return Ok(None);
+                };
+                // Delimited only; walked when not the bytes seen before.
+                let raw: &serde_json::value::RawValue = map.next_value()?;
+                let raw = raw.get();
+                if field.is(raw.as_bytes()) {
+                    return Ok(Some(true));
+                }
+                let sub = Sub {
+                    rendered: want,
+                    top: false,
+                };
+                let contained = sub
+                    .deserialize(&mut serde_json::Deserializer::from_str(raw))
+                    .unwrap_or(false);
+                if contained {
+                    field.remember(raw.as_bytes());
+                }
+                return Ok(Some(contained));
             }
             if metadata.is_some() {
                 return Err(de::Error::duplicate_field("metadata"));
@@ -511,6 +533,32 @@ mod tests {
         with_status["status"] = json!({"replicas": 9});
         with_status["metadata"]["annotations"] = Value::Null;
         assert!(review_contains(&review(&admitted), &with_status));
+    }
+
+    #[test]
+    fn a_field_seen_before_is_not_walked_again() {
+        let rendered = deployment();
+        let read = |seen: &crate::content::Seen, object: &Value| {
+            let text = object.to_string();
+            let mut d = serde_json::Deserializer::from_str(&text);
+            let seed = ObjectSeed {
+                rendered: &rendered,
+                seen: Some(seen),
+            };
+            de::Deserializer::deserialize_map(&mut d, seed).unwrap().1
+        };
+        let seen = crate::content::Seen::new(&rendered);
+        let mut other = deployment();
+        other["spec"]["replicas"] = json!(3);
+        assert!(!read(&seen, &other));
+        assert!(read(&seen, &deployment()), "walked, and remembered");
+        assert!(read(&seen, &deployment()), "seen");
+        assert!(!read(&seen, &other), "other bytes are walked");
+        // The bytes remembered are trusted, not walked: here wrongly.
+        let trusting = crate::content::Seen::new(&rendered);
+        let spec = trusting.field(b"spec").unwrap();
+        spec.remember(other["spec"].to_string().as_bytes());
+        assert!(read(&trusting, &other));
     }
 
     #[test]
