@@ -338,7 +338,8 @@ impl<'de> Visitor<'de> for PairsSeed<'_> {
         };
         let mut ok = rendered.is_some();
         let mut matched: u128 = 0;
-        let mut pairs = Vec::new();
+        // Room for the usual number of labels or annotations at once.
+        let mut pairs = Vec::with_capacity(16);
         while let Some(key) = map.next_key::<Str<'de>>()? {
             let value = if self.lenient {
                 map.next_value::<LenientStr<'de>>()?.0
