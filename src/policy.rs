@@ -344,14 +344,20 @@ pub enum ClaimedBy {
 
 impl ClaimedBy {
     /// ` (status.lastAttemptedRevision of Kustomization flux-system/apps)`,
-    /// or nothing for annotations.
-    fn source(&self) -> String {
-        match self {
-            ClaimedBy::Annotations => String::new(),
-            ClaimedBy::Controller { object, field } => {
-                format!(" ({field} of {})", crate::echo::value(object))
+    /// or nothing for annotations; written straight into the message.
+    fn source(&self) -> impl std::fmt::Display + '_ {
+        struct Source<'a>(&'a ClaimedBy);
+        impl std::fmt::Display for Source<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self.0 {
+                    ClaimedBy::Annotations => Ok(()),
+                    ClaimedBy::Controller { object, field } => {
+                        write!(f, " ({field} of {})", crate::echo::Capped(object))
+                    }
+                }
             }
         }
+        Source(self)
     }
 }
 
