@@ -865,6 +865,13 @@ mod tests {
                 .0
                 .contains("empty uid")
         );
+        // Not UTF-8, even where nothing is read (the body is checked
+        // whole before it is parsed): the byte is named.
+        let mut latin1 = review("").into_bytes();
+        let at = latin1.len() - 2;
+        latin1.splice(at..at, *b",\"x\":\"caf\xe9\"");
+        let e = parse_review(&latin1).unwrap_err();
+        assert!(e.0.contains(&format!("not UTF-8 (byte {})", at + 9)), "{e}");
     }
 
     /// A CREATE or UPDATE must carry its object: null or missing is a 400,

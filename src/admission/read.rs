@@ -50,7 +50,15 @@ where
     P: Expectation,
     F: FnOnce(&Request<'a>) -> Option<P>,
 {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // Checked whole once, so the parser borrows strings without checking
+    // each again (RFC 8259: JSON between systems is UTF-8).
+    let text = std::str::from_utf8(body).map_err(|e| {
+        <serde_json::Error as de::Error>::custom(format_args!(
+            "the body is not UTF-8 (byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let read = de::Deserializer::deserialize_map(&mut de, EnvelopeVisitor { pick })?;
     de.end()?;
     Ok(read)
