@@ -124,11 +124,12 @@ impl AppState {
         };
         let options = build.options.as_ref().map_err(Clone::clone)?;
         let vars = match &build.post_build {
+            // Boxed, as a render below: kept out of every review's future.
             Some(inputs) if options.substitutes() => {
-                crate::controllers::variables::post_build_variables(
+                Box::pin(crate::controllers::variables::post_build_variables(
                     self.variables.as_deref(),
                     inputs,
-                )
+                ))
                 .await?
             }
             _ => BTreeMap::new(),
@@ -149,17 +150,18 @@ impl AppState {
     ) -> Result<Arc<Rendering>, String> {
         let result = match renderer.cached_with(&sum, build.options, &build.vars) {
             Some(cached) => cached,
+            // Boxed: inline, a render's state would make every review's
+            // future (moved and copied per request) larger.
             None => {
-                renderer
-                    .render_with(
-                        self.engine(rule),
-                        commit,
-                        &rule.config.overlay,
-                        sum,
-                        build.options,
-                        &build.vars,
-                    )
-                    .await
+                Box::pin(renderer.render_with(
+                    self.engine(rule),
+                    commit,
+                    &rule.config.overlay,
+                    sum,
+                    build.options,
+                    &build.vars,
+                ))
+                .await
             }
         };
         result.map_err(|e| crate::echo::message(e.to_string()))
