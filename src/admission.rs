@@ -110,8 +110,11 @@ pub struct Metadata<'a> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for Metadata<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(crate::content::MetaSeed { rendered: None })
-            .map(|(metadata, _)| metadata)
+        d.deserialize_map(crate::content::MetaSeed {
+            rendered: None,
+            seen: None,
+        })
+        .map(|(metadata, _)| metadata)
     }
 }
 

@@ -1853,13 +1853,17 @@ fn content_one_pass_parse_agrees_with_the_literal_check() {
             // not walk what the first found), and the rendering itself,
             // read first, must not make the object look contained.
             let subset = subset_of(&object, &mut seed);
-            let seen = [&rendered, &object, &subset].map(content::Seen::new);
+            // A fresh one for the object read twice against the rendering:
+            // what is remembered of a review that does not contain it.
+            let seen = [&rendered, &object, &subset, &rendered].map(content::Seen::new);
             for (r, o, seen) in [
                 (&rendered, &rendered, &seen[0]),
                 (&rendered, &object, &seen[0]),
                 (&object, &object, &seen[1]),
                 (&subset, &object, &seen[2]),
                 (&subset, &object, &seen[2]),
+                (&rendered, &object, &seen[3]),
+                (&rendered, &object, &seen[3]),
             ] {
                 let body = review(o);
                 let plain = admission::parse_review(&body);

@@ -14,6 +14,7 @@
 //! by far the most common, takes this one: building the object was most
 //! of its cost.
 
+use super::seen::{Pairs, PairsRead};
 use crate::admission::OrNull;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -188,7 +189,10 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
             if metadata.is_some() {
                 return Err(de::Error::duplicate_field("metadata"));
             }
-            let seed = OrNull(MetaSeed { rendered: want });
+            let seed = OrNull(MetaSeed {
+                rendered: want,
+                seen: self.seen,
+            });
             let (read, contained) = match map.next_value_seed(seed)? {
                 Some((read, contained)) => (Some(read), contained),
                 // `null` sets nothing: contained only if nothing is rendered.
@@ -210,6 +214,8 @@ static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
 /// not looked at).
 pub(crate) struct MetaSeed<'r> {
     pub rendered: Option<&'r Value>,
+    /// Where the labels and annotations were read before.
+    pub seen: Option<&'r super::Seen>,
 }
 
 impl<'de> Visitor<'de> for MetaSeed<'_> {
@@ -229,18 +235,36 @@ impl<'de> Visitor<'de> for MetaSeed<'_> {
         let mut annotations: Option<Option<StrMap<'de>>> = None;
         let mut labels: Option<Option<StrMap<'de>>> = None;
         let contained = contains_map(map, rendered, false, |key, want, map| {
-            let (slot, field, lenient) = match key {
-                b"annotations" => (&mut annotations, "annotations", false),
-                b"labels" => (&mut labels, "labels", true),
+            let (slot, field, lenient, which) = match key {
+                b"annotations" => (&mut annotations, "annotations", false, Pairs::Annotations),
+                b"labels" => (&mut labels, "labels", true, Pairs::Labels),
                 _ => return Ok(None),
             };
             if slot.is_some() {
                 return Err(de::Error::duplicate_field(field));
             }
-            let (read, contained) = map.next_value_seed(PairsSeed {
+            let seed = PairsSeed {
                 rendered: want,
                 lenient,
-            })?;
+            };
+            let (read, contained) = match self.seen.map(|s| s.pairs(which)) {
+                None => map.next_value_seed(seed)?,
+                Some(seen) => {
+                    // Delimited only; walked when not the bytes seen before.
+                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                    let text = raw.get();
+                    match seen.get(text) {
+                        Some(read) => read,
+                        None => {
+                            let read = seed
+                                .deserialize(&mut serde_json::Deserializer::from_str(text))
+                                .map_err(|e| de::Error::custom(without_position(&e)))?;
+                            seen.remember(text, &read);
+                            read
+                        }
+                    }
+                }
+            };
             *slot = Some(read);
             Ok(Some(contained))
         })?;
@@ -249,6 +273,16 @@ impl<'de> Visitor<'de> for MetaSeed<'_> {
             labels: labels.flatten(),
         };
         Ok((metadata, shaped && contained))
+    }
+}
+
+/// `e`'s message without the position in the text it was read from (the
+/// enclosing parser adds its own).
+fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    match message.rfind(" at line ") {
+        Some(at) if e.line() > 0 => message[..at].to_owned(),
+        _ => message,
     }
 }
 
@@ -262,8 +296,6 @@ struct PairsSeed<'r> {
     rendered: Option<&'r Value>,
     lenient: bool,
 }
-
-type PairsRead<'de> = (Option<crate::admission::StrMap<'de>>, bool);
 
 impl<'de> DeserializeSeed<'de> for PairsSeed<'_> {
     type Value = PairsRead<'de>;
@@ -560,6 +592,63 @@ mod tests {
         let spec = trusting.field(b"spec").unwrap();
         spec.remember(other["spec"].to_string().as_bytes());
         assert!(read(&trusting, &other));
+    }
+
+    #[test]
+    fn labels_and_annotations_seen_before_are_not_walked_again() {
+        use crate::admission::{Metadata, Str, StrMap};
+        use crate::content::seen::Pairs;
+        use std::borrow::Cow;
+        fn read<'a>(
+            rendered: &Value,
+            seen: &crate::content::Seen,
+            text: &'a str,
+        ) -> (Option<Metadata<'a>>, bool) {
+            let mut d = serde_json::Deserializer::from_str(text);
+            let seed = ObjectSeed {
+                rendered,
+                seen: Some(seen),
+            };
+            de::Deserializer::deserialize_map(&mut d, seed).unwrap()
+        }
+        let mut rendered = deployment();
+        rendered["metadata"]["annotations"] = json!({"a": "x&y"});
+        let seen = crate::content::Seen::new(&rendered);
+        // Go's encoder writes `&` as \u0026: that string is unescaped.
+        let mut applied = rendered.clone();
+        applied["metadata"]["labels"]["extra"] = json!(7);
+        let text = applied.to_string().replace('&', "\\u0026");
+        let walked = read(&rendered, &seen, &text);
+        assert!(walked.1);
+        assert_eq!(
+            read(&rendered, &seen, &text),
+            walked,
+            "seen: the same pairs"
+        );
+        let metadata = walked.0.unwrap();
+        let annotations = metadata.annotations.unwrap();
+        assert_eq!(annotations.get("a").map(|v| &**v), Some("x&y"));
+        let labels = metadata.labels.unwrap();
+        assert_eq!(labels.0.len(), 1, "a label that is not a string is skipped");
+        let mut other = applied.clone();
+        other["metadata"]["labels"]["app"] = json!("other");
+        let other = other.to_string();
+        assert!(!read(&rendered, &seen, &other).1, "other bytes are walked");
+        // The pairs remembered are trusted, not walked: here wrongly.
+        let trusting = crate::content::Seen::new(&rendered);
+        let labels = r#"{"app":"other","extra":7}"#;
+        assert!(other.contains(labels));
+        let pairs = StrMap(vec![(
+            Str(Cow::Borrowed("app")),
+            Str(Cow::Borrowed(&labels[8..13])),
+        )]);
+        trusting
+            .pairs(Pairs::Labels)
+            .remember(labels, &(Some(pairs), true));
+        let (metadata, contained) = read(&rendered, &trusting, &other);
+        assert!(contained);
+        let labels = metadata.and_then(|m| m.labels).unwrap();
+        assert_eq!(labels.get("app").map(|v| &**v), Some("other"));
     }
 
     #[test]
