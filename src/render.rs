@@ -153,7 +153,7 @@ pub struct Rendering {
     /// The overlay path, cleaned.
     pub overlay: Arc<str>,
     /// Each object, and where reviewed objects were found to contain it.
-    objects: HashMap<Identity, (Value, Seen)>,
+    objects: Objects,
     /// Estimated heap held by the parsed objects: the cache weight. About
     /// 20 times `output_bytes` (serde_json's maps are B-trees whose
     /// smallest node holds room for 11 entries), plus the most the
@@ -164,6 +164,11 @@ pub struct Rendering {
     /// From the start of the work (after waiting for a permit) to parsed.
     pub took: Duration,
 }
+
+/// A rendering's objects by identity. Hashed with foldhash, not SipHash:
+/// a review looks its object up a few times, and the keys come from the
+/// repository's rendering, not from requests.
+type Objects = HashMap<Identity, (Value, Seen), foldhash::fast::RandomState>;
 
 impl Rendering {
     /// The rendered object a request's object matches: the same identity,
@@ -617,7 +622,7 @@ fn render_blocking(
     if let BuildOptions::Flux(f) = &job.options {
         build::apply_common_metadata(&mut objects, &f.common_labels, &f.common_annotations);
     }
-    let objects: HashMap<Identity, (Value, Seen)> = objects
+    let objects: Objects = objects
         .into_iter()
         .map(|(id, value)| {
             let seen = Seen::new(&value);
