@@ -429,18 +429,28 @@ fn compared_object<'r>(
 /// very object (the same rendering).
 struct Guess {
     rendering: Arc<crate::render::Rendering>,
-    key: crate::content::Identity,
+    /// The request's identity (the verdict reads it too).
+    identity: crate::content::Identity,
+    /// The one the object is kept under, when not that one (a rendered
+    /// object without a namespace).
+    key: Option<crate::content::Identity>,
+}
+
+impl Guess {
+    fn key(&self) -> &crate::content::Identity {
+        self.key.as_ref().unwrap_or(&self.identity)
+    }
 }
 
 impl Expectation for Guess {
     fn rendered(&self) -> &serde_json::Value {
         self.rendering
-            .get(&self.key)
+            .get(self.key())
             .unwrap_or(&serde_json::Value::Null)
     }
 
     fn seen(&self) -> Option<&crate::content::Seen> {
-        self.rendering.get_seen(&self.key).map(|(_, seen)| seen)
+        self.rendering.get_seen(self.key()).map(|(_, seen)| seen)
     }
 }
 
@@ -504,10 +514,14 @@ impl AppState {
         let rendering = rule.renderings.as_ref()?.current()?;
         let identity = request_identity(req).ok()?;
         let key = match rendering.find_entry(&identity)? {
-            (key, _) if *key == identity => identity,
-            (key, _) => key.clone(),
+            (key, _) if *key == identity => None,
+            (key, _) => Some(key.clone()),
         };
-        Some(Guess { rendering, key })
+        Some(Guess {
+            rendering,
+            identity,
+            key,
+        })
     }
 
     /// The time this request may take: the configured decision timeout,
@@ -593,15 +607,17 @@ impl AppState {
                 }
             },
         };
-        // Who the object is, for content verification only.
-        let identity = match &rule.renderings {
-            Some(_) => match request_identity(req) {
-                Ok(identity) => Some(identity),
+        // Who the object is, for content verification only: read once,
+        // while the review was parsed, when it was looked up then.
+        let identity = match (&rule.renderings, prechecked) {
+            (None, _) => None,
+            (Some(_), Some(p)) => Some(std::borrow::Cow::Borrowed(&p.expected.identity)),
+            (Some(_), None) => match request_identity(req) {
+                Ok(identity) => Some(std::borrow::Cow::Owned(identity)),
                 Err(why) => {
                     return policy::unverifiable_object(rule_policy, &facts, &why);
                 }
             },
-            None => None,
         };
         let mut gather =
             std::pin::pin!(self.gather(rule, &facts, revision, identity.is_some(), deadline));
