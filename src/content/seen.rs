@@ -210,18 +210,19 @@ impl SeenPairs<'_> {
                 Place::Unescaped(a, b)
             })
         };
-        let pairs = match &read.0 {
+        // A string that cannot be placed (past 4 GiB): not remembered.
+        let pairs: Option<Box<[[Place; 2]]>> = match &read.0 {
             None => None,
             Some(map) => {
-                let places: Option<Box<[[Place; 2]]>> = map
+                let Some(places) = map
                     .0
                     .iter()
                     .map(|(k, v)| Some([place(k)?, place(v)?]))
-                    .collect();
-                match places {
-                    Some(places) => Some(places),
-                    None => return,
-                }
+                    .collect()
+                else {
+                    return;
+                };
+                Some(places)
             }
         };
         let size = text.len()
